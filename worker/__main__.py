@@ -1,0 +1,51 @@
+"""Entry point: `python -m worker serve|receiver|consumer|relay|migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from worker.config import ConfigError, load_settings
+from worker.logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanfare-reservations", description="Fanfare cart-reservation worker"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run every role in one process (migrates first)")
+    sub.add_parser("receiver", help="Fanfare webhook receiver (HTTP)")
+    sub.add_parser("consumer", help="apply inbound commands to PostgreSQL")
+    sub.add_parser("relay", help="publish the outbox to the events topic")
+    sub.add_parser("migrate", help="apply pending SQL migrations")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+
+    from worker.adapters.postgres import migrate
+    from worker.runtime import ROLES, main_async
+
+    async def do_migrate() -> None:
+        await migrate(settings.database_url)
+
+    if args.command == "migrate":
+        asyncio.run(do_migrate())
+        return 0
+    roles = ROLES if args.command == "serve" else (args.command,)
+    prepare = do_migrate if args.command == "serve" else None
+    asyncio.run(main_async(settings, roles, prepare))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

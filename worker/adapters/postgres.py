@@ -1,0 +1,70 @@
+"""PostgreSQL: connection pool and ordered, concurrency-safe migrations."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import asyncpg
+
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# Any constant shared by every migrating process: two `migrate` runs at once
+# queue on this lock instead of racing on DDL.
+MIGRATION_LOCK_KEY = 0x46414E46415245  # "FANFARE"
+
+
+async def create_pool(dsn: str, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=60)
+    assert pool is not None
+    return pool
+
+
+def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+    return sorted(p for p in sql_dir.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply pending migrations in order; returns the names applied now."""
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    applied_now: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       name TEXT PRIMARY KEY,
+                       checksum TEXT NOT NULL,
+                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+            )
+            done = {
+                r["name"]: r["checksum"]
+                for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")
+            }
+            for path in migration_files(sql_dir):
+                text = path.read_text()
+                checksum = hashlib.sha256(text.encode()).hexdigest()
+                if path.name in done:
+                    if done[path.name] != checksum:
+                        raise RuntimeError(
+                            f"migration {path.name} changed after it was applied; "
+                            "add a new migration instead"
+                        )
+                    continue
+                async with conn.transaction():
+                    await conn.execute(text)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
+                        path.name,
+                        checksum,
+                    )
+                applied_now.append(path.name)
+                log.info("migration_applied", migration=path.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied_now

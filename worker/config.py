@@ -1,0 +1,76 @@
+"""Configuration from environment variables (and an optional `.env`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the variable."""
+
+
+def _split_csv(value: object) -> object:
+    # Lists arrive as comma-separated strings; pydantic-settings would
+    # otherwise insist on JSON for list-typed variables.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = Field(description="PostgreSQL DSN (postgresql://user@host:port/db)")
+    kafka_bootstrap_servers: str = Field(description="Kafka bootstrap servers, host:port[,...]")
+    fanfare_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
+        description="Active Fanfare signing secrets, comma-separated (several during rotation)",
+    )
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8080, ge=1, le=65535)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8081, ge=1, le=65535)
+
+    commands_topic: str = "reservations.commands"
+    events_topic: str = "reservations.events"
+    dead_letter_topic: str = "reservations.commands.dlq"
+    topic_partitions: int = Field(default=12, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    consumer_group: str = "reservation-consumers"
+
+    reservation_window_seconds: int = Field(default=600, ge=1)
+    reservation_buffer_seconds: int = Field(default=60, ge=0)
+    signature_tolerance_seconds: int = Field(default=300, ge=1)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    produce_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    consumer_batch_max: int = Field(default=500, ge=1)
+    consumer_poll_ms: int = Field(default=200, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("fanfare_webhook_secret", mode="before")
+    @classmethod
+    def _secrets_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("fanfare_webhook_secret")
+    @classmethod
+    def _at_least_one_secret(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if not value:
+            raise ValueError("at least one secret is required")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings or raise ConfigError with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        raise ConfigError(f"invalid configuration: {variable}: {first['msg']}") from None

@@ -1,0 +1,1 @@
+"""Pure domain: reservation states, rules and decisions. No I/O here."""

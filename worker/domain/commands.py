@@ -1,0 +1,96 @@
+"""Commands on the inbound topic: the only way reservation state changes.
+
+Every command carries what a replay and an operator need: a deterministic
+`commandId` (UUIDv5 of its source and source id), its type and schema version,
+when it happened at the source (`occurredAt`) and when we received it, the
+experience and consumer it concerns, the admission grant digest where there is
+one, and where it came from. Never the clear admission grant.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+import orjson
+from pydantic import AwareDatetime, Field, TypeAdapter
+
+from worker.domain.base import WireModel
+from worker.domain.model import CartLine, Identifier
+
+GrantDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class CommandSource(WireModel):
+    """Provenance: which system sent it and the ids to follow it there."""
+
+    kind: Literal["fanfare", "api", "scheduler"]
+    source_id: str = Field(description="Fanfare envelope id, API idempotency key, or expiry key")
+    delivery_id: str | None = None
+    event_type: str | None = None
+    organization_id: str | None = None
+    secret_id: str | None = Field(
+        default=None, description="Which signing secret verified it (fingerprint, not the secret)"
+    )
+
+
+class CommandBase(WireModel):
+    command_id: UUID
+    schema_version: Literal[1] = 1
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+    source: CommandSource
+
+    def partition_key(self) -> str:
+        raise NotImplementedError
+
+
+class ExperienceCommand(CommandBase):
+    experience_id: Identifier
+
+    def partition_key(self) -> str:
+        return self.experience_id
+
+
+class AdmitConsumer(ExperienceCommand):
+    """Fanfare admitted a consumer (queue admission, draw or auction win)."""
+
+    type: Literal["admission.grant"] = "admission.grant"
+    consumer_id: Identifier
+    grant_digest: GrantDigest
+    admitted_at: AwareDatetime
+    experience_kind: Literal["queue", "draw", "auction"]
+
+
+class PutCart(ExperienceCommand):
+    """The consumer's cart for an experience, replaced whole."""
+
+    type: Literal["cart.put"] = "cart.put"
+    consumer_id: Identifier
+    items: list[CartLine] = Field(max_length=100)
+
+
+class SetStock(CommandBase):
+    """An operator sets a stock row's on-hand level."""
+
+    type: Literal["stock.set"] = "stock.set"
+    product_id: Identifier
+    variant_id: Identifier | None = None
+    on_hand: int = Field(ge=0, le=1_000_000_000)
+
+    def partition_key(self) -> str:
+        # Stock belongs to no experience (DESIGN: keyed by product id).
+        return self.product_id
+
+
+Command = Annotated[AdmitConsumer | PutCart | SetStock, Field(discriminator="type")]
+COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+def encode_command(command: CommandBase) -> bytes:
+    return orjson.dumps(command.model_dump(mode="json", by_alias=True))
+
+
+def decode_command(raw: bytes) -> Command:
+    """Parse a command from the topic; raises pydantic.ValidationError if invalid."""
+    return COMMAND_ADAPTER.validate_json(raw)

@@ -1,0 +1,131 @@
+"""Events on the reservation events topic: the facts other services fold.
+
+Each carries a stable `eventId` (UUIDv5 of the command and the event's
+position among that command's events), so a re-delivery repeats an id and
+never invents a new fact.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+import orjson
+from pydantic import AwareDatetime, Field, TypeAdapter
+
+from worker.domain.base import WireModel
+from worker.domain.model import CartLine, ReservationStatus, Strategy
+
+
+class EventBase(WireModel):
+    event_id: UUID
+    schema_version: Literal[1] = 1
+    command_id: UUID
+    occurred_at: AwareDatetime
+
+    def partition_key(self) -> str:
+        raise NotImplementedError
+
+
+class ExperienceEvent(EventBase):
+    experience_id: str
+
+    def partition_key(self) -> str:
+        return self.experience_id
+
+
+class AdmissionRecorded(ExperienceEvent):
+    type: Literal["admission.recorded"] = "admission.recorded"
+    status: Literal["active", "superseded"]
+    supersedes: str | None = None
+    consumer_id: str
+    grant_digest: str
+    admitted_at: AwareDatetime
+    expires_at: AwareDatetime
+    strategy: Strategy
+    window_seconds: int
+    buffer_seconds: int
+
+
+class ReservationCreated(ExperienceEvent):
+    type: Literal["reservation.created"] = "reservation.created"
+    reservation_id: UUID
+    consumer_id: str
+    grant_digest: str
+    product_id: str
+    variant_id: str | None
+    quantity: int
+    status: Literal[ReservationStatus.ACTIVE] = ReservationStatus.ACTIVE
+    strategy: Strategy
+    expires_at: AwareDatetime
+
+
+class ReservationRejected(ExperienceEvent):
+    type: Literal["reservation.rejected"] = "reservation.rejected"
+    consumer_id: str
+    grant_digest: str
+    product_id: str
+    variant_id: str | None
+    quantity: int
+    reason: Literal["INSUFFICIENT_STOCK", "POOL_EMPTY", "CART_ALL_OR_NOTHING"]
+
+
+class ReservationEnded(ExperienceEvent):
+    type: Literal["reservation.released", "reservation.expired", "reservation.converted"]
+    reservation_id: UUID
+    consumer_id: str
+    grant_digest: str
+    product_id: str
+    variant_id: str | None
+    quantity: int
+    reason: str
+    order_id: str | None = None
+
+
+class CartUpdated(ExperienceEvent):
+    type: Literal["cart.updated"] = "cart.updated"
+    consumer_id: str
+    items: list[CartLine]
+
+
+class StockSet(EventBase):
+    type: Literal["stock.set"] = "stock.set"
+    product_id: str
+    variant_id: str | None
+    on_hand: int
+
+    def partition_key(self) -> str:
+        return self.product_id
+
+
+class StockRefused(EventBase):
+    type: Literal["stock.refused"] = "stock.refused"
+    product_id: str
+    variant_id: str | None
+    on_hand: int
+    committed: int
+    reason: Literal["STOCK_BELOW_COMMITTED"] = "STOCK_BELOW_COMMITTED"
+
+    def partition_key(self) -> str:
+        return self.product_id
+
+
+Event = Annotated[
+    AdmissionRecorded
+    | ReservationCreated
+    | ReservationRejected
+    | ReservationEnded
+    | CartUpdated
+    | StockSet
+    | StockRefused,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def encode_event(event: EventBase) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json", by_alias=True))
+
+
+def decode_event(raw: bytes) -> Event:
+    return EVENT_ADAPTER.validate_json(raw)

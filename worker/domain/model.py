@@ -1,0 +1,69 @@
+"""Domain vocabulary: stock rows, cart lines, experience settings, states."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from worker.domain.base import WireModel
+
+# Ids from Fanfare and merchants: printable, bounded, no control characters.
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+Quantity = Annotated[int, Field(ge=1, le=10_000)]
+
+
+class ReservationStatus(StrEnum):
+    ACTIVE = "active"
+    CONVERTED = "converted"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class Strategy(StrEnum):
+    SOFT = "soft"
+    HARD = "hard"
+    POOL = "pool"
+
+
+class MultiItemPolicy(StrEnum):
+    PARTIAL = "partial"  # hold each line that has stock
+    ALL_OR_NOTHING = "all_or_nothing"
+
+
+class StockKey(WireModel):
+    product_id: Identifier
+    variant_id: Identifier | None = None
+
+    @property
+    def variant_column(self) -> str:
+        # Stored as '' so (product_id, variant_id) can be a primary key.
+        return self.variant_id or ""
+
+
+class CartLine(StockKey):
+    quantity: Quantity
+
+
+class ExperienceSettings(WireModel):
+    strategy: Strategy = Strategy.SOFT
+    window_seconds: int = Field(default=600, ge=1, le=86_400)
+    buffer_seconds: int = Field(default=60, ge=0, le=86_400)
+    pool_size: int | None = Field(default=None, ge=0)
+    multi_item_policy: MultiItemPolicy = MultiItemPolicy.PARTIAL
+
+    def expires_at(self, admitted_at: datetime) -> datetime:
+        return admitted_at + timedelta(seconds=self.window_seconds + self.buffer_seconds)
+
+
+def sum_lines(lines: list[CartLine]) -> dict[tuple[str, str], int]:
+    """Quantities per stock row: two lines on one row are checked together."""
+    totals: dict[tuple[str, str], int] = {}
+    for line in lines:
+        key = (line.product_id, line.variant_column)
+        totals[key] = totals.get(key, 0) + line.quantity
+    return totals

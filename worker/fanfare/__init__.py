@@ -1,0 +1,1 @@
+"""Fanfare's webhook contract: signature, envelope, event translation."""

@@ -1,0 +1,1 @@
+"""Runnable roles: receiver, consumer (and the processes that host them)."""

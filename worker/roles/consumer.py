@@ -1,0 +1,269 @@
+"""The consumers: the only writers of reservation state.
+
+Each batch from Kafka is applied in one PostgreSQL transaction that also
+records the applied command ids (inbox), the resulting events (outbox) and
+the consumed position per partition. Kafka offsets are committed only after
+that transaction, and are only a hint: on assignment the consumer seeks to
+the position stored in PostgreSQL, so a crash at any point re-delivers at
+most what the database has not recorded, and the inbox makes that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from worker.adapters import store
+from worker.apply import apply_command
+from worker.config import Settings
+from worker.domain.commands import Command, decode_command
+from worker.domain.model import ExperienceSettings
+from worker.logs import get_logger
+
+log = get_logger("worker.consumer")
+
+# Failures that say nothing about the command: pause and retry, never park.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.AdminShutdownError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+# Failures that say the command itself cannot be applied: park it.
+POISON_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+)
+
+CRASH_POINT_ENV = "WORKER_TEST_CRASH_POINT"
+
+
+@dataclass(frozen=True)
+class Poison:
+    record: ConsumerRecord[bytes, bytes]
+    error_class: str
+    reason: str
+
+
+def _crash_hook(point: str) -> None:
+    """Testing hook: SIGKILL this process at a named point of the batch cycle
+    when WORKER_TEST_CRASH_POINT names it. Leaves a marker file first so the
+    test can assert the hook fired."""
+    if os.environ.get(CRASH_POINT_ENV) != point:
+        return
+    marker = os.environ.get("WORKER_TEST_CRASH_MARKER")
+    if marker:
+        with open(marker, "w") as fh:
+            fh.write(point)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: CommandConsumer) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Wait for the batch in flight so no partition changes hands mid-batch.
+        async with self.runner.batch_lock:
+            log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.runner.seek_to_stored_positions(assigned)
+
+
+class CommandConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        dlq_producer: AIOKafkaProducer,
+        consumer_factory: Callable[..., AIOKafkaConsumer],
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.dlq_producer = dlq_producer
+        self.consumer = consumer_factory()
+        self.topic = settings.commands_topic
+        self.batch_lock = asyncio.Lock()
+        self.defaults = ExperienceSettings(
+            window_seconds=settings.reservation_window_seconds,
+            buffer_seconds=settings.reservation_buffer_seconds,
+        )
+        self.batches_applied = 0
+        self.commands_applied = 0
+
+    async def seek_to_stored_positions(self, assigned: list[TopicPartition]) -> None:
+        positions = await store.read_positions(self.pool, self.topic)
+        for tp in assigned:
+            if tp.partition in positions:
+                self.consumer.seek(tp, positions[tp.partition])
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(tp.partition for tp in assigned),
+            positions={p: positions.get(p) for p in sorted(tp.partition for tp in assigned)},
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self.consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.settings.consumer_poll_ms,
+                    max_records=self.settings.consumer_batch_max,
+                )
+                if batch:
+                    await self.process(batch)
+        finally:
+            await self.consumer.stop()
+
+    async def process(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        async with self.batch_lock:
+            # Only partitions still ours: a revoked partition's records wait
+            # for its new owner.
+            owned = self.consumer.assignment()
+            batch = {tp: recs for tp, recs in batch.items() if tp in owned and recs}
+            if not batch:
+                return
+            await self._apply_with_retry(batch)
+        _crash_hook("after_db_commit")
+        try:
+            await self.consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items()})
+        except KafkaError as exc:
+            # Only a hint: PostgreSQL holds the real position.
+            log.warning("offset_commit_failed", error=type(exc).__name__)
+
+    async def _apply_with_retry(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        delay = 0.2
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._apply(batch, attempt)
+                return
+            except TRANSIENT_DB_ERRORS as exc:
+                log.warning(
+                    "batch_retry",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    attempt=attempt,
+                    backoff_s=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _apply(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], attempt: int
+    ) -> None:
+        applied = duplicates = skipped = 0
+        parked: list[Poison] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            partitions = sorted(tp.partition for tp in batch)
+            positions = await store.lock_positions(conn, self.topic, partitions)
+            advanced: dict[int, int] = {}
+            for tp in sorted(batch, key=lambda t: t.partition):
+                start = positions[tp.partition]
+                for record in batch[tp]:
+                    if record.offset < start:
+                        skipped += 1  # applied by an earlier owner of this partition
+                        continue
+                    if record.offset == start + len(batch[tp]) // 2:
+                        _crash_hook("mid_batch")
+                    outcome = await self._apply_record(conn, record)
+                    if isinstance(outcome, Poison):
+                        parked.append(outcome)
+                    elif outcome:
+                        applied += 1
+                    else:
+                        duplicates += 1
+                advanced[tp.partition] = max(start, batch[tp][-1].offset + 1)
+            # Park poison before the positions move past it: a crash between
+            # the two re-parks it (a duplicate in the DLQ), never loses it.
+            for poison in parked:
+                await self._park(poison, attempt)
+            await store.advance_positions(conn, self.topic, advanced)
+        self.batches_applied += 1
+        self.commands_applied += applied
+        log.info(
+            "batch_applied",
+            applied=applied,
+            duplicates=duplicates,
+            skipped=skipped,
+            parked=len(parked),
+            positions=advanced,
+        )
+
+    async def _apply_record(
+        self, conn: store.Conn, record: ConsumerRecord[bytes, bytes]
+    ) -> bool | Poison:
+        """True if applied now, False if applied before, Poison if it cannot be."""
+        try:
+            command: Command = decode_command(record.value or b"")
+        except (ValidationError, ValueError) as exc:
+            return Poison(record, type(exc).__name__, str(exc)[:500])
+        if await store.inbox_has(conn, command.command_id):
+            return False
+        try:
+            async with conn.transaction():  # savepoint: a poison command undoes only itself
+                result = await apply_command(conn, command, self.defaults)
+                await store.write_outbox(conn, result.events)
+                await store.record_inbox(
+                    conn,
+                    command.command_id,
+                    command.type,
+                    result.outcome,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+        except POISON_DB_ERRORS as exc:
+            return Poison(record, type(exc).__name__, str(exc)[:500])
+        log.debug(
+            "command_applied",
+            command_id=str(command.command_id),
+            command_type=command.type,
+            outcome=result.outcome.get("status"),
+            partition=record.partition,
+            offset=record.offset,
+        )
+        return True
+
+    async def _park(self, poison: Poison, attempt: int) -> None:
+        record = poison.record
+        headers: list[tuple[str, bytes]] = [
+            ("origin-topic", record.topic.encode()),
+            ("origin-partition", str(record.partition).encode()),
+            ("origin-offset", str(record.offset).encode()),
+            ("error-class", poison.error_class.encode()),
+            ("error-reason", poison.reason.encode()),
+            ("attempts", str(attempt).encode()),
+        ]
+        await self.dlq_producer.send_and_wait(
+            self.settings.dead_letter_topic, record.value, key=record.key, headers=headers
+        )
+        log.error(
+            "command_parked",
+            partition=record.partition,
+            offset=record.offset,
+            error_class=poison.error_class,
+            reason=poison.reason,
+        )

@@ -1,0 +1,103 @@
+"""Process hosting: start the chosen roles, stop them cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from worker.adapters import kafka, postgres
+from worker.config import Settings
+from worker.logs import get_logger
+from worker.roles.consumer import CommandConsumer
+from worker.roles.receiver import build_app
+from worker.roles.relay import OutboxRelay
+
+log = get_logger("worker.runtime")
+
+ROLES = ("receiver", "consumer", "relay")
+
+
+@contextlib.asynccontextmanager
+async def started_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    producer = kafka.durable_producer(settings)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def started_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await postgres.create_pool(settings.database_url, settings.db_pool_max)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _serve_http(app: web.Application, host: str, port: int, stop: asyncio.Event) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("http_listening", host=host, port=port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Event) -> None:
+    await kafka.ensure_topics(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        producer = await stack.enter_async_context(started_producer(settings))
+        tasks: list[Awaitable[None]] = []
+        if "receiver" in roles:
+            app = build_app(settings, producer)
+            tasks.append(_serve_http(app, settings.listen_host, settings.listen_port, stop))
+        if {"consumer", "relay"} & set(roles):
+            pool = await stack.enter_async_context(started_pool(settings))
+            if "consumer" in roles:
+                consumer = CommandConsumer(
+                    settings, pool, producer, lambda: kafka.command_consumer(settings)
+                )
+                tasks.append(consumer.run(stop))
+            if "relay" in roles:
+                tasks.append(OutboxRelay(settings, pool, producer).run(stop))
+        log.info("roles_started", roles=list(roles))
+        await _until_first_failure(tasks, stop)
+
+
+async def _until_first_failure(tasks: list[Awaitable[None]], stop: asyncio.Event) -> None:
+    running = [asyncio.ensure_future(t) for t in tasks]
+    try:
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def main_async(
+    settings: Settings, roles: tuple[str, ...], prepare: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    if prepare is not None:
+        await prepare()
+    await run_roles(settings, roles, stop)
