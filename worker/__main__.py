@@ -1,4 +1,4 @@
-"""Entry point: `python -m worker serve|receiver|consumer|relay|migrate`."""
+"""Entry point: `python -m worker serve|receiver|consumer|relay|migrate|...`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from worker.config import ConfigError, load_settings
 from worker.logs import configure_logging
+from worker.operator import add_parsers, build_operator_command, produce_one, sign_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,11 +21,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("consumer", help="apply inbound commands to PostgreSQL")
     sub.add_parser("relay", help="publish the outbox to the events topic")
     sub.add_parser("migrate", help="apply pending SQL migrations")
+    add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "sign":
+        return sign_command(args)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -40,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "migrate":
         asyncio.run(do_migrate())
+        return 0
+    if args.command in ("put-stock", "put-cart"):
+        asyncio.run(produce_one(settings, build_operator_command(args)))
         return 0
     roles = ROLES if args.command == "serve" else (args.command,)
     prepare = do_migrate if args.command == "serve" else None

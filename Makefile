@@ -1,0 +1,47 @@
+# The two set-up commands: `make run` (local stack + serve) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv run test check unit integration schemas stack-up stack-down kafka-jars clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+kafka-jars:
+	deploy/local/kafka.sh fetch
+
+# Local stack (PostgreSQL + single-node KRaft Kafka), migrations, every role
+# in one process in the foreground; Ctrl-C stops all of it.
+run: $(STAMP) kafka-jars
+	deploy/local/run.sh
+
+check: $(STAMP)
+	$(BIN)/ruff check worker tests
+	$(BIN)/ruff format --check worker tests
+	$(BIN)/mypy --strict worker
+
+# The whole suite; starts a throwaway PostgreSQL and Kafka unless
+# DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS point at existing ones.
+test: check kafka-jars
+	$(BIN)/pytest -p no:cacheprovider -q $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not integration" $(PYTEST_ARGS)
+
+stack-up: kafka-jars
+	deploy/local/postgres.sh start
+	deploy/local/kafka.sh start
+
+stack-down:
+	-deploy/local/kafka.sh stop
+	-deploy/local/postgres.sh stop
+
+clean: stack-down
+	rm -rf .stack $(VENV)
