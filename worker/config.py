@@ -28,6 +28,16 @@ class Settings(BaseSettings):
     fanfare_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
         description="Active Fanfare signing secrets, comma-separated (several during rotation)",
     )
+    reservation_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys accepted by the storefront/checkout API, comma-separated",
+    )
+    api_wait_seconds: float = Field(
+        default=5.0, gt=0, description="How long an API write waits for its applied outcome"
+    )
+    ops_port: int = Field(
+        default=9090, ge=0, le=65535, description="healthz/readyz/metrics of non-HTTP roles"
+    )
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)
     api_host: str = "127.0.0.1"
@@ -53,7 +63,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("fanfare_webhook_secret", mode="before")
+    @field_validator("fanfare_webhook_secret", "reservation_api_keys", mode="before")
     @classmethod
     def _secrets_from_csv(cls, value: object) -> object:
         return _split_csv(value)

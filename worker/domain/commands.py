@@ -16,7 +16,7 @@ import orjson
 from pydantic import AwareDatetime, Field, TypeAdapter
 
 from worker.domain.base import WireModel
-from worker.domain.model import CartLine, Identifier
+from worker.domain.model import CartLine, Identifier, MultiItemPolicy, Strategy
 
 GrantDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -83,7 +83,50 @@ class SetStock(CommandBase):
         return self.product_id
 
 
-Command = Annotated[AdmitConsumer | PutCart | SetStock, Field(discriminator="type")]
+class ConfigureExperience(ExperienceCommand):
+    """Strategy and window of an experience; applies to admissions after it."""
+
+    type: Literal["experience.configure"] = "experience.configure"
+    strategy: Strategy = Strategy.SOFT
+    window_seconds: int = Field(default=600, ge=1, le=86_400)
+    buffer_seconds: int = Field(default=60, ge=0, le=86_400)
+    pool_size: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    multi_item_policy: MultiItemPolicy = MultiItemPolicy.PARTIAL
+
+
+class EndAdmission(ExperienceCommand):
+    """An admission ended before checkout: the consumer left, was denied or
+    lost (`released`), or its window ran out (`expired`, from Fanfare's
+    admission-expired event or from our scheduler). Without a grant digest it
+    ends the consumer's current admission in the experience."""
+
+    type: Literal["admission.end"] = "admission.end"
+    consumer_id: Identifier
+    grant_digest: GrantDigest | None = None
+    outcome: Literal["released", "expired"]
+    reason: Literal["left", "denied", "lost", "admission_expired", "window_elapsed"]
+    # For an expiry: the admission's expires_at, so the decision uses the
+    # command's own time, never the clock at apply time.
+    ended_at: AwareDatetime
+
+
+class CompleteCheckout(ExperienceCommand):
+    """Checkout happened: convert the admission's active holds to a sale.
+    From the checkout API (`items` given, grant given) or Fanfare's completion
+    and order events; the first one converts, the other is a no-op for the
+    same order id."""
+
+    type: Literal["checkout.complete"] = "checkout.complete"
+    consumer_id: Identifier
+    grant_digest: GrantDigest | None = None
+    order_id: Identifier
+    items: list[CartLine] | None = Field(default=None, max_length=100)
+
+
+Command = Annotated[
+    AdmitConsumer | PutCart | SetStock | ConfigureExperience | EndAdmission | CompleteCheckout,
+    Field(discriminator="type"),
+]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 
 
