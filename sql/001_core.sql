@@ -42,15 +42,42 @@ CREATE TABLE admissions (
     consumer_id     TEXT NOT NULL,
     admitted_at     TIMESTAMPTZ NOT NULL,
     expires_at      TIMESTAMPTZ NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN ('active', 'ended', 'superseded')),
+    status          TEXT NOT NULL
+                    CHECK (status IN ('active', 'converted', 'released', 'expired', 'superseded')),
     strategy        TEXT NOT NULL,
     window_seconds  INTEGER NOT NULL,
     buffer_seconds  INTEGER NOT NULL,
     command_id      UUID NOT NULL,
     ended_at        TIMESTAMPTZ,
-    end_reason      TEXT
+    end_reason      TEXT,
+    order_id        TEXT
 );
 CREATE INDEX admissions_consumer ON admissions (experience_id, consumer_id, admitted_at DESC);
+
+-- Endings that arrived before their admission (Fanfare does not promise
+-- order): the late admission is recorded as ended and takes no holds. Keyed
+-- by grant when the event named one, else by consumer and time.
+CREATE TABLE admission_endings (
+    command_id      UUID PRIMARY KEY,
+    experience_id   TEXT NOT NULL,
+    consumer_id     TEXT NOT NULL,
+    admission_grant TEXT,
+    outcome         TEXT NOT NULL CHECK (outcome IN ('released', 'expired')),
+    reason          TEXT NOT NULL,
+    ended_at        TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX admission_endings_grant ON admission_endings (admission_grant);
+CREATE INDEX admission_endings_consumer ON admission_endings (experience_id, consumer_id);
+
+-- Units of each product held or sold through a pooled experience; the
+-- conditional update against the pool size is what caps it.
+CREATE TABLE experience_pools (
+    experience_id TEXT    NOT NULL,
+    product_id    TEXT    NOT NULL,
+    variant_id    TEXT    NOT NULL DEFAULT '',
+    used          INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0),
+    PRIMARY KEY (experience_id, product_id, variant_id)
+);
 
 -- The guide's table, same column names; admission_grant holds the digest.
 CREATE TABLE reservations (

@@ -1,8 +1,8 @@
 """What happens when a consumer is admitted: the decision, without I/O.
 
-The adapter loads the facts (settings, cart, earlier admissions), asks
-`plan_admission` what to do, tries the holds with conditional updates, and
-hands the per-row results to `admission_outcome` for the resulting events.
+The engine loads the facts (settings, cart, earlier admissions, endings that
+arrived first), asks `plan_admission` what to do, tries the holds with
+conditional updates, and records the result with its events.
 """
 
 from __future__ import annotations
@@ -20,16 +20,26 @@ from worker.domain.model import CartLine, ExperienceSettings, MultiItemPolicy, S
 class AdmissionDecision(StrEnum):
     HOLD = "hold"  # new admission: try holds for the cart
     DUPLICATE = "duplicate"  # this grant was seen before: change nothing
-    SUPERSEDED = "superseded"  # a newer grant for this consumer already holds
+    SUPERSEDED = "superseded"  # a later grant for this consumer is already recorded
+    ENDED_EARLY = "ended_early"  # its ending arrived first: record it ended, no holds
 
 
 @dataclass(frozen=True)
 class PriorAdmission:
-    """An admission already recorded for the same consumer and experience."""
+    """The latest admission already recorded for the same consumer and experience."""
 
     grant_digest: str
     admitted_at: datetime
     active: bool
+
+
+@dataclass(frozen=True)
+class RememberedEnding:
+    """An ending (release or expiry) that arrived before this admission."""
+
+    outcome: str  # released | expired
+    reason: str
+    ended_at: datetime
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,23 @@ class AdmissionPlan:
     # Earlier grant of the same consumer whose holds this admission releases.
     supersedes: str | None = None
     all_or_nothing: bool = False
+    ending: RememberedEnding | None = None
+
+
+def wanted_units(lines: list[CartLine], strategy: Strategy) -> dict[tuple[str, str], int]:
+    """Units to hold per stock row. Two lines on one row are summed before
+    any check; a pooled experience holds one unit per admitted consumer."""
+    totals = sum_lines(lines)
+    if strategy is Strategy.POOL:
+        return dict.fromkeys(totals, 1)
+    return totals
+
+
+def is_all_or_nothing(settings: ExperienceSettings) -> bool:
+    return (
+        settings.strategy is Strategy.HARD
+        or settings.multi_item_policy is MultiItemPolicy.ALL_OR_NOTHING
+    )
 
 
 def plan_admission(
@@ -56,6 +83,7 @@ def plan_admission(
     cart: list[CartLine],
     grant_seen: bool,
     prior: PriorAdmission | None,
+    ending: RememberedEnding | None = None,
 ) -> AdmissionPlan:
     expires_at = settings.expires_at(command.admitted_at)
     if grant_seen:
@@ -65,6 +93,10 @@ def plan_admission(
     if prior is not None and prior.admitted_at > command.admitted_at:
         return AdmissionPlan(AdmissionDecision.SUPERSEDED, expires_at)
     supersedes = prior.grant_digest if prior is not None and prior.active else None
+    if ending is not None:
+        return AdmissionPlan(
+            AdmissionDecision.ENDED_EARLY, expires_at, supersedes=supersedes, ending=ending
+        )
     holds = [
         HoldRequest(
             reservation_id=ids.reservation_id(command.grant_digest, product, variant or None),
@@ -72,16 +104,12 @@ def plan_admission(
             variant_id=variant,
             quantity=quantity,
         )
-        for (product, variant), quantity in sorted(sum_lines(cart).items())
+        for (product, variant), quantity in sorted(wanted_units(cart, settings.strategy).items())
     ]
-    all_or_nothing = (
-        settings.strategy is Strategy.HARD
-        or settings.multi_item_policy is MultiItemPolicy.ALL_OR_NOTHING
-    )
     return AdmissionPlan(
         AdmissionDecision.HOLD,
         expires_at,
         holds=holds,
         supersedes=supersedes,
-        all_or_nothing=all_or_nothing,
+        all_or_nothing=is_all_or_nothing(settings),
     )

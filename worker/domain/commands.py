@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 import orjson
-from pydantic import AwareDatetime, Field, TypeAdapter
+from pydantic import AwareDatetime, Field, TypeAdapter, model_validator
 
 from worker.domain.base import WireModel
 from worker.domain.model import CartLine, Identifier, MultiItemPolicy, Strategy
@@ -92,6 +92,12 @@ class ConfigureExperience(ExperienceCommand):
     buffer_seconds: int = Field(default=60, ge=0, le=86_400)
     pool_size: int | None = Field(default=None, ge=0, le=1_000_000_000)
     multi_item_policy: MultiItemPolicy = MultiItemPolicy.PARTIAL
+
+    @model_validator(mode="after")
+    def _pool_needs_size(self) -> ConfigureExperience:
+        if self.strategy is Strategy.POOL and self.pool_size is None:
+            raise ValueError("poolSize is required for the pool strategy")
+        return self
 
 
 class EndAdmission(ExperienceCommand):

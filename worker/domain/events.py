@@ -14,7 +14,7 @@ import orjson
 from pydantic import AwareDatetime, Field, TypeAdapter
 
 from worker.domain.base import WireModel
-from worker.domain.model import CartLine, ReservationStatus, Strategy
+from worker.domain.model import CartLine, MultiItemPolicy, ReservationStatus, Strategy
 
 
 class EventBase(WireModel):
@@ -36,8 +36,9 @@ class ExperienceEvent(EventBase):
 
 class AdmissionRecorded(ExperienceEvent):
     type: Literal["admission.recorded"] = "admission.recorded"
-    status: Literal["active", "superseded"]
+    status: Literal["active", "superseded", "released", "expired"]
     supersedes: str | None = None
+    end_reason: str | None = None
     consumer_id: str
     grant_digest: str
     admitted_at: AwareDatetime
@@ -57,7 +58,13 @@ class ReservationCreated(ExperienceEvent):
     quantity: int
     status: Literal[ReservationStatus.ACTIVE] = ReservationStatus.ACTIVE
     strategy: Strategy
+    window_seconds: int
+    buffer_seconds: int
+    created_at: AwareDatetime
     expires_at: AwareDatetime
+    replaces: UUID | None = Field(
+        default=None, description="The hold this one replaced after a cart change"
+    )
 
 
 class ReservationRejected(ExperienceEvent):
@@ -79,7 +86,50 @@ class ReservationEnded(ExperienceEvent):
     variant_id: str | None
     quantity: int
     reason: str
+    ended_at: AwareDatetime
     order_id: str | None = None
+
+
+class AdmissionEnded(ExperienceEvent):
+    """An admission left `active`: converted, released, expired or superseded."""
+
+    type: Literal["admission.ended"] = "admission.ended"
+    consumer_id: str
+    grant_digest: str
+    status: Literal["converted", "released", "expired", "superseded"]
+    reason: str
+    ended_at: AwareDatetime
+    order_id: str | None = None
+
+
+class EndingRemembered(ExperienceEvent):
+    """An ending arrived before its admission; the admission, when it comes,
+    is recorded ended and takes no holds."""
+
+    type: Literal["admission.ending_remembered"] = "admission.ending_remembered"
+    consumer_id: str
+    grant_digest: str | None
+    outcome: Literal["released", "expired"]
+    reason: str
+    ended_at: AwareDatetime
+
+
+class CheckoutRejected(ExperienceEvent):
+    type: Literal["checkout.rejected"] = "checkout.rejected"
+    consumer_id: str
+    grant_digest: str | None
+    order_id: str
+    error: str
+    message: str
+
+
+class ExperienceConfigured(ExperienceEvent):
+    type: Literal["experience.configured"] = "experience.configured"
+    strategy: Strategy
+    window_seconds: int
+    buffer_seconds: int
+    pool_size: int | None
+    multi_item_policy: MultiItemPolicy
 
 
 class CartUpdated(ExperienceEvent):
@@ -115,6 +165,10 @@ Event = Annotated[
     | ReservationCreated
     | ReservationRejected
     | ReservationEnded
+    | AdmissionEnded
+    | EndingRemembered
+    | CheckoutRejected
+    | ExperienceConfigured
     | CartUpdated
     | StockSet
     | StockRefused,

@@ -22,9 +22,14 @@ def command_id(source: str, source_id: str) -> uuid.UUID:
     return uuid.uuid5(NAMESPACE, f"command:{source}:{source_id}")
 
 
-def reservation_id(grant_digest_hex: str, product_id: str, variant_id: str | None) -> uuid.UUID:
-    """One hold per admission grant and stock row, so a grant can never hold twice."""
-    return uuid.uuid5(NAMESPACE, f"reservation:{grant_digest_hex}:{product_id}:{variant_id or ''}")
+def reservation_id(
+    grant_digest_hex: str, product_id: str, variant_id: str | None, revision: str = ""
+) -> uuid.UUID:
+    """One hold per admission grant and stock row, so a grant can never hold
+    twice; `revision` (the command id of a cart change) names the hold that
+    replaces an earlier one of the same grant and row."""
+    key = f"reservation:{grant_digest_hex}:{product_id}:{variant_id or ''}"
+    return uuid.uuid5(NAMESPACE, key + (f":{revision}" if revision else ""))
 
 
 def event_id(command: uuid.UUID, seq: int) -> uuid.UUID:
@@ -32,5 +37,7 @@ def event_id(command: uuid.UUID, seq: int) -> uuid.UUID:
     return uuid.uuid5(NAMESPACE, f"event:{command}:{seq}")
 
 
-def expiry_source_id(reservation: uuid.UUID, expires_at: datetime) -> str:
-    return f"{reservation}:{expires_at.isoformat()}"
+def expiry_source_id(grant_digest_hex: str, expires_at: datetime) -> str:
+    """Source id of the scheduler's expiry of one admission: every replica
+    derives the same command id, so their duplicates dedupe in the inbox."""
+    return f"{grant_digest_hex}:{expires_at.isoformat()}"

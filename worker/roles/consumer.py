@@ -23,10 +23,10 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from worker.adapters import store
-from worker.apply import apply_command
 from worker.config import Settings
 from worker.domain.commands import Command, decode_command
 from worker.domain.model import ExperienceSettings
+from worker.engine import apply_command
 from worker.logs import get_logger
 
 log = get_logger("worker.consumer")

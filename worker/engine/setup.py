@@ -1,0 +1,71 @@
+"""Stock levels and experience configuration."""
+
+from __future__ import annotations
+
+from worker.adapters import store
+from worker.adapters.store import Conn
+from worker.domain.commands import ConfigureExperience, SetStock
+from worker.domain.events import ExperienceConfigured, StockRefused, StockSet
+from worker.domain.model import ExperienceSettings
+from worker.engine.base import Applied, Events
+
+
+async def set_stock(conn: Conn, cmd: SetStock) -> Applied:
+    events = Events(cmd)
+    variant = cmd.variant_id or ""
+    refused_by = await store.set_stock(conn, cmd.product_id, variant, cmd.on_hand, cmd.occurred_at)
+    if refused_by is not None:
+        # The holds stand: the operator releases or sells first (DESIGN).
+        events.add(
+            StockRefused(
+                **events.common(),
+                product_id=cmd.product_id,
+                variant_id=cmd.variant_id,
+                on_hand=cmd.on_hand,
+                committed=refused_by,
+            )
+        )
+        return Applied(
+            {
+                "status": "rejected",
+                "error": "STOCK_BELOW_COMMITTED",
+                "message": f"onHand {cmd.on_hand} is below the {refused_by} units reserved or sold",
+                "committed": refused_by,
+            },
+            events.items,
+        )
+    events.add(
+        StockSet(
+            **events.common(),
+            product_id=cmd.product_id,
+            variant_id=cmd.variant_id,
+            on_hand=cmd.on_hand,
+        )
+    )
+    return Applied({"status": "set", "onHand": cmd.on_hand}, events.items)
+
+
+async def configure_experience(conn: Conn, cmd: ConfigureExperience) -> Applied:
+    events = Events(cmd)
+    settings = ExperienceSettings(
+        strategy=cmd.strategy,
+        window_seconds=cmd.window_seconds,
+        buffer_seconds=cmd.buffer_seconds,
+        pool_size=cmd.pool_size,
+        multi_item_policy=cmd.multi_item_policy,
+    )
+    await store.upsert_experience(conn, cmd.experience_id, settings, cmd.occurred_at)
+    events.add(
+        ExperienceConfigured(
+            **events.common(),
+            experience_id=cmd.experience_id,
+            strategy=settings.strategy,
+            window_seconds=settings.window_seconds,
+            buffer_seconds=settings.buffer_seconds,
+            pool_size=settings.pool_size,
+            multi_item_policy=settings.multi_item_policy,
+        )
+    )
+    return Applied(
+        {"status": "configured", **settings.model_dump(mode="json", by_alias=True)}, events.items
+    )
