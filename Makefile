@@ -35,6 +35,10 @@ test: check kafka-jars
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration" $(PYTEST_ARGS)
 
+# Regenerate the public contracts in schemas/ from the pydantic models.
+schemas: $(STAMP)
+	$(BIN)/python -m worker.contracts
+
 stack-up: kafka-jars
 	deploy/local/postgres.sh start
 	deploy/local/kafka.sh start

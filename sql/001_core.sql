@@ -53,6 +53,8 @@ CREATE TABLE admissions (
     order_id        TEXT
 );
 CREATE INDEX admissions_consumer ON admissions (experience_id, consumer_id, admitted_at DESC);
+-- The scheduler's scan: active admissions by due time.
+CREATE INDEX admissions_due ON admissions (expires_at) WHERE status = 'active';
 
 -- Endings that arrived before their admission (Fanfare does not promise
 -- order): the late admission is recorded as ended and takes no holds. Keyed
@@ -141,3 +143,12 @@ CREATE TABLE outbox (
     published_at TIMESTAMPTZ
 );
 CREATE INDEX outbox_unpublished ON outbox (seq) WHERE published_at IS NULL;
+
+-- Results of `reconcile`, newest last; the latest is exposed as metrics.
+CREATE TABLE reconcile_runs (
+    id         BIGSERIAL PRIMARY KEY,
+    ran_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    drift_rows INTEGER NOT NULL,
+    repaired   BOOLEAN NOT NULL,
+    details    JSONB NOT NULL
+);

@@ -20,9 +20,26 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("receiver", help="Fanfare webhook receiver (HTTP)")
     sub.add_parser("consumer", help="apply inbound commands to PostgreSQL")
     sub.add_parser("relay", help="publish the outbox to the events topic")
+    sub.add_parser("scheduler", help="publish expiry commands for holds past expires_at")
+    rec = sub.add_parser("reconcile", help="report (and --repair) counter drift; exit 1 on drift")
+    rec.add_argument("--repair", action="store_true", help="set drifted counters right")
     sub.add_parser("migrate", help="apply pending SQL migrations")
     add_parsers(sub)
     return parser
+
+
+async def run_reconcile(dsn: str, repair: bool) -> int:
+    import asyncpg
+
+    from worker.reconcile import reconcile, render
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        drift = await reconcile(conn, repair)
+    finally:
+        await conn.close()
+    print(render(drift, repaired=repair))
+    return 1 if drift else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         asyncio.run(do_migrate())
         return 0
+    if args.command == "reconcile":
+        return asyncio.run(run_reconcile(settings.database_url, args.repair))
     if args.command in ("put-stock", "put-cart"):
         asyncio.run(produce_one(settings, build_operator_command(args)))
         return 0

@@ -17,10 +17,11 @@ from worker.logs import get_logger
 from worker.roles.consumer import CommandConsumer
 from worker.roles.receiver import build_app
 from worker.roles.relay import OutboxRelay
+from worker.roles.scheduler import ExpiryScheduler
 
 log = get_logger("worker.runtime")
 
-ROLES = ("receiver", "consumer", "relay")
+ROLES = ("receiver", "consumer", "relay", "scheduler")
 
 
 @contextlib.asynccontextmanager
@@ -62,7 +63,7 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Ev
         if "receiver" in roles:
             app = build_app(settings, producer)
             tasks.append(_serve_http(app, settings.listen_host, settings.listen_port, stop))
-        if {"consumer", "relay"} & set(roles):
+        if {"consumer", "relay", "scheduler"} & set(roles):
             pool = await stack.enter_async_context(started_pool(settings))
             if "consumer" in roles:
                 consumer = CommandConsumer(
@@ -71,6 +72,8 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Ev
                 tasks.append(consumer.run(stop))
             if "relay" in roles:
                 tasks.append(OutboxRelay(settings, pool, producer).run(stop))
+            if "scheduler" in roles:
+                tasks.append(ExpiryScheduler(settings, pool, producer).run(stop))
         log.info("roles_started", roles=list(roles))
         await _until_first_failure(tasks, stop)
 

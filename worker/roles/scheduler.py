@@ -1,0 +1,173 @@
+"""The expiry scheduler: publishes an expiry command for every active
+admission whose `expires_at` has passed. It never changes state itself.
+
+Several replicas are safe: only the holder of a PostgreSQL advisory lock
+scans (the others wait to take over), so there is no storm of duplicates; and
+any duplicate that does occur (a takeover, a re-publish of an expiry not yet
+applied) carries the same command id, derived from the grant and its
+`expires_at`, so the consumers' inbox drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from worker.adapters.store import Conn
+from worker.clock import Clock, SystemClock
+from worker.config import Settings
+from worker.domain import ids
+from worker.domain.commands import CommandSource, EndAdmission, encode_command
+from worker.logs import get_logger
+
+log = get_logger("worker.scheduler")
+
+SCHEDULER_LOCK_KEY = 0x5343484544  # "SCHED"
+
+
+@dataclass(frozen=True)
+class DueAdmission:
+    grant_digest: str
+    experience_id: str
+    consumer_id: str
+    expires_at: datetime
+
+
+def expiry_command(due: DueAdmission, received_at: datetime) -> EndAdmission:
+    """The expiry of one admission; every replica derives the same id."""
+    source_id = ids.expiry_source_id(due.grant_digest, due.expires_at)
+    return EndAdmission(
+        command_id=ids.command_id("scheduler", source_id),
+        occurred_at=due.expires_at,
+        received_at=received_at,
+        source=CommandSource(kind="scheduler", source_id=source_id),
+        experience_id=due.experience_id,
+        consumer_id=due.consumer_id,
+        grant_digest=due.grant_digest,
+        outcome="expired",
+        reason="window_elapsed",
+        ended_at=due.expires_at,
+    )
+
+
+class ExpiryScheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        clock: Clock | None = None,
+        max_sleep_s: float = 0.5,
+        republish_after_s: float = 30.0,
+        batch: int = 2000,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.clock = clock or SystemClock()
+        self.max_sleep_s = max_sleep_s
+        self.republish_after = timedelta(seconds=republish_after_s)
+        self.batch = batch
+        # Expiries published and not yet applied, with when: not re-sent
+        # every scan, only after `republish_after` as a safety net.
+        self._sent: dict[str, datetime] = {}
+        self.published = 0
+        self.leader = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with self.pool.acquire() as lock_conn:
+                    await self._lead_while_locked(lock_conn, stop)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("scheduler_retry", error=type(exc).__name__, detail=str(exc)[:200])
+                self.leader = False
+                await self._sleep(stop, 1.0)
+
+    async def _lead_while_locked(self, lock_conn: Conn, stop: asyncio.Event) -> None:
+        # Session-level lock on a connection held for as long as we lead; if
+        # this process dies its connection closes and another replica leads.
+        while not stop.is_set():
+            if await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY):
+                break
+            await self._sleep(stop, 1.0)
+        else:
+            return
+        self.leader = True
+        log.info("scheduler_leading")
+        try:
+            while not stop.is_set():
+                await self._sleep(stop, await self.tick())
+        finally:
+            self.leader = False
+            with contextlib.suppress(Exception):
+                await lock_conn.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
+
+    async def tick(self) -> float:
+        """Publish what is due; return how long to sleep until the next due."""
+        now = self.clock.now()
+        due = await self.due(now)
+        fresh = [d for d in due if self._should_send(d, now)]
+        if fresh:
+            await self.publish(fresh, now)
+        live = {d.grant_digest for d in due}
+        self._sent = {g: t for g, t in self._sent.items() if g in live}
+        if len(due) >= self.batch:
+            return 0.0
+        next_due: datetime | None = await self.pool.fetchval(
+            "SELECT min(expires_at) FROM admissions WHERE status = 'active' AND expires_at > $1",
+            now,
+        )
+        if next_due is None:
+            return self.max_sleep_s
+        return max(0.0, min(self.max_sleep_s, (next_due - now).total_seconds()))
+
+    def _should_send(self, due: DueAdmission, now: datetime) -> bool:
+        sent = self._sent.get(due.grant_digest)
+        return sent is None or now - sent >= self.republish_after
+
+    async def due(self, now: datetime) -> list[DueAdmission]:
+        rows = await self.pool.fetch(
+            """SELECT admission_grant, experience_id, consumer_id, expires_at FROM admissions
+               WHERE status = 'active' AND expires_at <= $1
+               ORDER BY expires_at LIMIT $2""",
+            now,
+            self.batch,
+        )
+        return [
+            DueAdmission(
+                r["admission_grant"], r["experience_id"], r["consumer_id"], r["expires_at"]
+            )
+            for r in rows
+        ]
+
+    async def publish(self, due: list[DueAdmission], now: datetime) -> None:
+        futures = []
+        for d in due:
+            command = expiry_command(d, now)
+            futures.append(
+                await self.producer.send(
+                    self.settings.commands_topic,
+                    encode_command(command),
+                    key=command.partition_key().encode("utf-8"),
+                )
+            )
+        await asyncio.wait_for(
+            asyncio.gather(*futures), timeout=self.settings.produce_timeout_seconds * 2
+        )
+        for d in due:
+            self._sent[d.grant_digest] = now
+        self.published += len(due)
+        lag = (now - due[0].expires_at).total_seconds()
+        log.info("expiries_published", count=len(due), oldest_lag_s=round(lag, 3))
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
