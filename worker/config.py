@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     api_wait_seconds: float = Field(
         default=5.0, gt=0, description="How long an API write waits for its applied outcome"
     )
+    ops_host: str = Field(default="127.0.0.1", description="bind host of the ops endpoints")
     ops_port: int = Field(
         default=9090, ge=0, le=65535, description="healthz/readyz/metrics of non-HTTP roles"
     )
