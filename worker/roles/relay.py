@@ -19,6 +19,10 @@ log = get_logger("worker.relay")
 # One relay publishes at a time, whatever the replica count: concurrent
 # relays would interleave batches and break per-key order.
 RELAY_LOCK_KEY = 0x52454C4159  # "RELAY"
+# The outbox sequence number: the global commit order of the events. Each
+# partition carries increasing values (the relay publishes in order), so a
+# rebuild merges partitions by it and folds in exactly the committed order.
+SEQ_HEADER = "outbox-seq"
 
 
 class OutboxRelay:
@@ -62,6 +66,7 @@ class OutboxRelay:
                     self.settings.events_topic,
                     bytes(r["payload"]),
                     key=r["partition_key"].encode("utf-8"),
+                    headers=[(SEQ_HEADER, str(r["seq"]).encode("ascii"))],
                 )
                 for r in rows
             ]
