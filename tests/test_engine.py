@@ -14,10 +14,9 @@ import pytest_asyncio
 
 from tests import builders as b
 from tests.helpers import unique
-from worker.adapters import store
 from worker.domain.commands import Command
 from worker.domain.model import ExperienceSettings
-from worker.engine import apply_command
+from worker.engine import Coordinates, apply_batch
 
 DEFAULTS = ExperienceSettings()
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
@@ -29,9 +28,9 @@ class Engine:
         self.events: list[Any] = []
 
     async def __call__(self, command: Command) -> dict[str, Any]:
+        """One command as a batch of one: load, apply, flush, commit."""
         async with self.pool.acquire() as conn, conn.transaction():
-            applied = await apply_command(conn, command, DEFAULTS)
-            await store.write_outbox(conn, applied.events)
+            [applied] = await apply_batch(conn, [(command, Coordinates("test", 0, 0))], DEFAULTS)
         self.events.extend(applied.events)
         return applied.outcome
 

@@ -1,10 +1,16 @@
-"""The engine: applies one command inside the batch transaction. It loads the
-facts, asks the pure domain what to do, writes the result and the events that
-describe it. Dispatch is here; each command kind has its own module."""
+"""The engine: applies a batch of commands inside the batch transaction.
+The unit of work reads every row the batch can touch in a few set-based
+queries; each command, in order, asks the pure domain what to do and changes
+that in-memory state, recording its outcome and events; the unit of work
+then writes everything back with one statement per table. Dispatch is here;
+each command kind has its own module."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from worker.adapters.store import Conn
+from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import (
     AdmitConsumer,
     Command,
@@ -22,20 +28,55 @@ from worker.engine.checkout import complete_checkout
 from worker.engine.endings import end_admission
 from worker.engine.setup import configure_experience, set_stock
 
-__all__ = ["Applied", "apply_command"]
+__all__ = ["Applied", "Coordinates", "apply_batch", "apply_command"]
 
 
-async def apply_command(conn: Conn, command: Command, defaults: ExperienceSettings) -> Applied:
+@dataclass(frozen=True)
+class Coordinates:
+    """Where a command was read from; recorded in the inbox."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+async def apply_batch(
+    conn: Conn,
+    commands: list[tuple[Command, Coordinates]],
+    defaults: ExperienceSettings,
+) -> list[Applied]:
+    """Apply commands not yet in the inbox, in order; returns their results.
+    Runs inside the caller's transaction and commits nothing."""
+    uow = UnitOfWork()
+    await uow.load(conn, [c for c, _ in commands])
+    results = []
+    for command, at in commands:
+        applied = apply_command(uow, command, defaults)
+        uow.record(
+            command.command_id,
+            command.type,
+            applied.outcome,
+            applied.events,
+            at.topic,
+            at.partition,
+            at.offset,
+        )
+        results.append(applied)
+    await uow.flush(conn)
+    return results
+
+
+def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSettings) -> Applied:
     match command:
         case AdmitConsumer():
-            return await admit(conn, command, defaults)
+            return admit(uow, command, defaults)
         case PutCart():
-            return await put_cart(conn, command, defaults)
+            return put_cart(uow, command, defaults)
         case SetStock():
-            return await set_stock(conn, command)
+            return set_stock(uow, command)
         case ConfigureExperience():
-            return await configure_experience(conn, command)
+            return configure_experience(uow, command)
         case EndAdmission():
-            return await end_admission(conn, command)
+            return end_admission(uow, command)
         case CompleteCheckout():
-            return await complete_checkout(conn, command)
+            return complete_checkout(uow, command)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from worker.adapters import store
-from worker.adapters.store import Conn
+from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.admission import AdmissionDecision, AdmissionPlan, plan_admission
 from worker.domain.commands import AdmitConsumer
 from worker.domain.events import (
@@ -20,25 +19,22 @@ from worker.engine import holds
 from worker.engine.base import Applied, Events
 
 
-async def admit(conn: Conn, cmd: AdmitConsumer, defaults: ExperienceSettings) -> Applied:
+def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> Applied:
     events = Events(cmd)
-    if await store.grant_seen(conn, cmd.grant_digest):
+    if uow.grant_seen(cmd.grant_digest):
         # The grant dedupes forever: no second set of holds, whatever the event id.
         return Applied({"status": "duplicate_grant"})
-    settings = await store.load_settings(conn, cmd.experience_id) or defaults
-    prior = await store.latest_admission(conn, cmd.experience_id, cmd.consumer_id)
-    ending = await store.find_ending(
-        conn, cmd.grant_digest, cmd.experience_id, cmd.consumer_id, cmd.admitted_at
-    )
-    cart = await store.load_cart(conn, cmd.experience_id, cmd.consumer_id)
+    settings = uow.load_settings(cmd.experience_id) or defaults
+    prior = uow.latest_admission(cmd.experience_id, cmd.consumer_id)
+    ending = uow.find_ending(cmd.grant_digest, cmd.experience_id, cmd.consumer_id, cmd.admitted_at)
+    cart = uow.load_cart(cmd.experience_id, cmd.consumer_id)
     plan = plan_admission(cmd, settings, cart, False, prior, ending)
 
     if plan.supersedes is not None:
-        await _supersede(conn, events, cmd, plan.supersedes)
+        _supersede(uow, events, cmd, plan.supersedes)
 
     status = _recorded_status(plan)
-    await store.insert_admission(
-        conn,
+    uow.insert_admission(
         grant=cmd.grant_digest,
         experience_id=cmd.experience_id,
         consumer_id=cmd.consumer_id,
@@ -51,9 +47,7 @@ async def admit(conn: Conn, cmd: AdmitConsumer, defaults: ExperienceSettings) ->
         command_id=cmd.command_id,
     )
     if plan.ending is not None:
-        await store.close_admission(
-            conn, cmd.grant_digest, status, plan.ending.reason, plan.ending.ended_at
-        )
+        uow.close_admission(cmd.grant_digest, status, plan.ending.reason, plan.ending.ended_at)
     events.add(
         AdmissionRecorded(
             **events.common(),
@@ -76,10 +70,9 @@ async def admit(conn: Conn, cmd: AdmitConsumer, defaults: ExperienceSettings) ->
         )
 
     wanted = {(h.product_id, h.variant_id): h.quantity for h in plan.holds}
-    results = await holds.take(conn, cmd.experience_id, settings, wanted, plan.all_or_nothing)
+    results = holds.take(uow, cmd.experience_id, settings, wanted, plan.all_or_nothing)
     taken = [h for h in plan.holds if results[(h.product_id, h.variant_id)] is None]
-    await store.insert_reservations(
-        conn,
+    uow.insert_reservations(
         holds=taken,
         experience_id=cmd.experience_id,
         consumer_id=cmd.consumer_id,
@@ -145,12 +138,10 @@ def _recorded_status(
     return "active"
 
 
-async def _supersede(conn: Conn, events: Events, cmd: AdmitConsumer, old_grant: str) -> None:
+def _supersede(uow: UnitOfWork, events: Events, cmd: AdmitConsumer, old_grant: str) -> None:
     """A new grant for the same consumer and experience: the old holds go back."""
-    released = await store.end_active_reservations(
-        conn, old_grant, "released", "superseded", cmd.admitted_at
-    )
-    await store.close_admission(conn, old_grant, "superseded", "superseded", cmd.admitted_at)
+    released = uow.end_active_reservations(old_grant, "released", "superseded", cmd.admitted_at)
+    uow.close_admission(old_grant, "superseded", "superseded", cmd.admitted_at)
     for held in released:
         events.hold_ended(
             kind="reservation.released",

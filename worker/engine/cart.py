@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.adapters import store
-from worker.adapters.store import Conn, HeldRow
+from worker.adapters.store import HeldRow
+from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.admission import HoldRequest, is_all_or_nothing
 from worker.domain.cart import plan_cart_change
 from worker.domain.commands import PutCart
@@ -16,9 +16,9 @@ from worker.engine import holds
 from worker.engine.base import Applied, Events
 
 
-async def put_cart(conn: Conn, cmd: PutCart, defaults: ExperienceSettings) -> Applied:
+def put_cart(uow: UnitOfWork, cmd: PutCart, defaults: ExperienceSettings) -> Applied:
     events = Events(cmd)
-    await store.put_cart(conn, cmd.experience_id, cmd.consumer_id, cmd.items, cmd.occurred_at)
+    uow.put_cart(cmd.experience_id, cmd.consumer_id, cmd.items, cmd.occurred_at)
     events.add(
         CartUpdated(
             **events.common(),
@@ -28,31 +28,29 @@ async def put_cart(conn: Conn, cmd: PutCart, defaults: ExperienceSettings) -> Ap
         )
     )
     outcome: dict[str, Any] = {"status": "stored", "items": len(cmd.items)}
-    admission = await store.current_admission(conn, cmd.experience_id, cmd.consumer_id)
+    admission = uow.current_admission(cmd.experience_id, cmd.consumer_id)
     if admission is None or admission.status != "active":
         return Applied(outcome, events.items)
 
-    settings = await store.admission_settings(conn, admission.grant_digest) or defaults
-    current = await store.active_holds(conn, admission.grant_digest)
+    settings = uow.admission_settings(admission.grant_digest) or defaults
+    current = uow.active_holds(admission.grant_digest)
     changes = plan_cart_change(
         admission.grant_digest, str(cmd.command_id), current, cmd.items, settings.strategy
     )
     increases = {(c.product_id, c.variant_id): c.delta for c in changes if c.delta > 0}
-    results = await holds.take(
-        conn, cmd.experience_id, settings, increases, is_all_or_nothing(settings)
-    )
+    results = holds.take(uow, cmd.experience_id, settings, increases, is_all_or_nothing(settings))
     applied = [c for c in changes if results.get((c.product_id, c.variant_id)) is None]
     for change in applied:
         if change.delta < 0:
-            await holds.give_back(
-                conn,
+            holds.give_back(
+                uow,
                 cmd.experience_id,
                 settings,
                 (change.product_id, change.variant_id),
                 -change.delta,
             )
     replaced = [c.old.reservation_id for c in applied if c.old is not None]
-    await store.release_replaced_holds(conn, replaced, "cart_changed", cmd.occurred_at)
+    uow.release_replaced_holds(replaced, "cart_changed", cmd.occurred_at)
     for change in applied:
         if change.old is not None:
             old = change.old
@@ -66,8 +64,7 @@ async def put_cart(conn: Conn, cmd: PutCart, defaults: ExperienceSettings) -> Ap
                 at=cmd.occurred_at,
             )
     created = [c for c in applied if c.new_reservation_id is not None]
-    await store.insert_reservations(
-        conn,
+    uow.insert_reservations(
         holds=[
             HoldRequest(c.new_reservation_id, c.product_id, c.variant_id, c.new_quantity)
             for c in created

@@ -4,8 +4,7 @@ events, whichever comes first."""
 
 from __future__ import annotations
 
-from worker.adapters import store
-from worker.adapters.store import Conn
+from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.checkout import check_checkout
 from worker.domain.commands import CompleteCheckout
 from worker.domain.events import AdmissionEnded, CheckoutRejected
@@ -33,15 +32,15 @@ def _reject(events: Events, cmd: CompleteCheckout, code: str, status: int, messa
     )
 
 
-async def complete_checkout(conn: Conn, cmd: CompleteCheckout) -> Applied:
+def complete_checkout(uow: UnitOfWork, cmd: CompleteCheckout) -> Applied:
     events = Events(cmd)
     if cmd.grant_digest is not None:
-        admission = await store.admission_state(conn, cmd.grant_digest)
+        admission = uow.admission_state(cmd.grant_digest)
     else:
-        admission = await store.current_admission(conn, cmd.experience_id, cmd.consumer_id)
+        admission = uow.current_admission(cmd.experience_id, cmd.consumer_id)
 
     if admission is not None and admission.status == "converted":
-        order = await store.admission_order(conn, admission.grant_digest)
+        order = uow.admission_order(admission.grant_digest)
         if order == cmd.order_id:
             return Applied({"status": "converted", "orderId": order, "duplicate": True})
         log.warning(
@@ -55,7 +54,7 @@ async def complete_checkout(conn: Conn, cmd: CompleteCheckout) -> Applied:
             events, cmd, "ORDER_CONFLICT", 409, f"holds were already converted by order {order}"
         )
 
-    holds = await store.consumer_holds(conn, cmd.experience_id, cmd.consumer_id)
+    holds = uow.consumer_holds(cmd.experience_id, cmd.consumer_id)
     if admission is not None and cmd.grant_digest is None:
         # Fanfare's completion carries no grant: judge this admission's holds.
         holds = [h for h in holds if h.grant_digest == admission.grant_digest]
@@ -65,11 +64,11 @@ async def complete_checkout(conn: Conn, cmd: CompleteCheckout) -> Applied:
     if admission is None or admission.status != "active":
         return _reject(events, cmd, "RESERVATION_MISSING", 400, "No active reservation")
 
-    converted = await store.convert_active_reservations(
-        conn, admission.grant_digest, cmd.order_id, cmd.occurred_at
+    converted = uow.convert_active_reservations(
+        admission.grant_digest, cmd.order_id, cmd.occurred_at
     )
-    await store.close_admission(
-        conn, admission.grant_digest, "converted", "checkout", cmd.occurred_at, cmd.order_id
+    uow.close_admission(
+        admission.grant_digest, "converted", "checkout", cmd.occurred_at, cmd.order_id
     )
     for held in converted:
         events.hold_ended(

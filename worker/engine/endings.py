@@ -3,8 +3,7 @@ or Fanfare's admission-expired first). Decision: worker.domain.endings."""
 
 from __future__ import annotations
 
-from worker.adapters import store
-from worker.adapters.store import Conn
+from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import EndAdmission
 from worker.domain.endings import EndDecision, decide_end
 from worker.domain.events import AdmissionEnded, EndingRemembered
@@ -14,12 +13,12 @@ from worker.logs import get_logger
 log = get_logger("worker.engine")
 
 
-async def end_admission(conn: Conn, cmd: EndAdmission) -> Applied:
+def end_admission(uow: UnitOfWork, cmd: EndAdmission) -> Applied:
     events = Events(cmd)
     if cmd.grant_digest is not None:
-        admission = await store.admission_state(conn, cmd.grant_digest)
+        admission = uow.admission_state(cmd.grant_digest)
     else:
-        admission = await store.current_admission(conn, cmd.experience_id, cmd.consumer_id)
+        admission = uow.current_admission(cmd.experience_id, cmd.consumer_id)
         if (
             admission is not None
             and admission.status != "active"
@@ -31,8 +30,7 @@ async def end_admission(conn: Conn, cmd: EndAdmission) -> Applied:
     decision = decide_end(cmd, admission)
 
     if decision is EndDecision.REMEMBER:
-        await store.remember_ending(
-            conn,
+        uow.remember_ending(
             command_id=cmd.command_id,
             experience_id=cmd.experience_id,
             consumer_id=cmd.consumer_id,
@@ -64,10 +62,10 @@ async def end_admission(conn: Conn, cmd: EndAdmission) -> Applied:
         )
         return Applied({"status": decision.value, "admissionStatus": admission.status})
 
-    ended = await store.end_active_reservations(
-        conn, admission.grant_digest, cmd.outcome, cmd.reason, cmd.ended_at
+    ended = uow.end_active_reservations(
+        admission.grant_digest, cmd.outcome, cmd.reason, cmd.ended_at
     )
-    await store.close_admission(conn, admission.grant_digest, cmd.outcome, cmd.reason, cmd.ended_at)
+    uow.close_admission(admission.grant_digest, cmd.outcome, cmd.reason, cmd.ended_at)
     for held in ended:
         events.hold_ended(
             kind=f"reservation.{cmd.outcome}",

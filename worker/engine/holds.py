@@ -3,15 +3,14 @@ pool row), in stable key order, all-or-nothing where the strategy says so."""
 
 from __future__ import annotations
 
-from worker.adapters import store
-from worker.adapters.store import Conn
+from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.model import ExperienceSettings, Strategy
 
 RowKey = tuple[str, str]
 
 
-async def take(
-    conn: Conn,
+def take(
+    uow: UnitOfWork,
     experience_id: str,
     settings: ExperienceSettings,
     wanted: dict[RowKey, int],
@@ -25,29 +24,29 @@ async def take(
     for key in sorted(wanted):
         product, variant = key
         units = wanted[key]
-        if pooled and not await store.take_pool(
-            conn, experience_id, product, variant, units, settings.pool_size or 0
+        if pooled and not uow.take_pool(
+            experience_id, product, variant, units, settings.pool_size or 0
         ):
             result[key] = "POOL_EMPTY"
             continue
-        if not await store.take_units(conn, product, variant, units):
+        if not uow.take_units(product, variant, units):
             if pooled:
-                await store.give_back_pool(conn, experience_id, product, variant, units)
+                uow.give_back_pool(experience_id, product, variant, units)
             result[key] = "INSUFFICIENT_STOCK"
             continue
         result[key] = None
     if all_or_nothing and any(reason is not None for reason in result.values()):
         for key, reason in result.items():
             if reason is None:
-                await give_back(conn, experience_id, settings, key, wanted[key])
+                give_back(uow, experience_id, settings, key, wanted[key])
                 result[key] = "CART_ALL_OR_NOTHING"
     return result
 
 
-async def give_back(
-    conn: Conn, experience_id: str, settings: ExperienceSettings, key: RowKey, units: int
+def give_back(
+    uow: UnitOfWork, experience_id: str, settings: ExperienceSettings, key: RowKey, units: int
 ) -> None:
     product, variant = key
-    await store.give_back_units(conn, product, variant, units)
+    uow.give_back_units(product, variant, units)
     if settings.strategy is Strategy.POOL:
-        await store.give_back_pool(conn, experience_id, product, variant, units)
+        uow.give_back_pool(experience_id, product, variant, units)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from worker.adapters import store
-from worker.adapters.store import Conn
+from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import ConfigureExperience, SetStock
 from worker.domain.events import ExperienceConfigured, StockRefused, StockSet
 from worker.domain.model import ExperienceSettings
 from worker.engine.base import Applied, Events
 
 
-async def set_stock(conn: Conn, cmd: SetStock) -> Applied:
+def set_stock(uow: UnitOfWork, cmd: SetStock) -> Applied:
     events = Events(cmd)
     variant = cmd.variant_id or ""
-    refused_by = await store.set_stock(conn, cmd.product_id, variant, cmd.on_hand, cmd.occurred_at)
+    refused_by = uow.set_stock(cmd.product_id, variant, cmd.on_hand, cmd.occurred_at)
     if refused_by is not None:
         # The holds stand: the operator releases or sells first (DESIGN).
         events.add(
@@ -45,7 +44,7 @@ async def set_stock(conn: Conn, cmd: SetStock) -> Applied:
     return Applied({"status": "set", "onHand": cmd.on_hand}, events.items)
 
 
-async def configure_experience(conn: Conn, cmd: ConfigureExperience) -> Applied:
+def configure_experience(uow: UnitOfWork, cmd: ConfigureExperience) -> Applied:
     events = Events(cmd)
     settings = ExperienceSettings(
         strategy=cmd.strategy,
@@ -54,7 +53,7 @@ async def configure_experience(conn: Conn, cmd: ConfigureExperience) -> Applied:
         pool_size=cmd.pool_size,
         multi_item_policy=cmd.multi_item_policy,
     )
-    await store.upsert_experience(conn, cmd.experience_id, settings, cmd.occurred_at)
+    uow.upsert_experience(cmd.experience_id, settings, cmd.occurred_at)
     events.add(
         ExperienceConfigured(
             **events.common(),

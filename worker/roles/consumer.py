@@ -26,7 +26,7 @@ from worker.adapters import store
 from worker.config import Settings
 from worker.domain.commands import Command, decode_command
 from worker.domain.model import ExperienceSettings
-from worker.engine import apply_command
+from worker.engine import Coordinates, apply_batch
 from worker.logs import get_logger
 
 log = get_logger("worker.consumer")
@@ -58,6 +58,7 @@ class Poison:
     record: ConsumerRecord[bytes, bytes]
     error_class: str
     reason: str
+    command: Command | None = None  # None when it could not even be decoded
 
 
 def _crash_hook(point: str) -> None:
@@ -174,78 +175,84 @@ class CommandConsumer:
     async def _apply(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], attempt: int
     ) -> None:
-        applied = duplicates = skipped = 0
-        parked: list[Poison] = []
         async with self.pool.acquire() as conn, conn.transaction():
             partitions = sorted(tp.partition for tp in batch)
             positions = await store.lock_positions(conn, self.topic, partitions)
+            fresh: list[ConsumerRecord[bytes, bytes]] = []
             advanced: dict[int, int] = {}
             for tp in sorted(batch, key=lambda t: t.partition):
                 start = positions[tp.partition]
-                for record in batch[tp]:
-                    if record.offset < start:
-                        skipped += 1  # applied by an earlier owner of this partition
-                        continue
-                    if record.offset == start + len(batch[tp]) // 2:
-                        _crash_hook("mid_batch")
-                    outcome = await self._apply_record(conn, record)
-                    if isinstance(outcome, Poison):
-                        parked.append(outcome)
-                    elif outcome:
-                        applied += 1
-                    else:
-                        duplicates += 1
+                # Records below the stored position were applied by an
+                # earlier owner of this partition.
+                fresh.extend(r for r in batch[tp] if r.offset >= start)
                 advanced[tp.partition] = max(start, batch[tp][-1].offset + 1)
+            skipped = sum(len(recs) for recs in batch.values()) - len(fresh)
+            decoded, parked = self._decode(fresh)
+            seen = await store.inbox_seen(conn, [c.command_id for c, _ in decoded])
+            todo: list[tuple[Command, Coordinates]] = []
+            for command, at in decoded:
+                if command.command_id not in seen:
+                    seen.add(command.command_id)  # a repeat inside this batch too
+                    todo.append((command, at))
+            _crash_hook("mid_batch")
+            by_place = {Coordinates(r.topic, r.partition, r.offset): r for r in fresh}
+            parked += await self._apply_commands(conn, todo, by_place)
             # Park poison before the positions move past it: a crash between
             # the two re-parks it (a duplicate in the DLQ), never loses it.
             for poison in parked:
                 await self._park(poison, attempt)
             await store.advance_positions(conn, self.topic, advanced)
+        applied = len(todo) - sum(1 for p in parked if p.command is not None)
         self.batches_applied += 1
         self.commands_applied += applied
         log.info(
             "batch_applied",
             applied=applied,
-            duplicates=duplicates,
+            duplicates=len(decoded) - len(todo),
             skipped=skipped,
             parked=len(parked),
             positions=advanced,
         )
 
-    async def _apply_record(
-        self, conn: store.Conn, record: ConsumerRecord[bytes, bytes]
-    ) -> bool | Poison:
-        """True if applied now, False if applied before, Poison if it cannot be."""
+    def _decode(
+        self, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> tuple[list[tuple[Command, Coordinates]], list[Poison]]:
+        decoded: list[tuple[Command, Coordinates]] = []
+        poison: list[Poison] = []
+        for record in records:
+            try:
+                command: Command = decode_command(record.value or b"")
+            except (ValidationError, ValueError) as exc:
+                poison.append(Poison(record, type(exc).__name__, str(exc)[:500]))
+                continue
+            decoded.append((command, Coordinates(record.topic, record.partition, record.offset)))
+        return decoded, poison
+
+    async def _apply_commands(
+        self,
+        conn: store.Conn,
+        todo: list[tuple[Command, Coordinates]],
+        records: dict[Coordinates, ConsumerRecord[bytes, bytes]],
+    ) -> list[Poison]:
+        """The whole batch in one unit of work; if the database refuses it as
+        data (a constraint, a bad value), find the culprit by applying the
+        commands one at a time, each in its own savepoint, and park it."""
+        if not todo:
+            return []
         try:
-            command: Command = decode_command(record.value or b"")
-        except (ValidationError, ValueError) as exc:
-            return Poison(record, type(exc).__name__, str(exc)[:500])
-        if await store.inbox_has(conn, command.command_id):
-            return False
-        try:
-            async with conn.transaction():  # savepoint: a poison command undoes only itself
-                result = await apply_command(conn, command, self.defaults)
-                await store.write_outbox(conn, result.events)
-                await store.record_inbox(
-                    conn,
-                    command.command_id,
-                    command.type,
-                    result.outcome,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                )
+            async with conn.transaction():
+                await apply_batch(conn, todo, self.defaults)
+            return []
         except POISON_DB_ERRORS as exc:
-            return Poison(record, type(exc).__name__, str(exc)[:500])
-        log.debug(
-            "command_applied",
-            command_id=str(command.command_id),
-            command_type=command.type,
-            outcome=result.outcome.get("status"),
-            partition=record.partition,
-            offset=record.offset,
-        )
-        return True
+            log.warning("batch_isolating", error=type(exc).__name__, commands=len(todo))
+        parked: list[Poison] = []
+        for command, at in todo:
+            try:
+                async with conn.transaction():
+                    await apply_batch(conn, [(command, at)], self.defaults)
+            except POISON_DB_ERRORS as exc:
+                parked.append(Poison(records[at], type(exc).__name__, str(exc)[:500], command))
+        return parked
 
     async def _park(self, poison: Poison, attempt: int) -> None:
         record = poison.record

@@ -1,0 +1,870 @@
+"""The batch's unit of work: everything a batch of commands can touch is read
+in a handful of set-based queries, the commands are applied in order against
+that in-memory state, and the changes are written back with one statement per
+table. Round trips per batch stay constant however large the batch is.
+
+Concurrency: reservations, admissions, carts, endings and pools belong to one
+experience, and one experience's commands are applied by one consumer at a
+time (its partition's position row is locked for the whole transaction).
+Stock rows are shared between experiences: every stock row the batch may
+touch is locked `FOR UPDATE` at load time, in key order, so two consumers
+never deadlock and no decision is made on a value another transaction can
+change before we commit. The CHECK constraints still guard the write.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from worker.adapters.store import Conn, HeldRow
+from worker.domain.admission import HoldRequest, PriorAdmission, RememberedEnding
+from worker.domain.cart import ActiveHold
+from worker.domain.checkout import Hold
+from worker.domain.commands import (
+    AdmitConsumer,
+    Command,
+    CompleteCheckout,
+    ConfigureExperience,
+    EndAdmission,
+    PutCart,
+    SetStock,
+)
+from worker.domain.endings import AdmissionState
+from worker.domain.events import EventBase, encode_event
+from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus
+
+StockKey = tuple[str, str]
+Pair = tuple[str, str]
+
+
+@dataclass
+class StockRow:
+    on_hand: int
+    reserved: int
+    sold: int
+    updated_at: datetime | None = None  # set when stock.set changed it
+    dirty: bool = False
+
+
+@dataclass
+class AdmissionRow:
+    grant: str
+    experience_id: str
+    consumer_id: str
+    admitted_at: datetime
+    expires_at: datetime
+    status: str
+    strategy: str
+    window_seconds: int
+    buffer_seconds: int
+    command_id: UUID
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    order_id: str | None = None
+    new: bool = False
+    dirty: bool = False
+
+
+@dataclass
+class ReservationRow:
+    id: UUID
+    consumer_id: str
+    experience_id: str
+    grant: str
+    product_id: str
+    variant_id: str
+    quantity: int
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    strategy: str
+    window_seconds: int
+    buffer_seconds: int
+    converted_at: datetime | None = None
+    order_id: str | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    new: bool = False
+    dirty: bool = False
+
+    def held(self) -> HeldRow:
+        return HeldRow(self.id, self.product_id, self.variant_id, self.quantity, self.strategy)
+
+
+@dataclass
+class CartRow:
+    items: list[CartLine]
+    updated_at: datetime
+    dirty: bool = False
+
+
+@dataclass
+class EndingRow:
+    command_id: UUID
+    experience_id: str
+    consumer_id: str
+    grant: str | None
+    outcome: str
+    reason: str
+    ended_at: datetime
+
+
+@dataclass
+class PoolRow:
+    used: int
+    dirty: bool = False
+
+
+@dataclass
+class Footprint:
+    """The keys a batch of commands can touch, read before any decision."""
+
+    experiences: set[str] = field(default_factory=set)
+    pairs: set[Pair] = field(default_factory=set)
+    grants: set[str] = field(default_factory=set)
+    stock: set[StockKey] = field(default_factory=set)
+    stock_to_create: set[StockKey] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, commands: Iterable[Command]) -> Footprint:
+        fp = cls()
+        for cmd in commands:
+            match cmd:
+                case SetStock():
+                    key = (cmd.product_id, cmd.variant_id or "")
+                    fp.stock.add(key)
+                    fp.stock_to_create.add(key)
+                case ConfigureExperience():
+                    fp.experiences.add(cmd.experience_id)
+                case PutCart():
+                    fp.experiences.add(cmd.experience_id)
+                    fp.pairs.add((cmd.experience_id, cmd.consumer_id))
+                    fp.stock.update((i.product_id, i.variant_column) for i in cmd.items)
+                case AdmitConsumer() | EndAdmission() | CompleteCheckout():
+                    fp.experiences.add(cmd.experience_id)
+                    fp.pairs.add((cmd.experience_id, cmd.consumer_id))
+                    if cmd.grant_digest is not None:
+                        fp.grants.add(cmd.grant_digest)
+        return fp
+
+
+def _unzip(pairs: Iterable[Pair]) -> tuple[list[str], list[str]]:
+    items = sorted(pairs)
+    return [p[0] for p in items], [p[1] for p in items]
+
+
+class UnitOfWork:
+    """In-memory view of the rows a batch touches, with the operations the
+    engine needs; `load` reads them, `flush` writes what changed."""
+
+    def __init__(self) -> None:
+        self.stock: dict[StockKey, StockRow] = {}
+        self.experiences: dict[str, ExperienceSettings] = {}
+        self.experiences_dirty: dict[str, datetime] = {}
+        self.admissions: dict[str, AdmissionRow] = {}
+        self.admissions_by_pair: dict[Pair, list[AdmissionRow]] = defaultdict(list)
+        self.reservations: dict[UUID, ReservationRow] = {}
+        self.reservations_by_grant: dict[str, list[ReservationRow]] = defaultdict(list)
+        self.reservations_by_pair: dict[Pair, list[ReservationRow]] = defaultdict(list)
+        self.carts: dict[Pair, CartRow] = {}
+        self.endings: list[EndingRow] = []
+        self.new_endings: list[EndingRow] = []
+        self.pools: dict[tuple[str, str, str], PoolRow] = {}
+        self.outbox: list[EventBase] = []
+        self.inbox: list[tuple[UUID, str, str, str, int, int]] = []
+
+    # --- loading ---------------------------------------------------------------
+
+    async def load(self, conn: Conn, commands: list[Command]) -> None:
+        fp = Footprint.of(commands)
+        await self._load_experiences(conn, fp.experiences)
+        await self._load_admissions(conn, fp)
+        await self._load_carts(conn, fp.pairs)
+        await self._load_endings(conn, fp)
+        await self._load_reservations(conn, fp)
+        for cart in self.carts.values():
+            fp.stock.update((i.product_id, i.variant_column) for i in cart.items)
+        for r in self.reservations.values():
+            if r.status == "active":
+                fp.stock.add((r.product_id, r.variant_id))
+        await self._lock_stock(conn, fp)
+        await self._lock_pools(conn, fp.experiences)
+
+    async def _load_experiences(self, conn: Conn, experiences: set[str]) -> None:
+        if not experiences:
+            return
+        rows = await conn.fetch(
+            """SELECT experience_id, strategy, window_seconds, buffer_seconds, pool_size,
+                      multi_item_policy FROM experiences WHERE experience_id = ANY($1::text[])""",
+            list(experiences),
+        )
+        for r in rows:
+            data = dict(r)
+            experience_id = data.pop("experience_id")
+            self.experiences[experience_id] = ExperienceSettings.model_validate(data)
+
+    async def _load_admissions(self, conn: Conn, fp: Footprint) -> None:
+        if not fp.pairs and not fp.grants:
+            return
+        exps, cons = _unzip(fp.pairs)
+        rows = await conn.fetch(
+            """SELECT * FROM admissions
+               WHERE admission_grant = ANY($1::text[])
+                  OR (experience_id, consumer_id) IN (
+                      SELECT * FROM unnest($2::text[], $3::text[]))""",
+            list(fp.grants),
+            exps,
+            cons,
+        )
+        for r in rows:
+            row = AdmissionRow(
+                grant=r["admission_grant"],
+                experience_id=r["experience_id"],
+                consumer_id=r["consumer_id"],
+                admitted_at=r["admitted_at"],
+                expires_at=r["expires_at"],
+                status=r["status"],
+                strategy=r["strategy"],
+                window_seconds=r["window_seconds"],
+                buffer_seconds=r["buffer_seconds"],
+                command_id=r["command_id"],
+                ended_at=r["ended_at"],
+                end_reason=r["end_reason"],
+                order_id=r["order_id"],
+            )
+            self._index_admission(row)
+            fp.pairs.add((row.experience_id, row.consumer_id))
+            fp.grants.add(row.grant)
+
+    def _index_admission(self, row: AdmissionRow) -> None:
+        self.admissions[row.grant] = row
+        self.admissions_by_pair[(row.experience_id, row.consumer_id)].append(row)
+
+    async def _load_carts(self, conn: Conn, pairs: set[Pair]) -> None:
+        if not pairs:
+            return
+        exps, cons = _unzip(pairs)
+        rows = await conn.fetch(
+            """SELECT experience_id, consumer_id, items, updated_at FROM carts
+               WHERE (experience_id, consumer_id) IN (
+                   SELECT * FROM unnest($1::text[], $2::text[]))""",
+            exps,
+            cons,
+        )
+        for r in rows:
+            items = [CartLine.model_validate(i) for i in orjson.loads(r["items"])]
+            self.carts[(r["experience_id"], r["consumer_id"])] = CartRow(items, r["updated_at"])
+
+    async def _load_endings(self, conn: Conn, fp: Footprint) -> None:
+        if not fp.pairs and not fp.grants:
+            return
+        exps, cons = _unzip(fp.pairs)
+        rows = await conn.fetch(
+            """SELECT * FROM admission_endings
+               WHERE admission_grant = ANY($1::text[])
+                  OR (experience_id, consumer_id) IN (
+                      SELECT * FROM unnest($2::text[], $3::text[]))""",
+            list(fp.grants),
+            exps,
+            cons,
+        )
+        self.endings = [
+            EndingRow(
+                r["command_id"],
+                r["experience_id"],
+                r["consumer_id"],
+                r["admission_grant"],
+                r["outcome"],
+                r["reason"],
+                r["ended_at"],
+            )
+            for r in rows
+        ]
+
+    async def _load_reservations(self, conn: Conn, fp: Footprint) -> None:
+        if not fp.pairs and not fp.grants:
+            return
+        exps, cons = _unzip(fp.pairs)
+        rows = await conn.fetch(
+            """SELECT * FROM reservations
+               WHERE admission_grant = ANY($1::text[])
+                  OR (experience_id, consumer_id) IN (
+                      SELECT * FROM unnest($2::text[], $3::text[]))
+               ORDER BY created_at, product_id, variant_id""",
+            list(fp.grants),
+            exps,
+            cons,
+        )
+        for r in rows:
+            self._index_reservation(
+                ReservationRow(
+                    id=r["id"],
+                    consumer_id=r["consumer_id"],
+                    experience_id=r["experience_id"],
+                    grant=r["admission_grant"],
+                    product_id=r["product_id"],
+                    variant_id=r["variant_id"],
+                    quantity=r["quantity"],
+                    status=r["status"],
+                    created_at=r["created_at"],
+                    expires_at=r["expires_at"],
+                    strategy=r["strategy"],
+                    window_seconds=r["window_seconds"],
+                    buffer_seconds=r["buffer_seconds"],
+                    converted_at=r["converted_at"],
+                    order_id=r["order_id"],
+                    ended_at=r["ended_at"],
+                    end_reason=r["end_reason"],
+                )
+            )
+
+    def _index_reservation(self, row: ReservationRow) -> None:
+        self.reservations[row.id] = row
+        self.reservations_by_grant[row.grant].append(row)
+        self.reservations_by_pair[(row.experience_id, row.consumer_id)].append(row)
+
+    async def _lock_stock(self, conn: Conn, fp: Footprint) -> None:
+        if fp.stock_to_create:
+            products, variants = _unzip(fp.stock_to_create)
+            await conn.execute(
+                """INSERT INTO stock (product_id, variant_id, on_hand)
+                   SELECT p, v, 0 FROM unnest($1::text[], $2::text[]) AS t(p, v)
+                   ORDER BY p, v ON CONFLICT DO NOTHING""",
+                products,
+                variants,
+            )
+        if not fp.stock:
+            return
+        products, variants = _unzip(fp.stock)
+        rows = await conn.fetch(
+            """SELECT product_id, variant_id, on_hand, reserved, sold FROM stock
+               WHERE (product_id, variant_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+               ORDER BY product_id, variant_id FOR UPDATE""",
+            products,
+            variants,
+        )
+        for r in rows:
+            key = (r["product_id"], r["variant_id"])
+            self.stock[key] = StockRow(r["on_hand"], r["reserved"], r["sold"])
+
+    async def _lock_pools(self, conn: Conn, experiences: set[str]) -> None:
+        if not experiences:
+            return
+        rows = await conn.fetch(
+            """SELECT experience_id, product_id, variant_id, used FROM experience_pools
+               WHERE experience_id = ANY($1::text[])
+               ORDER BY experience_id, product_id, variant_id FOR UPDATE""",
+            list(experiences),
+        )
+        for r in rows:
+            self.pools[(r["experience_id"], r["product_id"], r["variant_id"])] = PoolRow(r["used"])
+
+    # --- stock -------------------------------------------------------------------
+
+    def set_stock(self, product_id: str, variant_id: str, on_hand: int, at: datetime) -> int | None:
+        """Set on_hand unless it would fall below reserved + sold; returns
+        None when set, else the committed units that refused it."""
+        row = self.stock[(product_id, variant_id)]
+        committed = row.reserved + row.sold
+        if committed > on_hand:
+            return committed
+        row.on_hand = on_hand
+        row.updated_at = at
+        row.dirty = True
+        return None
+
+    def take_units(self, product_id: str, variant_id: str, quantity: int) -> bool:
+        row = self.stock.get((product_id, variant_id))
+        if row is None or row.on_hand - row.reserved - row.sold < quantity:
+            return False
+        row.reserved += quantity
+        row.dirty = True
+        return True
+
+    def give_back_units(self, product_id: str, variant_id: str, quantity: int) -> None:
+        row = self.stock[(product_id, variant_id)]
+        row.reserved -= quantity
+        row.dirty = True
+
+    def _sell_units(self, product_id: str, variant_id: str, quantity: int) -> None:
+        row = self.stock[(product_id, variant_id)]
+        row.reserved -= quantity
+        row.sold += quantity
+        row.dirty = True
+
+    # --- pools -------------------------------------------------------------------
+
+    def take_pool(
+        self, experience_id: str, product_id: str, variant_id: str, quantity: int, size: int
+    ) -> bool:
+        row = self.pools.setdefault((experience_id, product_id, variant_id), PoolRow(0))
+        if row.used + quantity > size:
+            return False
+        row.used += quantity
+        row.dirty = True
+        return True
+
+    def give_back_pool(
+        self, experience_id: str, product_id: str, variant_id: str, quantity: int
+    ) -> None:
+        row = self.pools.setdefault((experience_id, product_id, variant_id), PoolRow(0))
+        row.used -= quantity
+        row.dirty = True
+
+    # --- experiences and carts -------------------------------------------------------
+
+    def load_settings(self, experience_id: str) -> ExperienceSettings | None:
+        return self.experiences.get(experience_id)
+
+    def upsert_experience(
+        self, experience_id: str, settings: ExperienceSettings, at: datetime
+    ) -> None:
+        self.experiences[experience_id] = settings
+        self.experiences_dirty[experience_id] = at
+
+    def put_cart(
+        self, experience_id: str, consumer_id: str, items: list[CartLine], at: datetime
+    ) -> None:
+        self.carts[(experience_id, consumer_id)] = CartRow(list(items), at, dirty=True)
+
+    def load_cart(self, experience_id: str, consumer_id: str) -> list[CartLine]:
+        cart = self.carts.get((experience_id, consumer_id))
+        return list(cart.items) if cart else []
+
+    # --- admissions ----------------------------------------------------------------------
+
+    def grant_seen(self, grant: str) -> bool:
+        return grant in self.admissions
+
+    def _latest(
+        self, experience_id: str, consumer_id: str, *, skip_superseded: bool
+    ) -> AdmissionRow | None:
+        rows = [
+            a
+            for a in self.admissions_by_pair.get((experience_id, consumer_id), [])
+            if not (skip_superseded and a.status == "superseded")
+        ]
+        return max(rows, key=lambda a: a.admitted_at) if rows else None
+
+    def latest_admission(self, experience_id: str, consumer_id: str) -> PriorAdmission | None:
+        row = self._latest(experience_id, consumer_id, skip_superseded=False)
+        if row is None:
+            return None
+        return PriorAdmission(row.grant, row.admitted_at, row.status == "active")
+
+    def current_admission(self, experience_id: str, consumer_id: str) -> AdmissionState | None:
+        """The consumer's latest admission in the experience (not superseded)."""
+        row = self._latest(experience_id, consumer_id, skip_superseded=True)
+        return AdmissionState(row.grant, row.status, row.expires_at) if row else None
+
+    def admission_state(self, grant: str) -> AdmissionState | None:
+        row = self.admissions.get(grant)
+        return AdmissionState(row.grant, row.status, row.expires_at) if row else None
+
+    def admission_order(self, grant: str) -> str | None:
+        row = self.admissions.get(grant)
+        return row.order_id if row else None
+
+    def admission_settings(self, grant: str) -> ExperienceSettings | None:
+        """The settings an admission was taken under (strategy and window
+        stored on it), with the experience's current pool size and policy."""
+        row = self.admissions.get(grant)
+        if row is None:
+            return None
+        current = self.experiences.get(row.experience_id)
+        return ExperienceSettings.model_validate(
+            {
+                "strategy": row.strategy,
+                "window_seconds": row.window_seconds,
+                "buffer_seconds": row.buffer_seconds,
+                "pool_size": current.pool_size if current else None,
+                "multi_item_policy": current.multi_item_policy if current else "partial",
+            }
+        )
+
+    def insert_admission(
+        self,
+        *,
+        grant: str,
+        experience_id: str,
+        consumer_id: str,
+        admitted_at: datetime,
+        expires_at: datetime,
+        status: str,
+        settings: ExperienceSettings,
+        command_id: UUID,
+    ) -> None:
+        self._index_admission(
+            AdmissionRow(
+                grant=grant,
+                experience_id=experience_id,
+                consumer_id=consumer_id,
+                admitted_at=admitted_at,
+                expires_at=expires_at,
+                status=status,
+                strategy=settings.strategy.value,
+                window_seconds=settings.window_seconds,
+                buffer_seconds=settings.buffer_seconds,
+                command_id=command_id,
+                new=True,
+            )
+        )
+
+    def close_admission(
+        self, grant: str, status: str, reason: str, at: datetime, order_id: str | None = None
+    ) -> None:
+        row = self.admissions.get(grant)
+        if row is None or row.status != "active":
+            return
+        row.status, row.end_reason, row.ended_at, row.order_id = status, reason, at, order_id
+        row.dirty = True
+
+    # --- endings -------------------------------------------------------------------------
+
+    def remember_ending(
+        self,
+        *,
+        command_id: UUID,
+        experience_id: str,
+        consumer_id: str,
+        grant: str | None,
+        outcome: str,
+        reason: str,
+        ended_at: datetime,
+    ) -> None:
+        row = EndingRow(command_id, experience_id, consumer_id, grant, outcome, reason, ended_at)
+        self.endings.append(row)
+        self.new_endings.append(row)
+
+    def find_ending(
+        self, grant: str, experience_id: str, consumer_id: str, admitted_at: datetime
+    ) -> RememberedEnding | None:
+        """An ending for this grant, or a grant-less one for this consumer that
+        happened at or after this admission."""
+        matches = [
+            e
+            for e in self.endings
+            if e.grant == grant
+            or (
+                e.grant is None
+                and e.experience_id == experience_id
+                and e.consumer_id == consumer_id
+                and e.ended_at >= admitted_at
+            )
+        ]
+        if not matches:
+            return None
+        first = min(matches, key=lambda e: e.ended_at)
+        return RememberedEnding(first.outcome, first.reason, first.ended_at)
+
+    # --- reservations ----------------------------------------------------------------------
+
+    def insert_reservations(
+        self,
+        *,
+        holds: list[HoldRequest],
+        experience_id: str,
+        consumer_id: str,
+        grant: str,
+        created_at: datetime,
+        expires_at: datetime,
+        settings: ExperienceSettings,
+    ) -> None:
+        for h in holds:
+            self._index_reservation(
+                ReservationRow(
+                    id=h.reservation_id,
+                    consumer_id=consumer_id,
+                    experience_id=experience_id,
+                    grant=grant,
+                    product_id=h.product_id,
+                    variant_id=h.variant_id,
+                    quantity=h.quantity,
+                    status="active",
+                    created_at=created_at,
+                    expires_at=expires_at,
+                    strategy=settings.strategy.value,
+                    window_seconds=settings.window_seconds,
+                    buffer_seconds=settings.buffer_seconds,
+                    new=True,
+                )
+            )
+
+    def _active_of(self, grant: str) -> list[ReservationRow]:
+        rows = [r for r in self.reservations_by_grant.get(grant, []) if r.status == "active"]
+        return sorted(rows, key=lambda r: (r.product_id, r.variant_id))
+
+    def active_holds(self, grant: str) -> list[ActiveHold]:
+        return [
+            ActiveHold(r.id, r.product_id, r.variant_id, r.quantity) for r in self._active_of(grant)
+        ]
+
+    def end_active_reservations(
+        self, grant: str, status: str, reason: str, at: datetime
+    ) -> list[HeldRow]:
+        """End every active hold of a grant and give its units back."""
+        ended = []
+        for r in self._active_of(grant):
+            r.status, r.end_reason, r.ended_at, r.dirty = status, reason, at, True
+            self.give_back_units(r.product_id, r.variant_id, r.quantity)
+            if r.strategy == "pool":
+                self.give_back_pool(r.experience_id, r.product_id, r.variant_id, r.quantity)
+            ended.append(r.held())
+        return ended
+
+    def convert_active_reservations(self, grant: str, order_id: str, at: datetime) -> list[HeldRow]:
+        """Move every active hold of a grant from reserved to sold."""
+        converted = []
+        for r in self._active_of(grant):
+            r.status, r.converted_at, r.order_id = "converted", at, order_id
+            r.ended_at, r.end_reason, r.dirty = at, "checkout", True
+            self._sell_units(r.product_id, r.variant_id, r.quantity)
+            converted.append(r.held())
+        return converted
+
+    def release_replaced_holds(
+        self, reservation_ids: list[UUID], reason: str, at: datetime
+    ) -> None:
+        """Mark holds replaced after a cart change; the caller moves the units."""
+        for rid in reservation_ids:
+            r = self.reservations[rid]
+            if r.status == "active":
+                r.status, r.end_reason, r.ended_at, r.dirty = "released", reason, at, True
+
+    def consumer_holds(self, experience_id: str, consumer_id: str) -> list[Hold]:
+        """Every reservation of a consumer in an experience, as checkout sees them."""
+        rows = sorted(
+            self.reservations_by_pair.get((experience_id, consumer_id), []),
+            key=lambda r: (r.created_at, r.product_id, r.variant_id),
+        )
+        return [
+            Hold(
+                reservation_id=str(r.id),
+                grant_digest=r.grant,
+                product_id=r.product_id,
+                variant_id=r.variant_id,
+                quantity=r.quantity,
+                status=ReservationStatus(r.status),
+                expires_at=r.expires_at,
+                end_reason=r.end_reason,
+                order_id=r.order_id,
+            )
+            for r in rows
+        ]
+
+    # --- inbox and outbox ---------------------------------------------------------------------
+
+    def record(
+        self,
+        command_id: UUID,
+        command_type: str,
+        outcome: dict[str, Any],
+        events: list[EventBase],
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        self.inbox.append(
+            (command_id, command_type, orjson.dumps(outcome).decode(), topic, partition, offset)
+        )
+        self.outbox.extend(events)
+
+    # --- writing back ---------------------------------------------------------------------------
+
+    async def flush(self, conn: Conn) -> None:
+        """Write every change back, one statement per table, parents first."""
+        await self._flush_experiences(conn)
+        await self._flush_stock(conn)
+        await self._flush_carts(conn)
+        await self._flush_admissions(conn)
+        await self._flush_endings(conn)
+        await self._flush_reservations(conn)
+        await self._flush_pools(conn)
+        await self._flush_outbox(conn)
+        await self._flush_inbox(conn)
+
+    async def _flush_experiences(self, conn: Conn) -> None:
+        if not self.experiences_dirty:
+            return
+        ids = sorted(self.experiences_dirty)
+        s = [self.experiences[i] for i in ids]
+        await conn.execute(
+            """INSERT INTO experiences (experience_id, strategy, window_seconds, buffer_seconds,
+                   pool_size, multi_item_policy, updated_at)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
+                                    $6::text[], $7::timestamptz[])
+               ON CONFLICT (experience_id) DO UPDATE SET strategy = EXCLUDED.strategy,
+                   window_seconds = EXCLUDED.window_seconds,
+                   buffer_seconds = EXCLUDED.buffer_seconds, pool_size = EXCLUDED.pool_size,
+                   multi_item_policy = EXCLUDED.multi_item_policy,
+                   updated_at = EXCLUDED.updated_at""",
+            ids,
+            [x.strategy.value for x in s],
+            [x.window_seconds for x in s],
+            [x.buffer_seconds for x in s],
+            [x.pool_size for x in s],
+            [x.multi_item_policy.value for x in s],
+            [self.experiences_dirty[i] for i in ids],
+        )
+
+    async def _flush_stock(self, conn: Conn) -> None:
+        dirty = sorted((k, r) for k, r in self.stock.items() if r.dirty)
+        if not dirty:
+            return
+        await conn.execute(
+            """UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, sold = v.sold,
+                   updated_at = COALESCE(v.updated_at, s.updated_at)
+               FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
+                           $6::timestamptz[]) AS v(p, vr, on_hand, reserved, sold, updated_at)
+               WHERE s.product_id = v.p AND s.variant_id = v.vr""",
+            [k[0] for k, _ in dirty],
+            [k[1] for k, _ in dirty],
+            [r.on_hand for _, r in dirty],
+            [r.reserved for _, r in dirty],
+            [r.sold for _, r in dirty],
+            [r.updated_at for _, r in dirty],
+        )
+
+    async def _flush_carts(self, conn: Conn) -> None:
+        dirty = sorted((k, c) for k, c in self.carts.items() if c.dirty)
+        if not dirty:
+            return
+        await conn.execute(
+            """INSERT INTO carts (experience_id, consumer_id, items, updated_at)
+               SELECT e, c, i::jsonb, u
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(e, c, i, u)
+               ON CONFLICT (experience_id, consumer_id)
+               DO UPDATE SET items = EXCLUDED.items, updated_at = EXCLUDED.updated_at""",
+            [k[0] for k, _ in dirty],
+            [k[1] for k, _ in dirty],
+            [
+                orjson.dumps([i.model_dump(mode="json", by_alias=True) for i in c.items]).decode()
+                for _, c in dirty
+            ],
+            [c.updated_at for _, c in dirty],
+        )
+
+    async def _flush_admissions(self, conn: Conn) -> None:
+        new = [a for a in self.admissions.values() if a.new]
+        if new:
+            await conn.execute(
+                """INSERT INTO admissions (admission_grant, experience_id, consumer_id,
+                       admitted_at, expires_at, status, strategy, window_seconds,
+                       buffer_seconds, command_id, ended_at, end_reason, order_id)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[],
+                       $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::int[],
+                       $9::int[], $10::uuid[], $11::timestamptz[], $12::text[], $13::text[])""",
+                *_columns(
+                    new,
+                    "grant experience_id consumer_id admitted_at expires_at status strategy "
+                    "window_seconds buffer_seconds command_id ended_at end_reason order_id",
+                ),
+            )
+        changed = [a for a in self.admissions.values() if a.dirty and not a.new]
+        if changed:
+            await conn.execute(
+                """UPDATE admissions a SET status = v.status, ended_at = v.ended_at,
+                       end_reason = v.end_reason, order_id = v.order_id
+                   FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
+                        AS v(grant_, status, ended_at, end_reason, order_id)
+                   WHERE a.admission_grant = v.grant_""",
+                *_columns(changed, "grant status ended_at end_reason order_id"),
+            )
+
+    async def _flush_endings(self, conn: Conn) -> None:
+        if not self.new_endings:
+            return
+        await conn.execute(
+            """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
+                   admission_grant, outcome, reason, ended_at)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::timestamptz[])
+               ON CONFLICT DO NOTHING""",
+            *_columns(
+                self.new_endings,
+                "command_id experience_id consumer_id grant outcome reason ended_at",
+            ),
+        )
+
+    async def _flush_reservations(self, conn: Conn) -> None:
+        new = [r for r in self.reservations.values() if r.new]
+        if new:
+            await conn.execute(
+                """INSERT INTO reservations (id, consumer_id, experience_id, admission_grant,
+                       product_id, variant_id, quantity, status, created_at, expires_at,
+                       converted_at, order_id, ended_at, end_reason, strategy, window_seconds,
+                       buffer_seconds)
+                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                       $5::text[], $6::text[], $7::int[], $8::text[], $9::timestamptz[],
+                       $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[],
+                       $14::text[], $15::text[], $16::int[], $17::int[])""",
+                *_columns(
+                    new,
+                    "id consumer_id experience_id grant product_id variant_id quantity status "
+                    "created_at expires_at converted_at order_id ended_at end_reason strategy "
+                    "window_seconds buffer_seconds",
+                ),
+            )
+        changed = [r for r in self.reservations.values() if r.dirty and not r.new]
+        if changed:
+            await conn.execute(
+                """UPDATE reservations r SET status = v.status, converted_at = v.converted_at,
+                       order_id = v.order_id, ended_at = v.ended_at, end_reason = v.end_reason
+                   FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
+                               $5::timestamptz[], $6::text[])
+                        AS v(id, status, converted_at, order_id, ended_at, end_reason)
+                   WHERE r.id = v.id""",
+                *_columns(changed, "id status converted_at order_id ended_at end_reason"),
+            )
+
+    async def _flush_pools(self, conn: Conn) -> None:
+        dirty = sorted((k, p) for k, p in self.pools.items() if p.dirty)
+        if not dirty:
+            return
+        await conn.execute(
+            """INSERT INTO experience_pools (experience_id, product_id, variant_id, used)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
+               ON CONFLICT (experience_id, product_id, variant_id)
+               DO UPDATE SET used = EXCLUDED.used""",
+            [k[0] for k, _ in dirty],
+            [k[1] for k, _ in dirty],
+            [k[2] for k, _ in dirty],
+            [p.used for _, p in dirty],
+        )
+
+    async def _flush_outbox(self, conn: Conn) -> None:
+        if not self.outbox:
+            return
+        await conn.execute(
+            """INSERT INTO outbox (event_id, event_type, partition_key, payload)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
+               ON CONFLICT (event_id) DO NOTHING""",
+            [e.event_id for e in self.outbox],
+            [getattr(e, "type", "") for e in self.outbox],
+            [e.partition_key() for e in self.outbox],
+            [encode_event(e) for e in self.outbox],
+        )
+
+    async def _flush_inbox(self, conn: Conn) -> None:
+        if not self.inbox:
+            return
+        cols = list(zip(*self.inbox, strict=True))
+        await conn.execute(
+            """INSERT INTO inbox (command_id, command_type, outcome, topic, partition, "offset")
+               SELECT i, t, o::jsonb, tp, p, off
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
+                           $6::bigint[]) AS v(i, t, o, tp, p, off)
+               ON CONFLICT (command_id) DO NOTHING""",
+            *[list(c) for c in cols],
+        )
+
+
+def _columns(rows: list[Any], names: str) -> list[list[Any]]:
+    return [[getattr(r, name) for r in rows] for name in names.split()]
