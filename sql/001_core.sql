@@ -105,6 +105,8 @@ CREATE TABLE reservations (
 );
 CREATE INDEX idx_reservations_expires ON reservations (expires_at) WHERE status = 'active';
 CREATE INDEX idx_reservations_consumer ON reservations (consumer_id, status);
+-- The batch engine reads a consumer's holds per experience.
+CREATE INDEX idx_reservations_pair ON reservations (experience_id, consumer_id);
 CREATE INDEX idx_reservations_grant ON reservations (admission_grant);
 CREATE INDEX idx_reservations_stock_active ON reservations (product_id, variant_id)
     WHERE status IN ('active', 'converted');

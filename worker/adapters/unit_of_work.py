@@ -210,15 +210,20 @@ class UnitOfWork:
             experience_id = data.pop("experience_id")
             self.experiences[experience_id] = ExperienceSettings.model_validate(data)
 
+    # Each read is a per-key lateral lookup plus a lookup by grant (UNION ALL,
+    # duplicates dropped by key here): an OR of the two, or a plain join, lets
+    # the planner pick a full scan on young tables whose statistics lag.
+
     async def _load_admissions(self, conn: Conn, fp: Footprint) -> None:
         if not fp.pairs and not fp.grants:
             return
         exps, cons = _unzip(fp.pairs)
         rows = await conn.fetch(
-            """SELECT * FROM admissions
-               WHERE admission_grant = ANY($1::text[])
-                  OR (experience_id, consumer_id) IN (
-                      SELECT * FROM unnest($2::text[], $3::text[]))""",
+            """SELECT t.* FROM unnest($2::text[], $3::text[]) AS k(e, c)
+               CROSS JOIN LATERAL (SELECT * FROM admissions
+                   WHERE experience_id = k.e AND consumer_id = k.c) t
+               UNION ALL
+               SELECT * FROM admissions WHERE admission_grant = ANY($1::text[])""",
             list(fp.grants),
             exps,
             cons,
@@ -244,6 +249,8 @@ class UnitOfWork:
             fp.grants.add(row.grant)
 
     def _index_admission(self, row: AdmissionRow) -> None:
+        if row.grant in self.admissions:
+            return  # read twice: by its pair and by its grant
         self.admissions[row.grant] = row
         self.admissions_by_pair[(row.experience_id, row.consumer_id)].append(row)
 
@@ -267,14 +274,16 @@ class UnitOfWork:
             return
         exps, cons = _unzip(fp.pairs)
         rows = await conn.fetch(
-            """SELECT * FROM admission_endings
-               WHERE admission_grant = ANY($1::text[])
-                  OR (experience_id, consumer_id) IN (
-                      SELECT * FROM unnest($2::text[], $3::text[]))""",
+            """SELECT t.* FROM unnest($2::text[], $3::text[]) AS k(e, c)
+               CROSS JOIN LATERAL (SELECT * FROM admission_endings
+                   WHERE experience_id = k.e AND consumer_id = k.c) t
+               UNION ALL
+               SELECT * FROM admission_endings WHERE admission_grant = ANY($1::text[])""",
             list(fp.grants),
             exps,
             cons,
         )
+        unique = {r["command_id"]: r for r in rows}.values()
         self.endings = [
             EndingRow(
                 r["command_id"],
@@ -285,7 +294,7 @@ class UnitOfWork:
                 r["reason"],
                 r["ended_at"],
             )
-            for r in rows
+            for r in unique
         ]
 
     async def _load_reservations(self, conn: Conn, fp: Footprint) -> None:
@@ -293,11 +302,11 @@ class UnitOfWork:
             return
         exps, cons = _unzip(fp.pairs)
         rows = await conn.fetch(
-            """SELECT * FROM reservations
-               WHERE admission_grant = ANY($1::text[])
-                  OR (experience_id, consumer_id) IN (
-                      SELECT * FROM unnest($2::text[], $3::text[]))
-               ORDER BY created_at, product_id, variant_id""",
+            """SELECT t.* FROM unnest($2::text[], $3::text[]) AS k(e, c)
+               CROSS JOIN LATERAL (SELECT * FROM reservations
+                   WHERE experience_id = k.e AND consumer_id = k.c) t
+               UNION ALL
+               SELECT * FROM reservations WHERE admission_grant = ANY($1::text[])""",
             list(fp.grants),
             exps,
             cons,
@@ -326,6 +335,8 @@ class UnitOfWork:
             )
 
     def _index_reservation(self, row: ReservationRow) -> None:
+        if row.id in self.reservations:
+            return  # read twice: by its pair and by its grant
         self.reservations[row.id] = row
         self.reservations_by_grant[row.grant].append(row)
         self.reservations_by_pair[(row.experience_id, row.consumer_id)].append(row)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-import orjson
 from pydantic import AwareDatetime, Field, TypeAdapter, model_validator
 
 from worker.domain.base import WireModel
@@ -137,7 +136,7 @@ COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 
 
 def encode_command(command: CommandBase) -> bytes:
-    return orjson.dumps(command.model_dump(mode="json", by_alias=True))
+    return command.model_dump_json(by_alias=True).encode("utf-8")
 
 
 def decode_command(raw: bytes) -> Command:

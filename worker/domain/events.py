@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-import orjson
 from pydantic import AwareDatetime, Field, TypeAdapter
 
 from worker.domain.base import WireModel
@@ -178,7 +177,7 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def encode_event(event: EventBase) -> bytes:
-    return orjson.dumps(event.model_dump(mode="json", by_alias=True))
+    return event.model_dump_json(by_alias=True).encode("utf-8")
 
 
 def decode_event(raw: bytes) -> Event:
