@@ -38,6 +38,7 @@ unit: $(STAMP)
 # Regenerate the public contracts in schemas/ from the pydantic models.
 schemas: $(STAMP)
 	$(BIN)/python -m worker.contracts
+	$(BIN)/python -m worker.openapi
 
 stack-up: kafka-jars
 	deploy/local/postgres.sh start

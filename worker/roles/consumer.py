@@ -135,6 +135,7 @@ class CommandConsumer:
         the batch size: a fetch often holds only part of what is waiting,
         and a bigger batch costs the same few statements."""
         limit = self.settings.consumer_batch_max
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
         batch = await self.consumer.getmany(
             timeout_ms=self.settings.consumer_poll_ms, max_records=limit
         )
