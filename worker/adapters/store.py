@@ -3,7 +3,6 @@ reads the API and tools share. Nothing here commits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
@@ -14,15 +13,6 @@ from worker.domain.model import ReservationStatus
 
 # A bare connection or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
-
-
-@dataclass(frozen=True)
-class HeldRow:
-    reservation_id: UUID
-    product_id: str
-    variant_id: str
-    quantity: int
-    strategy: str = "soft"
 
 
 async def lock_positions(conn: Conn, topic: str, partitions: list[int]) -> dict[int, int]:

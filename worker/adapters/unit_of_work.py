@@ -23,7 +23,7 @@ from uuid import UUID
 
 import orjson
 
-from worker.adapters.store import Conn, HeldRow
+from worker.adapters.store import Conn
 from worker.domain.admission import HoldRequest, PriorAdmission, RememberedEnding
 from worker.domain.cart import ActiveHold
 from worker.domain.checkout import Hold
@@ -42,6 +42,18 @@ from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus
 
 StockKey = tuple[str, str]
 Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class HeldRow:
+    """A hold that just ended or converted, as its events describe it."""
+
+    reservation_id: UUID
+    product_id: str
+    variant_id: str
+    quantity: int
+    strategy: str
+    created_at: datetime | None
 
 
 @dataclass
@@ -95,7 +107,9 @@ class ReservationRow:
     dirty: bool = False
 
     def held(self) -> HeldRow:
-        return HeldRow(self.id, self.product_id, self.variant_id, self.quantity, self.strategy)
+        return HeldRow(
+            self.id, self.product_id, self.variant_id, self.quantity, self.strategy, self.created_at
+        )
 
 
 @dataclass
@@ -614,7 +628,8 @@ class UnitOfWork:
 
     def active_holds(self, grant: str) -> list[ActiveHold]:
         return [
-            ActiveHold(r.id, r.product_id, r.variant_id, r.quantity) for r in self._active_of(grant)
+            ActiveHold(r.id, r.product_id, r.variant_id, r.quantity, r.created_at)
+            for r in self._active_of(grant)
         ]
 
     def end_active_reservations(

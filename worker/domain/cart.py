@@ -6,6 +6,7 @@ quantity never changes in place and counters move by the difference only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from worker.domain import ids
@@ -19,6 +20,7 @@ class ActiveHold:
     product_id: str
     variant_id: str
     quantity: int
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ class ReservationEnded(ExperienceEvent):
     reason: str
     ended_at: AwareDatetime
     order_id: str | None = None
+    created_at: AwareDatetime | None = Field(
+        default=None, description="When the hold was taken, so its duration needs no join"
+    )
 
 
 class AdmissionEnded(ExperienceEvent):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.adapters.store import HeldRow
+from worker.adapters.unit_of_work import HeldRow
 from worker.domain import ids
 from worker.domain.commands import CommandBase
 from worker.domain.events import EventBase, ReservationEnded
@@ -63,5 +63,6 @@ class Events:
                 reason=reason,
                 ended_at=at,
                 order_id=order_id,
+                created_at=held.created_at,
             )
         )

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.adapters.store import HeldRow
-from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.unit_of_work import HeldRow, UnitOfWork
 from worker.domain.admission import HoldRequest, is_all_or_nothing
 from worker.domain.cart import plan_cart_change
 from worker.domain.commands import PutCart
@@ -59,7 +58,14 @@ def put_cart(uow: UnitOfWork, cmd: PutCart, defaults: ExperienceSettings) -> App
                 experience_id=cmd.experience_id,
                 consumer_id=cmd.consumer_id,
                 grant=admission.grant_digest,
-                held=HeldRow(old.reservation_id, old.product_id, old.variant_id, old.quantity),
+                held=HeldRow(
+                    old.reservation_id,
+                    old.product_id,
+                    old.variant_id,
+                    old.quantity,
+                    settings.strategy.value,
+                    old.created_at,
+                ),
                 reason="cart_changed",
                 at=cmd.occurred_at,
             )
