@@ -20,6 +20,9 @@ from worker.config import Settings, load_settings
 
 SECRET = "whsec_test_current_0123456789"
 OLD_SECRET = "whsec_test_previous_9876543210"
+# Two bearer keys for the HTTP API, as during a key rotation.
+API_KEY = "rk_test_current_0123456789"
+API_KEY_NEXT = "rk_test_next_9876543210"
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +100,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         TOPIC_PARTITIONS=str(settings.topic_partitions),
         LISTEN_PORT=str(free_port()),
         API_PORT=str(free_port()),
+        RESERVATION_API_KEYS=f"{API_KEY},{API_KEY_NEXT}",
     )
     env.update(extra)
     return env

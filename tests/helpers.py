@@ -162,6 +162,10 @@ class ServiceProcess:
     def webhook_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/webhooks/fanfare"
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['API_PORT']}"
+
     async def start(self, timeout: float = 60.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")

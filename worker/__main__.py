@@ -1,4 +1,4 @@
-"""Entry point: `python -m worker serve|receiver|consumer|relay|migrate|...`."""
+"""Entry point: `python -m worker serve|receiver|api|consumer|relay|migrate|...`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from worker.config import ConfigError, load_settings
 from worker.logs import configure_logging
 from worker.operator import add_parsers, build_operator_command, produce_one, sign_command
+from worker.replay import cli as log_tools
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run every role in one process (migrates first)")
     sub.add_parser("receiver", help="Fanfare webhook receiver (HTTP)")
+    sub.add_parser("api", help="storefront/checkout/operator HTTP API")
     sub.add_parser("consumer", help="apply inbound commands to PostgreSQL")
     sub.add_parser("relay", help="publish the outbox to the events topic")
     sub.add_parser("scheduler", help="publish expiry commands for holds past expires_at")
@@ -25,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--repair", action="store_true", help="set drifted counters right")
     sub.add_parser("migrate", help="apply pending SQL migrations")
     add_parsers(sub)
+    log_tools.add_parsers(sub)
     return parser
 
 
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "reconcile":
         return asyncio.run(run_reconcile(settings.database_url, args.repair))
+    if args.command in log_tools.COMMANDS:
+        return asyncio.run(log_tools.run(settings, args))
     if args.command in ("put-stock", "put-cart"):
         asyncio.run(produce_one(settings, build_operator_command(args)))
         return 0

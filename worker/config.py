@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     commands_topic: str = "reservations.commands"
     events_topic: str = "reservations.events"
     dead_letter_topic: str = "reservations.commands.dlq"
+    forward_unknown_events_topic: str | None = Field(
+        default=None,
+        description="If set, Fanfare events of unknown type are produced to this topic "
+        "(whole envelope, credentials digested) before the 2xx; unset: acknowledged only",
+    )
     topic_partitions: int = Field(default=12, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)
     consumer_group: str = "reservation-consumers"

@@ -14,14 +14,15 @@ from aiokafka import AIOKafkaProducer
 from worker.adapters import kafka, postgres
 from worker.config import Settings
 from worker.logs import get_logger
+from worker.roles.api import build_api
 from worker.roles.consumer import CommandConsumer
-from worker.roles.receiver import build_app
+from worker.roles.receiver import build_app, database_ready, kafka_ready
 from worker.roles.relay import OutboxRelay
 from worker.roles.scheduler import ExpiryScheduler
 
 log = get_logger("worker.runtime")
 
-ROLES = ("receiver", "consumer", "relay", "scheduler")
+ROLES = ("receiver", "api", "consumer", "relay", "scheduler")
 
 
 @contextlib.asynccontextmanager
@@ -61,10 +62,25 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Ev
         producer = await stack.enter_async_context(started_producer(settings))
         tasks: list[Awaitable[None]] = []
         if "receiver" in roles:
-            app = build_app(settings, producer)
+            topics = [settings.commands_topic]
+            if settings.forward_unknown_events_topic:
+                topics.append(settings.forward_unknown_events_topic)
+            readiness = {
+                "kafka": kafka_ready(producer, topics),
+                "database": database_ready(settings.database_url),
+            }
+            app = build_app(
+                settings,
+                producer,
+                readiness=readiness,
+                producer_factory=lambda: kafka.durable_producer(settings),
+            )
             tasks.append(_serve_http(app, settings.listen_host, settings.listen_port, stop))
-        if {"consumer", "relay", "scheduler"} & set(roles):
+        if {"api", "consumer", "relay", "scheduler"} & set(roles):
             pool = await stack.enter_async_context(started_pool(settings))
+            if "api" in roles:
+                api = build_api(settings, producer, pool)
+                tasks.append(_serve_http(api, settings.api_host, settings.api_port, stop))
             if "consumer" in roles:
                 consumer = CommandConsumer(
                     settings, pool, producer, lambda: kafka.command_consumer(settings)

@@ -3,37 +3,192 @@
 A 2xx means the command is acknowledged by Kafka (acks=all); when that cannot
 be had within the deadline the answer is 503 with Retry-After, so Fanfare's
 retries carry the event later and nothing acknowledged is ever lost.
+
+Checks run cheapest first and nothing is parsed before the signature holds:
+method (405), declared size (413), media type (415), body size while reading
+(413), signature and timestamp (401), JSON (400), envelope (400), event data
+(400). Fanfare retries every non-2xx, so each rejection costs little and
+leaves no trace but a log line and a counter.
+
+aiokafka's idempotent producer can die for good after a broker outage; the
+receiver then answers 503 once and continues on a fresh producer, so the
+retries land instead of failing until the process restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import asyncpg
+import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
 
+from worker import metrics
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.domain.commands import CommandBase, encode_command
 from worker.fanfare.signature import Secret, SignatureError, verify
-from worker.fanfare.webhooks import Delivery, Envelope, translate
+from worker.fanfare.webhooks import (
+    EVENTS,
+    NOT_ACTED_ON_PREFIXES,
+    AdmissionData,
+    AdmissionEndData,
+    CompletionData,
+    Delivery,
+    Envelope,
+    clean_delivery_id,
+    field_path,
+    forwarded_record,
+    metric_label,
+    translate,
+)
 from worker.logs import get_logger
 
 log = get_logger("worker.receiver")
 
-PRODUCER_KEY = web.AppKey("producer", AIOKafkaProducer)
+WEBHOOK_PATH = "/webhooks/fanfare"
+OPENAPI_PATH = "/openapi.json"
+STORED_OPENAPI = Path(__file__).resolve().parents[2] / "schemas" / "openapi-receiver.json"
+# Fanfare's own schedule decides when it retries; this is the hint for
+# anything else (a proxy, a replay tool) and long enough for a broker
+# failover.
+RETRY_AFTER_SECONDS = 5
+READINESS_TIMEOUT_SECONDS = 3.0
+READ_CHUNK = 64 * 1024
+
+# Errors after which aiokafka's producer never sends again: its sender task
+# died (aiokafka re-raises the cause on every later send) or it was closed.
+# The idempotent producer dies this way after a broker outage
+# (OutOfOrderSequenceNumber once expired batches leave a sequence gap), and
+# only a new producer recovers.
+FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    UnknownProducerId,
+    ProducerFenced,
+    ProducerClosed,
+)
+
+ProducerFactory = Callable[[], AIOKafkaProducer]
 
 
-def error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+def _is_fatal(exc: BaseException) -> bool:
+    # The sender's catch-all wraps an unexpected death in a bare KafkaError.
+    return isinstance(exc, FATAL_PRODUCER_ERRORS) or type(exc) is KafkaError
 
 
-def _field_path(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    return ".".join(str(p) for p in first["loc"]) or "body"
+class ProducerSlot:
+    """The receiver's producer, replaced by a fresh one (from the factory)
+    when aiokafka declares it dead. A producer handed in from outside is never
+    stopped here; replacements are ours and stopped with the app."""
+
+    def __init__(self, producer: AIOKafkaProducer, factory: ProducerFactory | None) -> None:
+        self.current = producer
+        self.factory = factory
+        self.owned: list[AIOKafkaProducer] = []
+        self.lock = asyncio.Lock()
+        self.next_attempt = 0.0
+
+    async def replace(self, broken: AIOKafkaProducer, timeout: float) -> None:
+        if self.factory is None:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            # Another request replaced it already, or a replacement just
+            # failed: keep bad-broker periods cheap.
+            if self.current is not broken or now < self.next_attempt:
+                return
+            self.next_attempt = now + timeout
+            fresh = self.factory()
+            try:
+                await asyncio.wait_for(fresh.start(), timeout)
+            except Exception as exc:
+                log.warning("producer_replace_failed", error=type(exc).__name__)
+                await _stop_quietly(fresh, timeout)
+                return
+            self.current = fresh
+            self.owned.append(fresh)
+            metrics.WEBHOOK_PRODUCER_REPLACEMENTS.inc()
+            log.warning("producer_replaced")
+            if broken in self.owned:
+                self.owned.remove(broken)
+                await _stop_quietly(broken, timeout)
+
+    async def close(self, timeout: float) -> None:
+        for producer in self.owned:
+            await _stop_quietly(producer, timeout)
+        self.owned.clear()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except Exception as exc:
+        log.warning("producer_stop_failed", error=type(exc).__name__)
+
+
+PRODUCER_KEY = web.AppKey("producer", ProducerSlot)
+
+# An async callable that returns when its dependency is usable and raises
+# (anything) when it is not.
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+HTTP_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+}
+
+
+def error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> web.Response:
+    return web.json_response(
+        {"error": code, "message": message, **extra}, status=status, headers=headers
+    )
+
+
+@dataclass
+class _Reply:
+    """One answer to a webhook, with what the metrics and the log line need."""
+
+    status: int
+    body: dict[str, Any]
+    outcome: str
+    event_type: str = "none"
+    headers: dict[str, str] = field(default_factory=dict)
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+def _rejected(status: int, code: str, message: str, outcome: str, **log_fields: Any) -> _Reply:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if "field" in log_fields:
+        body["field"] = log_fields["field"]
+    return _Reply(status, body, outcome, log_fields={"error": code, **log_fields})
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class WebhookHandler:
@@ -46,9 +201,58 @@ class WebhookHandler:
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        delivery_id = request.headers.get("X-Fanfare-Delivery-Id")
-        bound = log.bind(delivery_id=delivery_id)
-        body = await request.read()
+        delivery_id = clean_delivery_id(request.headers.get("X-Fanfare-Delivery-Id"))
+        reply = await self._handle(request, delivery_id)
+        elapsed = time.perf_counter() - started
+        metrics.WEBHOOK_REQUESTS.labels(reply.outcome, reply.event_type).inc()
+        metrics.WEBHOOK_DURATION.labels(reply.outcome).observe(elapsed)
+        fields = {
+            "status": reply.status,
+            "outcome": reply.outcome,
+            "delivery_id": delivery_id,
+            "ms": round(elapsed * 1000, 2),
+            **reply.log_fields,
+        }
+        if reply.status >= 500:
+            log.error("webhook_not_durable", **fields)
+        elif reply.status >= 400:
+            log.warning("webhook_rejected", **fields)
+        else:
+            log.info("webhook_" + reply.outcome, **fields)
+        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+
+    async def _handle(self, request: web.Request, delivery_id: str | None) -> _Reply:
+        limit = self.settings.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            return _rejected(
+                413, "PAYLOAD_TOO_LARGE", f"body larger than {limit} bytes", "too_large"
+            )
+        if request.content_type != "application/json":
+            return _rejected(
+                415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json",
+                "unsupported_media_type",
+            )  # fmt: skip
+        if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+            return _rejected(
+                415, "UNSUPPORTED_MEDIA_TYPE", "JSON bodies must be UTF-8",
+                "unsupported_media_type",
+            )  # fmt: skip
+        # The signature covers the bytes as sent; a decoded body would be a
+        # different text than the one Fanfare signed. Fanfare does not compress.
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            return _rejected(
+                415, "UNSUPPORTED_MEDIA_TYPE", "Content-Encoding is not supported",
+                "unsupported_media_type",
+            )  # fmt: skip
+        try:
+            body = await self._read(request, limit)
+        except _TooLarge:
+            return _rejected(
+                413, "PAYLOAD_TOO_LARGE", f"body larger than {limit} bytes", "too_large"
+            )
+
         try:
             secret = verify(
                 self.secrets,
@@ -59,16 +263,29 @@ class WebhookHandler:
                 self.settings.signature_tolerance_seconds,
             )
         except SignatureError as exc:
-            bound.warning("webhook_rejected", status=401, error=exc.code)
-            return error(401, exc.code, exc.message)
+            return _rejected(401, exc.code, exc.message, "invalid_signature")
+        metrics.WEBHOOK_VERIFIED.labels(secret.fingerprint).inc()
 
         try:
-            envelope = Envelope.model_validate_json(body)
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _rejected(400, "MALFORMED_JSON", "body is not valid JSON", "invalid_body")
+        try:
+            envelope = Envelope.model_validate(raw)
         except ValidationError as exc:
-            path = _field_path(exc)
-            bound.warning("webhook_rejected", status=400, error="INVALID_ENVELOPE", field=path)
-            return error(400, "INVALID_ENVELOPE", f"invalid envelope at {path}")
-        bound = bound.bind(event_id=envelope.id, event_type=envelope.type)
+            path, message = field_path(exc)
+            return _rejected(400, "INVALID_ENVELOPE", message, "invalid_body", field=path)
+
+        label = metric_label(envelope.type)
+        context: dict[str, Any] = {
+            "event_id": envelope.id,
+            "event_type": envelope.type,
+            "secret": secret.fingerprint,
+        }
+        header_type = request.headers.get("X-Fanfare-Event-Type")
+        if header_type is not None and header_type != envelope.type:
+            # The header is not signed and the body is: the body decides.
+            context["header_event_type_mismatch"] = True
 
         delivery = Delivery(
             delivery_id=delivery_id,
@@ -76,55 +293,469 @@ class WebhookHandler:
             received_at=self.clock.now(),
         )
         try:
-            command = translate(envelope, delivery)
+            translation = translate(envelope, delivery)
         except ValidationError as exc:
-            path = "data." + _field_path(exc)
-            bound.warning("webhook_rejected", status=400, error="INVALID_EVENT_DATA", field=path)
-            return error(400, "INVALID_EVENT_DATA", f"invalid event data at {path}")
-        if command is None:
-            bound.info("webhook_ignored", status=200, reason="unknown_event_type")
-            return web.json_response({"status": "ignored", "eventId": envelope.id})
-
-        try:
-            await self._produce(request.app[PRODUCER_KEY], command)
-        except (TimeoutError, KafkaError) as exc:
-            bound.error("webhook_not_durable", status=503, error=type(exc).__name__)
-            return error(
-                503, "BROKER_UNAVAILABLE", "event not stored, retry later", **{"Retry-After": "5"}
+            path, message = field_path(exc, "data")
+            reply = _rejected(
+                400, "INVALID_EVENT_DATA", message, "invalid_body", field=path, **context
             )
-        bound.info(
-            "webhook_accepted",
-            status=200,
-            command_id=str(command.command_id),
-            command_type=getattr(command, "type", ""),
-            secret=secret.fingerprint,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        return web.json_response(
-            {"status": "accepted", "eventId": envelope.id, "commandId": str(command.command_id)}
+            reply.event_type = label
+            return reply
+
+        if translation.command is not None:
+            return await self._produce_command(request, translation.command, envelope, context)
+        topic = self.settings.forward_unknown_events_topic
+        if translation.disposition == "unknown" and topic:
+            record = forwarded_record(raw, envelope, delivery)
+            failure = await self._send(
+                request, topic, record.value, record.key, record.headers, context
+            )
+            if failure is not None:
+                failure.event_type = label
+                return failure
+            return _Reply(
+                200,
+                {"status": "forwarded", "eventId": envelope.id, "topic": topic},
+                "forwarded",
+                label,
+                log_fields={**context, "topic": topic},
+            )
+        outcome = "ignored" if translation.disposition == "unknown" else "not_acted_on"
+        return _Reply(
+            200,
+            {"status": "ignored", "eventId": envelope.id, "reason": translation.reason},
+            outcome,
+            label,
+            log_fields={**context, "reason": translation.reason},
         )
 
-    async def _produce(self, producer: AIOKafkaProducer, command: CommandBase) -> None:
-        await asyncio.wait_for(
-            producer.send_and_wait(
-                self.settings.commands_topic,
-                encode_command(command),
-                key=command.partition_key().encode("utf-8"),
-            ),
-            timeout=self.settings.produce_timeout_seconds,
+    async def _read(self, request: web.Request, limit: int) -> bytes:
+        # Read in chunks and stop at the limit: a chunked body declares no
+        # length, and buffering it whole would let one request exhaust memory.
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise _TooLarge
+        return bytes(body)
+
+    async def _produce_command(
+        self,
+        request: web.Request,
+        command: CommandBase,
+        envelope: Envelope,
+        context: dict[str, Any],
+    ) -> _Reply:
+        command_type = str(getattr(command, "type", ""))
+        context = {**context, "command_id": str(command.command_id), "command_type": command_type}
+        label = metric_label(envelope.type)
+        failure = await self._send(
+            request,
+            self.settings.commands_topic,
+            encode_command(command),
+            command.partition_key().encode("utf-8"),
+            None,
+            context,
         )
+        if failure is not None:
+            failure.event_type = label
+            return failure
+        return _Reply(
+            200,
+            {
+                "status": "accepted",
+                "eventId": envelope.id,
+                "commandId": str(command.command_id),
+                "commandType": command_type,
+            },
+            "accepted",
+            label,
+            log_fields=context,
+        )
+
+    async def _send(
+        self,
+        request: web.Request,
+        topic: str,
+        value: bytes,
+        key: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        context: dict[str, Any],
+    ) -> _Reply | None:
+        """None once Kafka acknowledged the record; the 503 answer otherwise."""
+        slot = request.app[PRODUCER_KEY]
+        producer = slot.current
+        timeout = self.settings.produce_timeout_seconds
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(topic, value, key=key, headers=headers), timeout
+            )
+        except Exception as exc:
+            # Whatever went wrong, the record is not known to be durable, and
+            # that is exactly what 503 tells Fanfare: try again later. A record
+            # that lands after all is deduped downstream by its command id.
+            metrics.WEBHOOK_PRODUCE_ERRORS.labels(type(exc).__name__).inc()
+            if _is_fatal(exc):
+                # Fanfare's retry then finds a working producer.
+                await slot.replace(producer, timeout)
+            reply = _rejected(
+                503,
+                "BROKER_UNAVAILABLE",
+                "event not stored, retry later",
+                "not_durable",
+                produce_error=type(exc).__name__,
+                **context,
+            )
+            reply.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return reply
+        return None
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error the framework raises (404, 405, ...) answered in the
+    service's JSON shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_ERROR_CODES.get(exc.status, f"HTTP_{exc.status}")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        if request.path == WEBHOOK_PATH and exc.status == 405:
+            metrics.WEBHOOK_REQUESTS.labels("method_not_allowed", "none").inc()
+        return error(exc.status, code, exc.reason, headers)
+    except Exception:
+        # A bug, never an input we failed to anticipate: the fuzz suite holds
+        # every input to a 4xx. Logged without the request body.
+        log.exception("http_unhandled_error", path=request.path, method=request.method)
+        return error(500, "INTERNAL_ERROR", "unexpected error")
 
 
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+class Readiness:
+    def __init__(self, checks: Mapping[str, ReadinessCheck]) -> None:
+        self.checks = dict(checks)
+
+    async def _one(self, name: str, check: ReadinessCheck) -> str:
+        try:
+            await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
+        except Exception as exc:
+            log.warning("not_ready", check=name, error=type(exc).__name__, detail=str(exc)[:200])
+            return type(exc).__name__
+        return "ok"
+
+    async def handle(self, _: web.Request) -> web.Response:
+        names = list(self.checks)
+        results = await asyncio.gather(*(self._one(n, self.checks[n]) for n in names))
+        checks = dict(zip(names, results, strict=True))
+        if all(r == "ok" for r in results):
+            return web.json_response({"status": "ready", "checks": checks})
+        failing = ", ".join(n for n, r in checks.items() if r != "ok")
+        return error(503, "NOT_READY", f"not reachable: {failing}", checks=checks)
+
+
+def kafka_ready(producer: AIOKafkaProducer, topics: list[str]) -> ReadinessCheck:
+    """Fresh cluster metadata from a broker, with every topic we write to."""
+
+    async def check() -> None:
+        cluster = await producer.client.fetch_all_metadata()
+        missing = [t for t in topics if not cluster.partitions_for_topic(t)]
+        if missing:
+            raise LookupError(f"topics missing: {', '.join(missing)}")
+
+    return check
+
+
+def database_ready(dsn: str) -> ReadinessCheck:
+    """A fresh connection and `SELECT 1`: the receiver holds no pool, and a
+    pool's idle connection would say nothing about a new one."""
+
+    async def check() -> None:
+        conn = await asyncpg.connect(dsn, timeout=READINESS_TIMEOUT_SECONDS)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
+    return check
+
+
+async def metrics_endpoint(_: web.Request) -> web.Response:
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi_endpoint(_: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
 def build_app(
-    settings: Settings, producer: AIOKafkaProducer, clock: Clock | None = None
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    clock: Clock | None = None,
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+    producer_factory: ProducerFactory | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
-    app[PRODUCER_KEY] = producer
+    """The receiver's HTTP app. `producer` must be started; with
+    `producer_factory` a dead producer is replaced by a new one from it."""
+    # The handler enforces the body limit itself (JSON 413, chunked bodies
+    # included); aiohttp's own limit only guards request.read(), unused here.
+    app = web.Application(middlewares=[json_errors])
+    slot = ProducerSlot(producer, producer_factory)
+    app[PRODUCER_KEY] = slot
+
+    async def close_replacements(_: web.Application) -> None:
+        await slot.close(settings.produce_timeout_seconds)
+
+    app.on_cleanup.append(close_replacements)
     handler = WebhookHandler(settings, clock or SystemClock())
-    app.router.add_post("/webhooks/fanfare", handler.handle)
+    app.router.add_post(WEBHOOK_PATH, handler.handle)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", Readiness(readiness or {}).handle)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get(OPENAPI_PATH, openapi_endpoint)
     return app
+
+
+# --- OpenAPI ----------------------------------------------------------------
+
+_REF = "#/components/schemas/{model}"
+
+
+def _error_response(description: str, codes: list[str]) -> dict[str, Any]:
+    return {
+        "description": description + " Codes: " + ", ".join(codes) + ".",
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
+    }
+
+
+def _header(name: str, required: bool, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _event_catalogue() -> dict[str, Any]:
+    catalogue: dict[str, Any] = {}
+    for event_type, spec in EVENTS.items():
+        entry: dict[str, Any] = {"becomes": spec.becomes}
+        if spec.data_model is not None:
+            entry["data"] = {"$ref": _REF.format(model=spec.data_model.__name__)}
+        catalogue[event_type] = entry
+    catalogue["*.admission_expired"] = {
+        "becomes": "admission.end (expired, admission_expired); also *.admission.expired",
+        "data": {"$ref": _REF.format(model="AdmissionEndData")},
+    }
+    for prefix in NOT_ACTED_ON_PREFIXES:
+        catalogue[prefix + "*"] = {"becomes": "acknowledged, not acted on"}
+    catalogue["(any other type)"] = {
+        "becomes": "acknowledged and counted; produced to FORWARD_UNKNOWN_EVENTS_TOPIC if set"
+    }
+    return catalogue
+
+
+def openapi_document() -> dict[str, Any]:
+    """The receiver's HTTP contract. Independent of settings, so the copy in
+    schemas/ is the same for every deployment (limits are given as defaults)."""
+    _, generated = models_json_schema(
+        [
+            (Envelope, "validation"),
+            (AdmissionData, "validation"),
+            (AdmissionEndData, "validation"),
+            (CompletionData, "validation"),
+        ],
+        ref_template=_REF,
+    )
+    schemas: dict[str, Any] = dict(generated["$defs"])
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "description": "Stable error code"},
+            "message": {"type": "string"},
+            "field": {"type": "string", "description": "Failing field path (400 only)"},
+        },
+    }
+    schemas["WebhookAnswer"] = {
+        "type": "object",
+        "required": ["status", "eventId"],
+        "properties": {
+            "status": {"type": "string", "enum": ["accepted", "ignored", "forwarded"]},
+            "eventId": {"type": "string"},
+            "commandId": {"type": "string", "format": "uuid"},
+            "commandType": {"type": "string"},
+            "reason": {
+                "type": "string",
+                "enum": ["unknown_event_type", "not_reservation_relevant", "no_order_id"],
+            },
+            "topic": {"type": "string"},
+        },
+    }
+    schemas["Readiness"] = {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["ready"]},
+            "error": {"type": "string", "enum": ["NOT_READY"]},
+            "message": {"type": "string"},
+            "checks": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "string",
+                    "description": "ok, or the class of the error that failed the check",
+                },
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Fanfare reservation worker: webhook receiver",
+            "version": "1",
+            "description": (
+                "Receives Fanfare webhooks, verifies them, and makes each one durable in "
+                "Kafka as a typed command before answering 2xx."
+            ),
+        },
+        "paths": {
+            WEBHOOK_PATH: {
+                "post": {
+                    "operationId": "receiveFanfareWebhook",
+                    "summary": "A Fanfare webhook delivery",
+                    "description": (
+                        "HMAC-SHA256 over `{X-Fanfare-Timestamp}.{raw body}` with any active "
+                        "secret; timestamps more than SIGNATURE_TOLERANCE_SECONDS (default "
+                        "300) from now in either direction are refused. Bodies above "
+                        "MAX_BODY_BYTES (default 262144) are refused. A 2xx means durable."
+                    ),
+                    "parameters": [
+                        _header("X-Fanfare-Signature", True, "sha256=<64 hex>; several allowed"),
+                        _header("X-Fanfare-Timestamp", True, "Unix seconds of the signature"),
+                        _header("X-Fanfare-Delivery-Id", False, "Recorded and logged"),
+                        _header("X-Fanfare-Event-Type", False, "Informational; body decides"),
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": _REF.format(model="Envelope")}}
+                        },
+                    },
+                    "x-fanfare-event-types": _event_catalogue(),
+                    "responses": {
+                        "200": {
+                            "description": "Durable in Kafka (accepted or forwarded), or "
+                            "acknowledged without effect (ignored)",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": _REF.format(model="WebhookAnswer")}
+                                }
+                            },
+                        },
+                        "400": _error_response(
+                            "Body is not JSON, or the envelope or event data is invalid; "
+                            "`field` names the failing path.",
+                            ["MALFORMED_JSON", "INVALID_ENVELOPE", "INVALID_EVENT_DATA"],
+                        ),
+                        "401": _error_response(
+                            "Signature or timestamp refused.",
+                            [
+                                "SIGNATURE_MISSING",
+                                "SIGNATURE_MALFORMED",
+                                "SIGNATURE_INVALID",
+                                "TIMESTAMP_MISSING",
+                                "TIMESTAMP_INVALID",
+                                "TIMESTAMP_OUT_OF_TOLERANCE",
+                            ],
+                        ),
+                        "405": _error_response("Only POST.", ["METHOD_NOT_ALLOWED"]),
+                        "413": _error_response("Body too large.", ["PAYLOAD_TOO_LARGE"]),
+                        "415": _error_response(
+                            "Not UTF-8 application/json, or a Content-Encoding.",
+                            ["UNSUPPORTED_MEDIA_TYPE"],
+                        ),
+                        "503": {
+                            **_error_response(
+                                "Kafka did not acknowledge in time; retry later.",
+                                ["BROKER_UNAVAILABLE"],
+                            ),
+                            "headers": {
+                                "Retry-After": {
+                                    "description": "Seconds",
+                                    "schema": {"type": "integer"},
+                                }
+                            },
+                        },
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is alive",
+                    "responses": {"200": {"description": "Alive"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Kafka (metadata with our topics) and PostgreSQL (SELECT 1) "
+                    "reachable",
+                    "responses": {
+                        code: {
+                            "description": text,
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": _REF.format(model="Readiness")}
+                                }
+                            },
+                        }
+                        for code, text in (("200", "Ready"), ("503", "NOT_READY"))
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus exposition",
+                    "responses": {
+                        "200": {
+                            "description": "Metrics text",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            OPENAPI_PATH: {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+                }
+            },
+        },
+        "components": {"schemas": schemas},
+    }
+
+
+def render_openapi() -> str:
+    """The stored form: stable key order, so a diff shows real changes only."""
+    return json.dumps(openapi_document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_openapi(path: Path = STORED_OPENAPI) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_openapi(), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    # `python -m worker.roles.receiver` refreshes schemas/openapi-receiver.json.
+    write_openapi()
