@@ -38,12 +38,11 @@ from worker.clock import ManualClock
 from worker.config import Settings
 from worker.domain import ids
 from worker.domain.commands import AdmitConsumer, CompleteCheckout, EndAdmission, decode_command
+from worker.roles.ops import database_ready, kafka_ready
 from worker.roles.receiver import (
     STORED_OPENAPI,
     WEBHOOK_PATH,
     build_app,
-    database_ready,
-    kafka_ready,
     render_openapi,
 )
 
@@ -473,9 +472,7 @@ async def test_a_dead_producer_is_replaced_and_the_retry_lands(
     dead = kafka.durable_producer(app_settings)
     await dead.start()
     dead._message_accumulator.fail_all(OutOfOrderSequenceNumber())
-    replaced_before = REGISTRY.get_sample_value(
-        "fanfare_reservations_webhook_producer_replacements_total"
-    )
+    replaced_before = REGISTRY.get_sample_value("fanfare_reservations_producer_replacements_total")
     app = build_app(
         app_settings,
         dead,
@@ -490,7 +487,7 @@ async def test_a_dead_producer_is_replaced_and_the_retry_lands(
         status, body = await _post(c, sent)
         assert (status, body.get("status")) == (200, "accepted"), body
     assert (
-        REGISTRY.get_sample_value("fanfare_reservations_webhook_producer_replacements_total")
+        REGISTRY.get_sample_value("fanfare_reservations_producer_replacements_total")
         == (replaced_before or 0) + 1
     )
     records = await read_since(app_settings, before)

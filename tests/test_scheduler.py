@@ -133,7 +133,9 @@ async def test_scheduler_publishes_only_what_is_due_on_its_clock(
     producer = kafka.durable_producer(topic_settings)
     await producer.start()
     try:
-        scheduler = ExpiryScheduler(topic_settings, db, producer, clock=clock)
+        scheduler = ExpiryScheduler(
+            topic_settings, db, kafka.ProducerSlot(producer, None), clock=clock
+        )
         mine = [d for d in await scheduler.due(clock.now()) if d.experience_id == exp]
         assert mine == []
         clock.advance(1)

@@ -34,9 +34,10 @@ WEBHOOK_PRODUCE_ERRORS = Counter(
     ["error"],
     namespace=NAMESPACE,
 )
-WEBHOOK_PRODUCER_REPLACEMENTS = Counter(
-    "webhook_producer_replacements",
-    "Kafka producers the receiver replaced after aiokafka declared one dead",
+PRODUCER_REPLACEMENTS = Counter(
+    "producer_replacements",
+    "Kafka producers replaced after aiokafka declared one dead (its sender "
+    "task died, e.g. OutOfOrderSequenceNumber after a broker outage)",
     namespace=NAMESPACE,
 )
 WEBHOOK_VERIFIED = Counter(

@@ -16,7 +16,8 @@ from worker.config import Settings
 from worker.logs import get_logger
 from worker.roles.api import build_api
 from worker.roles.consumer import CommandConsumer
-from worker.roles.receiver import build_app, database_ready, kafka_ready
+from worker.roles.ops import build_ops_app, database_ready, kafka_ready
+from worker.roles.receiver import build_app
 from worker.roles.relay import OutboxRelay
 from worker.roles.scheduler import ExpiryScheduler
 
@@ -60,19 +61,23 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Ev
     await kafka.ensure_topics(settings)
     async with contextlib.AsyncExitStack() as stack:
         producer = await stack.enter_async_context(started_producer(settings))
+        # The roles without a receiver of their own share one slot: a dead
+        # producer is replaced once for all of them.
+        producers = kafka.ProducerSlot(producer, lambda: kafka.durable_producer(settings))
+        stack.push_async_callback(producers.close, settings.produce_timeout_seconds)
+        readiness = {
+            "kafka": kafka_ready(producer, [settings.commands_topic]),
+            "database": database_ready(settings.database_url),
+        }
         tasks: list[Awaitable[None]] = []
         if "receiver" in roles:
             topics = [settings.commands_topic]
             if settings.forward_unknown_events_topic:
                 topics.append(settings.forward_unknown_events_topic)
-            readiness = {
-                "kafka": kafka_ready(producer, topics),
-                "database": database_ready(settings.database_url),
-            }
             app = build_app(
                 settings,
                 producer,
-                readiness=readiness,
+                readiness={**readiness, "kafka": kafka_ready(producer, topics)},
                 producer_factory=lambda: kafka.durable_producer(settings),
             )
             tasks.append(_serve_http(app, settings.listen_host, settings.listen_port, stop))
@@ -83,13 +88,16 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Ev
                 tasks.append(_serve_http(api, settings.api_host, settings.api_port, stop))
             if "consumer" in roles:
                 consumer = CommandConsumer(
-                    settings, pool, producer, lambda: kafka.command_consumer(settings)
+                    settings, pool, producers, lambda: kafka.command_consumer(settings)
                 )
                 tasks.append(consumer.run(stop))
             if "relay" in roles:
-                tasks.append(OutboxRelay(settings, pool, producer).run(stop))
+                tasks.append(OutboxRelay(settings, pool, producers).run(stop))
             if "scheduler" in roles:
-                tasks.append(ExpiryScheduler(settings, pool, producer).run(stop))
+                tasks.append(ExpiryScheduler(settings, pool, producers).run(stop))
+        if not {"receiver", "api"} & set(roles) and settings.ops_port:
+            ops = build_ops_app(readiness)
+            tasks.append(_serve_http(ops, settings.ops_host, settings.ops_port, stop))
         log.info("roles_started", roles=list(roles))
         await _until_first_failure(tasks, stop)
 

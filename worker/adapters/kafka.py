@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 
+from worker import metrics
 from worker.config import Settings
 from worker.logs import get_logger
 
@@ -79,3 +91,88 @@ async def ensure_topics(settings: Settings) -> None:
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+# Errors after which aiokafka's producer never sends again: its sender task
+# died (aiokafka re-raises the cause on every later send) or it was closed.
+# The idempotent producer dies this way after a broker outage
+# (OutOfOrderSequenceNumber once expired batches leave a sequence gap), and
+# only a new producer recovers.
+FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    UnknownProducerId,
+    ProducerFenced,
+    ProducerClosed,
+)
+
+ProducerFactory = Callable[[], AIOKafkaProducer]
+
+
+def is_fatal(exc: BaseException) -> bool:
+    # The sender's catch-all wraps an unexpected death in a bare KafkaError.
+    return isinstance(exc, FATAL_PRODUCER_ERRORS) or type(exc) is KafkaError
+
+
+class ProducerSlot:
+    """A role's producer, replaced by a fresh one (from the factory) when
+    aiokafka declares it dead. A producer handed in from outside is never
+    stopped here; replacements are ours and stopped by `close`."""
+
+    def __init__(self, producer: AIOKafkaProducer, factory: ProducerFactory | None) -> None:
+        self.current = producer
+        self.factory = factory
+        self.owned: list[AIOKafkaProducer] = []
+        self.lock = asyncio.Lock()
+        self.next_attempt = 0.0
+
+    async def replace(self, broken: AIOKafkaProducer, timeout: float) -> None:
+        if self.factory is None:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            # Another request replaced it already, or a replacement just
+            # failed: keep bad-broker periods cheap.
+            if self.current is not broken or now < self.next_attempt:
+                return
+            self.next_attempt = now + timeout
+            fresh = self.factory()
+            try:
+                await asyncio.wait_for(fresh.start(), timeout)
+            except Exception as exc:
+                log.warning("producer_replace_failed", error=type(exc).__name__)
+                await stop_quietly(fresh, timeout)
+                return
+            self.current = fresh
+            self.owned.append(fresh)
+            metrics.PRODUCER_REPLACEMENTS.inc()
+            log.warning("producer_replaced")
+            if broken in self.owned:
+                self.owned.remove(broken)
+                await stop_quietly(broken, timeout)
+
+    async def close(self, timeout: float) -> None:
+        for producer in self.owned:
+            await stop_quietly(producer, timeout)
+        self.owned.clear()
+
+
+async def stop_quietly(producer: AIOKafkaProducer, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except Exception as exc:
+        log.warning("producer_stop_failed", error=type(exc).__name__)
+
+
+@contextlib.asynccontextmanager
+async def producer_from(slot: ProducerSlot, timeout: float) -> AsyncIterator[AIOKafkaProducer]:
+    """The slot's current producer; if what runs with it fails in a way that
+    means the producer is dead, the slot gets a fresh one for the next try."""
+    producer = slot.current
+    try:
+        yield producer
+    except BaseException as exc:
+        if is_fatal(exc):
+            await slot.replace(producer, timeout)
+        raise

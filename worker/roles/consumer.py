@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from worker.adapters import store
+from worker.adapters.kafka import ProducerSlot, producer_from
 from worker.config import Settings
 from worker.domain.commands import Command, decode_command
 from worker.domain.model import ExperienceSettings
@@ -31,8 +32,9 @@ from worker.logs import get_logger
 
 log = get_logger("worker.consumer")
 
-# Failures that say nothing about the command: pause and retry, never park.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+# Failures that say nothing about the command (the database or the broker,
+# for parking, is away): pause and retry, never park.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
@@ -43,6 +45,7 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
     TimeoutError,
+    KafkaError,
 )
 # Failures that say the command itself cannot be applied: park it.
 POISON_DB_ERRORS: tuple[type[BaseException], ...] = (
@@ -92,12 +95,12 @@ class CommandConsumer:
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        dlq_producer: AIOKafkaProducer,
+        producers: ProducerSlot,
         consumer_factory: Callable[..., AIOKafkaConsumer],
     ) -> None:
         self.settings = settings
         self.pool = pool
-        self.dlq_producer = dlq_producer
+        self.producers = producers
         self.consumer = consumer_factory()
         self.topic = settings.commands_topic
         self.batch_lock = asyncio.Lock()
@@ -177,7 +180,7 @@ class CommandConsumer:
             try:
                 await self._apply(batch, attempt)
                 return
-            except TRANSIENT_DB_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning(
                     "batch_retry",
                     error=type(exc).__name__,
@@ -280,9 +283,14 @@ class CommandConsumer:
             ("error-reason", poison.reason.encode()),
             ("attempts", str(attempt).encode()),
         ]
-        await self.dlq_producer.send_and_wait(
-            self.settings.dead_letter_topic, record.value, key=record.key, headers=headers
-        )
+        timeout = self.settings.produce_timeout_seconds
+        async with producer_from(self.producers, timeout) as producer:
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    self.settings.dead_letter_topic, record.value, key=record.key, headers=headers
+                ),
+                timeout,
+            )
         log.error(
             "command_parked",
             partition=record.partition,

@@ -25,23 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    KafkaError,
-    OutOfOrderSequenceNumber,
-    ProducerClosed,
-    ProducerFenced,
-    UnknownProducerId,
-)
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
 from worker import metrics
+from worker.adapters import kafka
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.domain.commands import CommandBase, encode_command
@@ -61,6 +52,13 @@ from worker.fanfare.webhooks import (
     translate,
 )
 from worker.logs import get_logger
+from worker.roles.ops import (
+    Readiness,
+    ReadinessCheck,
+    error,
+    healthz,
+    metrics_endpoint,
+)
 
 log = get_logger("worker.receiver")
 
@@ -71,86 +69,9 @@ STORED_OPENAPI = Path(__file__).resolve().parents[2] / "schemas" / "openapi-rece
 # anything else (a proxy, a replay tool) and long enough for a broker
 # failover.
 RETRY_AFTER_SECONDS = 5
-READINESS_TIMEOUT_SECONDS = 3.0
 READ_CHUNK = 64 * 1024
 
-# Errors after which aiokafka's producer never sends again: its sender task
-# died (aiokafka re-raises the cause on every later send) or it was closed.
-# The idempotent producer dies this way after a broker outage
-# (OutOfOrderSequenceNumber once expired batches leave a sequence gap), and
-# only a new producer recovers.
-FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
-    OutOfOrderSequenceNumber,
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    UnknownProducerId,
-    ProducerFenced,
-    ProducerClosed,
-)
-
-ProducerFactory = Callable[[], AIOKafkaProducer]
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    # The sender's catch-all wraps an unexpected death in a bare KafkaError.
-    return isinstance(exc, FATAL_PRODUCER_ERRORS) or type(exc) is KafkaError
-
-
-class ProducerSlot:
-    """The receiver's producer, replaced by a fresh one (from the factory)
-    when aiokafka declares it dead. A producer handed in from outside is never
-    stopped here; replacements are ours and stopped with the app."""
-
-    def __init__(self, producer: AIOKafkaProducer, factory: ProducerFactory | None) -> None:
-        self.current = producer
-        self.factory = factory
-        self.owned: list[AIOKafkaProducer] = []
-        self.lock = asyncio.Lock()
-        self.next_attempt = 0.0
-
-    async def replace(self, broken: AIOKafkaProducer, timeout: float) -> None:
-        if self.factory is None:
-            return
-        async with self.lock:
-            now = time.monotonic()
-            # Another request replaced it already, or a replacement just
-            # failed: keep bad-broker periods cheap.
-            if self.current is not broken or now < self.next_attempt:
-                return
-            self.next_attempt = now + timeout
-            fresh = self.factory()
-            try:
-                await asyncio.wait_for(fresh.start(), timeout)
-            except Exception as exc:
-                log.warning("producer_replace_failed", error=type(exc).__name__)
-                await _stop_quietly(fresh, timeout)
-                return
-            self.current = fresh
-            self.owned.append(fresh)
-            metrics.WEBHOOK_PRODUCER_REPLACEMENTS.inc()
-            log.warning("producer_replaced")
-            if broken in self.owned:
-                self.owned.remove(broken)
-                await _stop_quietly(broken, timeout)
-
-    async def close(self, timeout: float) -> None:
-        for producer in self.owned:
-            await _stop_quietly(producer, timeout)
-        self.owned.clear()
-
-
-async def _stop_quietly(producer: AIOKafkaProducer, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(producer.stop(), timeout)
-    except Exception as exc:
-        log.warning("producer_stop_failed", error=type(exc).__name__)
-
-
-PRODUCER_KEY = web.AppKey("producer", ProducerSlot)
-
-# An async callable that returns when its dependency is usable and raises
-# (anything) when it is not.
-ReadinessCheck = Callable[[], Awaitable[None]]
+PRODUCER_KEY = web.AppKey("producer", kafka.ProducerSlot)
 
 HTTP_ERROR_CODES = {
     400: "BAD_REQUEST",
@@ -158,14 +79,6 @@ HTTP_ERROR_CODES = {
     405: "METHOD_NOT_ALLOWED",
     413: "PAYLOAD_TOO_LARGE",
 }
-
-
-def error(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
-) -> web.Response:
-    return web.json_response(
-        {"error": code, "message": message, **extra}, status=status, headers=headers
-    )
 
 
 @dataclass
@@ -395,7 +308,7 @@ class WebhookHandler:
             # that is exactly what 503 tells Fanfare: try again later. A record
             # that lands after all is deduped downstream by its command id.
             metrics.WEBHOOK_PRODUCE_ERRORS.labels(type(exc).__name__).inc()
-            if _is_fatal(exc):
+            if kafka.is_fatal(exc):
                 # Fanfare's retry then finds a working producer.
                 await slot.replace(producer, timeout)
             reply = _rejected(
@@ -434,63 +347,6 @@ async def json_errors(
         return error(500, "INTERNAL_ERROR", "unexpected error")
 
 
-async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-class Readiness:
-    def __init__(self, checks: Mapping[str, ReadinessCheck]) -> None:
-        self.checks = dict(checks)
-
-    async def _one(self, name: str, check: ReadinessCheck) -> str:
-        try:
-            await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
-        except Exception as exc:
-            log.warning("not_ready", check=name, error=type(exc).__name__, detail=str(exc)[:200])
-            return type(exc).__name__
-        return "ok"
-
-    async def handle(self, _: web.Request) -> web.Response:
-        names = list(self.checks)
-        results = await asyncio.gather(*(self._one(n, self.checks[n]) for n in names))
-        checks = dict(zip(names, results, strict=True))
-        if all(r == "ok" for r in results):
-            return web.json_response({"status": "ready", "checks": checks})
-        failing = ", ".join(n for n, r in checks.items() if r != "ok")
-        return error(503, "NOT_READY", f"not reachable: {failing}", checks=checks)
-
-
-def kafka_ready(producer: AIOKafkaProducer, topics: list[str]) -> ReadinessCheck:
-    """Fresh cluster metadata from a broker, with every topic we write to."""
-
-    async def check() -> None:
-        cluster = await producer.client.fetch_all_metadata()
-        missing = [t for t in topics if not cluster.partitions_for_topic(t)]
-        if missing:
-            raise LookupError(f"topics missing: {', '.join(missing)}")
-
-    return check
-
-
-def database_ready(dsn: str) -> ReadinessCheck:
-    """A fresh connection and `SELECT 1`: the receiver holds no pool, and a
-    pool's idle connection would say nothing about a new one."""
-
-    async def check() -> None:
-        conn = await asyncpg.connect(dsn, timeout=READINESS_TIMEOUT_SECONDS)
-        try:
-            await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
-
-    return check
-
-
-async def metrics_endpoint(_: web.Request) -> web.Response:
-    body, content_type = metrics.render()
-    return web.Response(body=body, headers={"Content-Type": content_type})
-
-
 async def openapi_endpoint(_: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -500,14 +356,14 @@ def build_app(
     producer: AIOKafkaProducer,
     clock: Clock | None = None,
     readiness: Mapping[str, ReadinessCheck] | None = None,
-    producer_factory: ProducerFactory | None = None,
+    producer_factory: kafka.ProducerFactory | None = None,
 ) -> web.Application:
     """The receiver's HTTP app. `producer` must be started; with
     `producer_factory` a dead producer is replaced by a new one from it."""
     # The handler enforces the body limit itself (JSON 413, chunked bodies
     # included); aiohttp's own limit only guards request.read(), unused here.
     app = web.Application(middlewares=[json_errors])
-    slot = ProducerSlot(producer, producer_factory)
+    slot = kafka.ProducerSlot(producer, producer_factory)
     app[PRODUCER_KEY] = slot
 
     async def close_replacements(_: web.Application) -> None:

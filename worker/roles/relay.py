@@ -8,9 +8,9 @@ import asyncio
 import contextlib
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from worker.adapters.kafka import ProducerSlot, producer_from
 from worker.config import Settings
 from worker.logs import get_logger
 
@@ -27,11 +27,11 @@ SEQ_HEADER = "outbox-seq"
 
 class OutboxRelay:
     def __init__(
-        self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer, batch: int = 500
+        self, settings: Settings, pool: asyncpg.Pool, producers: ProducerSlot, batch: int = 500
     ) -> None:
         self.settings = settings
         self.pool = pool
-        self.producer = producer
+        self.producers = producers
         self.batch = batch
         self.published = 0
 
@@ -61,18 +61,18 @@ class OutboxRelay:
                 return 0
             # Sends are pipelined; the idempotent producer keeps their order
             # per partition, and we wait for every acknowledgement.
-            futures = [
-                await self.producer.send(
-                    self.settings.events_topic,
-                    bytes(r["payload"]),
-                    key=r["partition_key"].encode("utf-8"),
-                    headers=[(SEQ_HEADER, str(r["seq"]).encode("ascii"))],
-                )
-                for r in rows
-            ]
-            await asyncio.wait_for(
-                asyncio.gather(*futures), timeout=self.settings.produce_timeout_seconds * 2
-            )
+            timeout = self.settings.produce_timeout_seconds * 2
+            async with producer_from(self.producers, timeout) as producer:
+                futures = [
+                    await producer.send(
+                        self.settings.events_topic,
+                        bytes(r["payload"]),
+                        key=r["partition_key"].encode("utf-8"),
+                        headers=[(SEQ_HEADER, str(r["seq"]).encode("ascii"))],
+                    )
+                    for r in rows
+                ]
+                await asyncio.wait_for(asyncio.gather(*futures), timeout=timeout)
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
                 [r["seq"] for r in rows],

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
+from worker.adapters.kafka import ProducerSlot, producer_from
 from worker.adapters.store import Conn
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
@@ -60,7 +60,7 @@ class ExpiryScheduler:
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        producer: AIOKafkaProducer,
+        producers: ProducerSlot,
         clock: Clock | None = None,
         max_sleep_s: float = 0.5,
         republish_after_s: float = 30.0,
@@ -68,7 +68,7 @@ class ExpiryScheduler:
     ) -> None:
         self.settings = settings
         self.pool = pool
-        self.producer = producer
+        self.producers = producers
         self.clock = clock or SystemClock()
         self.max_sleep_s = max_sleep_s
         self.republish_after = timedelta(seconds=republish_after_s)
@@ -147,19 +147,19 @@ class ExpiryScheduler:
         ]
 
     async def publish(self, due: list[DueAdmission], now: datetime) -> None:
-        futures = []
-        for d in due:
-            command = expiry_command(d, now)
-            futures.append(
-                await self.producer.send(
-                    self.settings.commands_topic,
-                    encode_command(command),
-                    key=command.partition_key().encode("utf-8"),
+        timeout = self.settings.produce_timeout_seconds * 2
+        async with producer_from(self.producers, timeout) as producer:
+            futures = []
+            for d in due:
+                command = expiry_command(d, now)
+                futures.append(
+                    await producer.send(
+                        self.settings.commands_topic,
+                        encode_command(command),
+                        key=command.partition_key().encode("utf-8"),
+                    )
                 )
-            )
-        await asyncio.wait_for(
-            asyncio.gather(*futures), timeout=self.settings.produce_timeout_seconds * 2
-        )
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=timeout)
         for d in due:
             self._sent[d.grant_digest] = now
         self.published += len(due)
