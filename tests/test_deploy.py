@@ -68,21 +68,34 @@ SETTINGS_ENV = frozenset(name.upper() for name in Settings.model_fields) | CONTR
 
 COUNTERS = frozenset(
     {
-        "webhook_requests_total",
-        "webhook_produce_errors_total",
-        "commands_applied_total",
-        "batches_applied_total",
-        "commands_parked_total",
-        "holds_created_total",
-        "holds_converted_total",
-        "holds_released_total",
-        "holds_expired_total",
-        "outbox_published_total",
-        "expiries_published_total",
+        "fanfare_reservations_webhook_requests_total",
+        "fanfare_reservations_webhook_produce_errors_total",
+        "fanfare_reservations_commands_applied_total",
+        "fanfare_reservations_batches_applied_total",
+        "fanfare_reservations_commands_parked_total",
+        "fanfare_reservations_holds_created_total",
+        "fanfare_reservations_holds_converted_total",
+        "fanfare_reservations_holds_released_total",
+        "fanfare_reservations_holds_expired_total",
+        "fanfare_reservations_outbox_published_total",
+        "fanfare_reservations_expiries_published_total",
     }
 )
-HISTOGRAMS = frozenset({"webhook_request_seconds", "batch_apply_seconds", "hold_duration_seconds"})
-GAUGES = frozenset({"consumer_lag", "holds_active", "outbox_backlog", "reconcile_drift_rows"})
+HISTOGRAMS = frozenset(
+    {
+        "fanfare_reservations_webhook_request_duration_seconds",
+        "fanfare_reservations_batch_apply_seconds",
+        "fanfare_reservations_hold_duration_seconds",
+    }
+)
+GAUGES = frozenset(
+    {
+        "fanfare_reservations_consumer_lag",
+        "fanfare_reservations_holds_active",
+        "fanfare_reservations_outbox_backlog",
+        "fanfare_reservations_reconcile_drift_rows",
+    }
+)
 METRICS = COUNTERS | HISTOGRAMS | GAUGES
 HISTOGRAM_SERIES = frozenset(f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count"))
 SERIES = COUNTERS | GAUGES | HISTOGRAM_SERIES
@@ -628,4 +641,19 @@ def test_dashboard_covers_every_metric() -> None:
 
 def test_promql_parser_rejects_bad_queries() -> None:
     with pytest.raises(ValueError, match="parenthesis"):
-        _series_in("sum(rate(webhook_requests_total[5m])")
+        _series_in("sum(rate(fanfare_reservations_webhook_requests_total[5m])")
+
+
+def test_dashboard_metrics_are_the_ones_the_service_exports() -> None:
+    """The dashboard and worker/metrics.py must not drift apart."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from worker import metrics
+
+    exported: set[str] = set()
+    for obj in vars(metrics).values():
+        if isinstance(obj, Counter):
+            exported.add(f"{obj._name}_total")
+        elif isinstance(obj, Gauge | Histogram):
+            exported.add(obj._name)
+    assert exported >= METRICS, f"dashboard metrics not exported: {sorted(METRICS - exported)}"

@@ -8,7 +8,14 @@ sender controls becomes a label as it is.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 NAMESPACE = "fanfare_reservations"
 
@@ -52,3 +59,80 @@ WEBHOOK_VERIFIED = Counter(
 def render() -> tuple[bytes, str]:
     """The exposition text of the default registry and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# --- consumers -------------------------------------------------------------------
+
+COMMANDS_APPLIED = Counter(
+    "commands_applied",
+    "Commands applied, by command type and outcome status",
+    ["type", "outcome"],
+    namespace=NAMESPACE,
+)
+BATCHES_APPLIED = Counter(
+    "batches_applied", "Batches committed (one transaction each)", namespace=NAMESPACE
+)
+BATCH_SECONDS = Histogram(
+    "batch_apply_seconds",
+    "Time to apply and commit one batch",
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+COMMANDS_PARKED = Counter(
+    "commands_parked",
+    "Poison commands parked on the dead-letter topic, by error class",
+    ["error"],
+    namespace=NAMESPACE,
+)
+CONSUMER_LAG = Gauge(
+    "consumer_lag",
+    "Records on the partition not yet applied (high watermark minus position)",
+    ["partition"],
+    namespace=NAMESPACE,
+)
+
+# --- holds (the guide's outcome metrics) ------------------------------------------
+
+HOLDS_CREATED = Counter(
+    "holds_created", "Holds taken, per experience", ["experience"], namespace=NAMESPACE
+)
+HOLDS_CONVERTED = Counter(
+    "holds_converted", "Holds sold at checkout, per experience", ["experience"], namespace=NAMESPACE
+)
+HOLDS_RELEASED = Counter(
+    "holds_released",
+    "Holds given back (left, denied, lost, superseded, cart changed), per experience",
+    ["experience"],
+    namespace=NAMESPACE,
+)
+HOLDS_EXPIRED = Counter(
+    "holds_expired",
+    "Holds whose window ran out, per experience",
+    ["experience"],
+    namespace=NAMESPACE,
+)
+HOLD_DURATION = Histogram(
+    "hold_duration_seconds",
+    "From a hold being taken to its end, by how it ended",
+    ["outcome"],
+    namespace=NAMESPACE,
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600),
+)
+HOLDS_ACTIVE = Gauge("holds_active", "Active holds (read from the database)", namespace=NAMESPACE)
+
+# --- relay, scheduler, reconcile ----------------------------------------------------
+
+OUTBOX_PUBLISHED = Counter(
+    "outbox_published", "Events published to the events topic", namespace=NAMESPACE
+)
+OUTBOX_BACKLOG = Gauge(
+    "outbox_backlog", "Events committed but not yet published", namespace=NAMESPACE
+)
+EXPIRIES_PUBLISHED = Counter(
+    "expiries_published", "Expiry commands published by the scheduler", namespace=NAMESPACE
+)
+RECONCILE_DRIFT_ROWS = Gauge(
+    "reconcile_drift_rows",
+    "Stock rows whose counters differed from their reservations at the last reconcile",
+    namespace=NAMESPACE,
+)

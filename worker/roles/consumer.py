@@ -22,12 +22,14 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from worker import metrics
 from worker.adapters import store
 from worker.adapters.kafka import ProducerSlot, producer_from
 from worker.config import Settings
 from worker.domain.commands import Command, decode_command
+from worker.domain.events import ReservationEnded
 from worker.domain.model import ExperienceSettings
-from worker.engine import Coordinates, apply_batch
+from worker.engine import Applied, Coordinates, apply_batch
 from worker.logs import get_logger
 
 log = get_logger("worker.consumer")
@@ -178,7 +180,8 @@ class CommandConsumer:
         while True:
             attempt += 1
             try:
-                await self._apply(batch, attempt)
+                with metrics.BATCH_SECONDS.time():
+                    await self._apply(batch, attempt)
                 return
             except TRANSIENT_ERRORS as exc:
                 log.warning(
@@ -215,15 +218,18 @@ class CommandConsumer:
                     todo.append((command, at))
             _crash_hook("mid_batch")
             by_place = {Coordinates(r.topic, r.partition, r.offset): r for r in fresh}
-            parked += await self._apply_commands(conn, todo, by_place)
+            results, refused = await self._apply_commands(conn, todo, by_place)
+            parked += refused
             # Park poison before the positions move past it: a crash between
             # the two re-parks it (a duplicate in the DLQ), never loses it.
             for poison in parked:
                 await self._park(poison, attempt)
             await store.advance_positions(conn, self.topic, advanced)
-        applied = len(todo) - sum(1 for p in parked if p.command is not None)
+        applied = len(results)
         self.batches_applied += 1
         self.commands_applied += applied
+        _record_metrics(results, parked)
+        self._record_lag(advanced)
         log.info(
             "batch_applied",
             applied=applied,
@@ -252,26 +258,34 @@ class CommandConsumer:
         conn: store.Conn,
         todo: list[tuple[Command, Coordinates]],
         records: dict[Coordinates, ConsumerRecord[bytes, bytes]],
-    ) -> list[Poison]:
+    ) -> tuple[list[tuple[Command, Applied]], list[Poison]]:
         """The whole batch in one unit of work; if the database refuses it as
         data (a constraint, a bad value), find the culprit by applying the
         commands one at a time, each in its own savepoint, and park it."""
         if not todo:
-            return []
+            return [], []
         try:
             async with conn.transaction():
-                await apply_batch(conn, todo, self.defaults)
-            return []
+                applied = await apply_batch(conn, todo, self.defaults)
+            return [(c, a) for (c, _), a in zip(todo, applied, strict=True)], []
         except POISON_DB_ERRORS as exc:
             log.warning("batch_isolating", error=type(exc).__name__, commands=len(todo))
+        results: list[tuple[Command, Applied]] = []
         parked: list[Poison] = []
         for command, at in todo:
             try:
                 async with conn.transaction():
-                    await apply_batch(conn, [(command, at)], self.defaults)
+                    [one] = await apply_batch(conn, [(command, at)], self.defaults)
+                results.append((command, one))
             except POISON_DB_ERRORS as exc:
                 parked.append(Poison(records[at], type(exc).__name__, str(exc)[:500], command))
-        return parked
+        return results, parked
+
+    def _record_lag(self, positions: dict[int, int]) -> None:
+        for partition, next_offset in positions.items():
+            highwater = self.consumer.highwater(TopicPartition(self.topic, partition))
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - next_offset))
 
     async def _park(self, poison: Poison, attempt: int) -> None:
         record = poison.record
@@ -298,3 +312,28 @@ class CommandConsumer:
             error_class=poison.error_class,
             reason=poison.reason,
         )
+
+
+HOLD_COUNTERS = {
+    "reservation.created": metrics.HOLDS_CREATED,
+    "reservation.converted": metrics.HOLDS_CONVERTED,
+    "reservation.released": metrics.HOLDS_RELEASED,
+    "reservation.expired": metrics.HOLDS_EXPIRED,
+}
+
+
+def _record_metrics(results: list[tuple[Command, Applied]], parked: list[Poison]) -> None:
+    metrics.BATCHES_APPLIED.inc()
+    for command, applied in results:
+        metrics.COMMANDS_APPLIED.labels(command.type, str(applied.outcome.get("status"))).inc()
+        for event in applied.events:
+            kind = str(getattr(event, "type", ""))
+            counter = HOLD_COUNTERS.get(kind)
+            if counter is None:
+                continue
+            counter.labels(getattr(event, "experience_id", "")).inc()
+            if isinstance(event, ReservationEnded) and event.created_at is not None:
+                held = (event.ended_at - event.created_at).total_seconds()
+                metrics.HOLD_DURATION.labels(kind.split(".")[1]).observe(max(0.0, held))
+    for poison in parked:
+        metrics.COMMANDS_PARKED.labels(poison.error_class).inc()

@@ -10,6 +10,7 @@ import contextlib
 import asyncpg
 from aiokafka.errors import KafkaError
 
+from worker import metrics
 from worker.adapters.kafka import ProducerSlot, producer_from
 from worker.config import Settings
 from worker.logs import get_logger
@@ -40,6 +41,13 @@ class OutboxRelay:
         while not stop.is_set():
             try:
                 sent = await self.publish_once()
+                if sent < self.batch:
+                    # Caught up (or nearly): the backlog is what arrived since.
+                    metrics.OUTBOX_BACKLOG.set(
+                        await self.pool.fetchval(
+                            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+                        )
+                    )
                 delay = idle_s if sent else min(delay * 2, 0.5)
             except (KafkaError, TimeoutError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
@@ -78,4 +86,5 @@ class OutboxRelay:
                 [r["seq"] for r in rows],
             )
         self.published += len(rows)
+        metrics.OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from worker import metrics
 from worker.adapters.kafka import ProducerSlot, producer_from
 from worker.adapters.store import Conn
 from worker.clock import Clock, SystemClock
@@ -28,6 +29,7 @@ from worker.logs import get_logger
 log = get_logger("worker.scheduler")
 
 SCHEDULER_LOCK_KEY = 0x5343484544  # "SCHED"
+GAUGE_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class ExpiryScheduler:
         self._sent: dict[str, datetime] = {}
         self.published = 0
         self.leader = False
+        self._gauges_due = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -111,6 +114,7 @@ class ExpiryScheduler:
     async def tick(self) -> float:
         """Publish what is due; return how long to sleep until the next due."""
         now = self.clock.now()
+        await self._refresh_gauges()
         due = await self.due(now)
         fresh = [d for d in due if self._should_send(d, now)]
         if fresh:
@@ -126,6 +130,21 @@ class ExpiryScheduler:
         if next_due is None:
             return self.max_sleep_s
         return max(0.0, min(self.max_sleep_s, (next_due - now).total_seconds()))
+
+    async def _refresh_gauges(self) -> None:
+        """Database-wide gauges, read by the leading scheduler every few seconds."""
+        moment = asyncio.get_running_loop().time()
+        if moment < self._gauges_due:
+            return
+        self._gauges_due = moment + GAUGE_INTERVAL_S
+        metrics.HOLDS_ACTIVE.set(
+            await self.pool.fetchval("SELECT count(*) FROM reservations WHERE status = 'active'")
+        )
+        drift = await self.pool.fetchval(
+            "SELECT drift_rows FROM reconcile_runs ORDER BY id DESC LIMIT 1"
+        )
+        if drift is not None:
+            metrics.RECONCILE_DRIFT_ROWS.set(drift)
 
     def _should_send(self, due: DueAdmission, now: datetime) -> bool:
         sent = self._sent.get(due.grant_digest)
@@ -163,6 +182,7 @@ class ExpiryScheduler:
         for d in due:
             self._sent[d.grant_digest] = now
         self.published += len(due)
+        metrics.EXPIRIES_PUBLISHED.inc(len(due))
         lag = (now - due[0].expires_at).total_seconds()
         log.info("expiries_published", count=len(due), oldest_lag_s=round(lag, 3))
 
