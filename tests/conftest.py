@@ -113,3 +113,11 @@ async def service(settings: Settings) -> AsyncIterator[ServiceProcess]:
     await proc.start()
     yield proc
     await proc.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything that needs the real stack is an integration test, whether
+    or not its module says so: `make unit` runs the rest alone."""
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

@@ -67,6 +67,8 @@ async def ensure_topics(settings: Settings) -> None:
             settings.events_topic,
             settings.dead_letter_topic,
         ]
+        if settings.forward_unknown_events_topic:
+            wanted.append(settings.forward_unknown_events_topic)
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(
