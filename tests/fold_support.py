@@ -1,0 +1,203 @@
+"""The engine run in memory (its unit of work never touches a database once
+loaded) and an in-memory copy of the replay sink, so the pure fold can be
+checked against the engine's own rows without PostgreSQL or Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from worker.adapters.unit_of_work import StockRow, UnitOfWork
+from worker.domain.commands import Command, CommandBase, SetStock
+from worker.domain.events import Event, EventBase, decode_event, encode_event
+from worker.domain.model import ExperienceSettings
+from worker.engine import apply_command
+from worker.replay.fold import (
+    AdmissionRow,
+    CartRow,
+    Changes,
+    EndingRow,
+    ExperienceRow,
+    Known,
+    Needs,
+    PoolKey,
+    ReservationRow,
+    StockKey,
+)
+
+Rows = dict[str, dict[Any, tuple[Any, ...]]]
+
+ADMISSION_COLUMNS = [
+    "experience_id",
+    "consumer_id",
+    "admitted_at",
+    "expires_at",
+    "status",
+    "strategy",
+    "window_seconds",
+    "buffer_seconds",
+    "command_id",
+    "ended_at",
+    "end_reason",
+    "order_id",
+]
+RESERVATION_COLUMNS = [
+    "experience_id",
+    "consumer_id",
+    "grant",
+    "product_id",
+    "variant_id",
+    "quantity",
+    "status",
+    "created_at",
+    "expires_at",
+    "converted_at",
+    "order_id",
+    "ended_at",
+    "end_reason",
+    "strategy",
+    "window_seconds",
+    "buffer_seconds",
+]
+ENDING_COLUMNS = ["experience_id", "consumer_id", "grant", "outcome", "reason", "ended_at"]
+
+
+def _pick(row: Any, columns: list[str]) -> tuple[Any, ...]:
+    return tuple(getattr(row, c) for c in columns)
+
+
+def run_engine(commands: Iterable[CommandBase]) -> tuple[UnitOfWork, list[EventBase]]:
+    """Apply commands once each (the inbox), in order, as one long batch."""
+    uow = UnitOfWork()
+    defaults = ExperienceSettings()
+    seen: set[UUID] = set()
+    events: list[EventBase] = []
+    for cmd in commands:
+        if cmd.command_id in seen:
+            continue
+        seen.add(cmd.command_id)
+        if isinstance(cmd, SetStock):
+            # What the unit of work's load does: the row exists from its first level.
+            uow.stock.setdefault((cmd.product_id, cmd.variant_id or ""), StockRow(0, 0, 0))
+        command: Command = cmd  # type: ignore[assignment]
+        events.extend(apply_command(uow, command, defaults).events)
+    return uow, events
+
+
+def on_the_wire(events: Iterable[EventBase]) -> list[Event]:
+    return [decode_event(encode_event(e)) for e in events]
+
+
+def engine_rows(uow: UnitOfWork) -> Rows:
+    return {
+        "experiences": {
+            k: (
+                uow.experiences[k].strategy.value,
+                uow.experiences[k].window_seconds,
+                uow.experiences[k].buffer_seconds,
+                uow.experiences[k].pool_size,
+                uow.experiences[k].multi_item_policy.value,
+                at,
+            )
+            for k, at in uow.experiences_dirty.items()
+        },
+        "stock": {k: (r.on_hand, r.reserved, r.sold) for k, r in uow.stock.items()},
+        "carts": {
+            k: (orjson.loads(_items(c.items)), c.updated_at)
+            for k, c in uow.carts.items()
+            if c.dirty
+        },
+        "admissions": {g: _pick(a, ADMISSION_COLUMNS) for g, a in uow.admissions.items()},
+        "admission_endings": {e.command_id: _pick(e, ENDING_COLUMNS) for e in uow.new_endings},
+        "experience_pools": {k: (p.used,) for k, p in uow.pools.items() if p.dirty},
+        "reservations": {i: _pick(r, RESERVATION_COLUMNS) for i, r in uow.reservations.items()},
+    }
+
+
+def _items(items: Sequence[Any]) -> str:
+    return orjson.dumps([i.model_dump(mode="json", by_alias=True) for i in items]).decode()
+
+
+class Tables:
+    """What worker.replay.sink writes, kept in dictionaries."""
+
+    def __init__(self) -> None:
+        self.experiences: dict[str, ExperienceRow] = {}
+        self.stock: dict[StockKey, list[int]] = {}
+        self.carts: dict[tuple[str, str], CartRow] = {}
+        self.admissions: dict[str, AdmissionRow] = {}
+        self.endings: dict[UUID, EndingRow] = {}
+        self.reservations: dict[UUID, ReservationRow] = {}
+        self.pools: dict[PoolKey, int] = {}
+
+    def known(self, needs: Needs) -> Known:
+        return Known(
+            strategies={
+                g: self.admissions[g].strategy for g in needs.grants if g in self.admissions
+            },
+            endings=[
+                e
+                for e in self.endings.values()
+                if e.grant in needs.ending_grants
+                or (e.experience_id, e.consumer_id) in needs.ending_pairs
+            ],
+        )
+
+    def apply(self, c: Changes) -> None:
+        self.experiences.update(c.experiences)
+        for key, s in c.stock.items():
+            if s.on_hand is not None:
+                self.stock.setdefault(key, [0, 0, 0])
+            row = self.stock.get(key)
+            if row is None:
+                continue  # an UPDATE of a row that does not exist
+            if s.on_hand is not None:
+                row[0] = s.on_hand
+            row[1] += s.reserved
+            row[2] += s.sold
+        self.carts.update(c.carts)
+        for grant, a in c.admissions.items():
+            assert grant not in self.admissions, "duplicate admission key"
+            self.admissions[grant] = a
+        for grant, close in c.admission_closes.items():
+            a = self.admissions.get(grant)
+            if a is not None and a.status == "active":
+                a.status, a.end_reason = close.status, close.end_reason
+                a.ended_at, a.order_id = close.ended_at, close.order_id
+        for e in c.endings:
+            self.endings.setdefault(e.command_id, e)
+        for rid, r in c.reservations.items():
+            assert rid not in self.reservations, "duplicate reservation key"
+            self.reservations[rid] = r
+        for rid, end in c.reservation_ends.items():
+            r = self.reservations[rid]
+            r.status, r.ended_at, r.end_reason = end.status, end.ended_at, end.end_reason
+            r.converted_at, r.order_id = end.converted_at, end.order_id
+        for key, delta in c.pools.items():
+            self.pools[key] = self.pools.get(key, 0) + delta
+
+    def rows(self) -> Rows:
+        return {
+            "experiences": {
+                k: (
+                    e.strategy,
+                    e.window_seconds,
+                    e.buffer_seconds,
+                    e.pool_size,
+                    e.multi_item_policy,
+                    e.updated_at,
+                )
+                for k, e in self.experiences.items()
+            },
+            "stock": {k: tuple(v) for k, v in self.stock.items()},
+            "carts": {k: (orjson.loads(c.items_json), c.updated_at) for k, c in self.carts.items()},
+            "admissions": {g: _pick(a, ADMISSION_COLUMNS) for g, a in self.admissions.items()},
+            "admission_endings": {i: _pick(e, ENDING_COLUMNS) for i, e in self.endings.items()},
+            "experience_pools": {k: (u,) for k, u in self.pools.items()},
+            "reservations": {
+                i: _pick(r, RESERVATION_COLUMNS) for i, r in self.reservations.items()
+            },
+        }

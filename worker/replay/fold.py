@@ -1,0 +1,392 @@
+"""Folding published events into the state tables: the pure part, no I/O.
+
+The events are the facts (DESIGN, guarantee 5): folding them in commit
+order (the `outbox-seq` header) reproduces every row the engine wrote.
+A batch of events becomes a `Changes`, written by worker.replay.sink.
+
+Counters (stock reserved/sold, pool usage) are folded as deltas, so a batch
+needs to read almost nothing from the target: only the strategy of the
+admissions its holds belong to (whether a hold's units count against a
+pool) and the endings remembered for an admission recorded as already
+ended (see `_recorded_end`). `needs` names those rows; the caller loads
+them into a `Known`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+import orjson
+
+from worker.domain.events import (
+    AdmissionEnded,
+    AdmissionRecorded,
+    CartUpdated,
+    CheckoutRejected,
+    EndingRemembered,
+    Event,
+    ExperienceConfigured,
+    ReservationCreated,
+    ReservationEnded,
+    ReservationRejected,
+    StockRefused,
+    StockSet,
+)
+
+StockKey = tuple[str, str]
+PoolKey = tuple[str, str, str]
+Pair = tuple[str, str]
+
+# Rejections after which the engine had taken a pool unit and given it back:
+# the pool row was written (possibly created at 0) even though nothing is held.
+_POOL_TOUCHED = frozenset({"INSUFFICIENT_STOCK", "CART_ALL_OR_NOTHING"})
+
+
+@dataclass
+class ExperienceRow:
+    strategy: str
+    window_seconds: int
+    buffer_seconds: int
+    pool_size: int | None
+    multi_item_policy: str
+    updated_at: datetime
+
+
+@dataclass
+class StockChange:
+    """`on_hand` and `set_at` are the last stock.set of the batch (None: not
+    set in it); reserved and sold are deltas."""
+
+    on_hand: int | None = None
+    set_at: datetime | None = None
+    reserved: int = 0
+    sold: int = 0
+
+
+@dataclass
+class CartRow:
+    items_json: str
+    updated_at: datetime
+
+
+@dataclass
+class AdmissionRow:
+    grant: str
+    experience_id: str
+    consumer_id: str
+    admitted_at: datetime
+    expires_at: datetime
+    status: str
+    strategy: str
+    window_seconds: int
+    buffer_seconds: int
+    command_id: UUID
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    order_id: str | None = None
+
+
+@dataclass
+class AdmissionClose:
+    status: str
+    end_reason: str
+    ended_at: datetime
+    order_id: str | None
+
+
+@dataclass
+class EndingRow:
+    command_id: UUID
+    experience_id: str
+    consumer_id: str
+    grant: str | None
+    outcome: str
+    reason: str
+    ended_at: datetime
+
+
+@dataclass
+class ReservationRow:
+    id: UUID
+    consumer_id: str
+    experience_id: str
+    grant: str
+    product_id: str
+    variant_id: str
+    quantity: int
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    strategy: str
+    window_seconds: int
+    buffer_seconds: int
+    converted_at: datetime | None = None
+    order_id: str | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+
+
+@dataclass
+class ReservationEnd:
+    status: str
+    ended_at: datetime
+    end_reason: str
+    converted_at: datetime | None
+    order_id: str | None
+
+
+@dataclass
+class Known:
+    """Rows already in the target that this batch's fold reads."""
+
+    strategies: dict[str, str] = field(default_factory=dict)  # grant -> strategy
+    endings: list[EndingRow] = field(default_factory=list)
+
+
+@dataclass
+class Needs:
+    """What to load into `Known` before folding a batch."""
+
+    grants: set[str] = field(default_factory=set)
+    ending_grants: set[str] = field(default_factory=set)
+    ending_pairs: set[Pair] = field(default_factory=set)
+
+
+@dataclass
+class Changes:
+    """A batch's effect. Rows first seen in the batch are complete (their
+    later changes in the batch merged in); rows already in the target are
+    changed by the `*_closes`/`*_ends` entries and the deltas."""
+
+    experiences: dict[str, ExperienceRow] = field(default_factory=dict)
+    stock: dict[StockKey, StockChange] = field(default_factory=dict)
+    carts: dict[Pair, CartRow] = field(default_factory=dict)
+    admissions: dict[str, AdmissionRow] = field(default_factory=dict)
+    admission_closes: dict[str, AdmissionClose] = field(default_factory=dict)
+    endings: list[EndingRow] = field(default_factory=list)
+    reservations: dict[UUID, ReservationRow] = field(default_factory=dict)
+    reservation_ends: dict[UUID, ReservationEnd] = field(default_factory=dict)
+    pools: dict[PoolKey, int] = field(default_factory=dict)  # delta; present = written
+    warnings: list[str] = field(default_factory=list)
+
+
+def needs(events: Iterable[Event]) -> Needs:
+    n = Needs()
+    for e in events:
+        match e:
+            case ReservationEnded() | ReservationRejected():
+                n.grants.add(e.grant_digest)
+            case AdmissionRecorded() if e.end_reason is not None:
+                n.ending_grants.add(e.grant_digest)
+                n.ending_pairs.add((e.experience_id, e.consumer_id))
+    return n
+
+
+def fold(events: Iterable[Event], known: Known | None = None) -> Changes:
+    """The changes that `events`, in commit order, make to the tables."""
+    folder = _Fold(known or Known())
+    for event in events:
+        folder.apply(event)
+    return folder.changes
+
+
+def _variant(variant_id: str | None) -> str:
+    # Stored as '' so (product_id, variant_id) can be a primary key.
+    return variant_id or ""
+
+
+class _Fold:
+    def __init__(self, known: Known) -> None:
+        self.strategies = dict(known.strategies)
+        self.endings = list(known.endings)
+        self.changes = Changes()
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case ExperienceConfigured():
+                self._configured(event)
+            case StockSet():
+                self._stock_set(event)
+            case CartUpdated():
+                self._cart(event)
+            case AdmissionRecorded():
+                self._recorded(event)
+            case AdmissionEnded():
+                self._admission_ended(event)
+            case EndingRemembered():
+                self._remembered(event)
+            case ReservationCreated():
+                self._created(event)
+            case ReservationEnded():
+                self._ended(event)
+            case ReservationRejected():
+                self._rejected(event)
+            case StockRefused() | CheckoutRejected():
+                pass  # a refusal changes no row
+
+    # --- counters ------------------------------------------------------------
+
+    def _stock(self, product_id: str, variant_id: str | None) -> StockChange:
+        return self.changes.stock.setdefault((product_id, _variant(variant_id)), StockChange())
+
+    def _pool(self, grant: str, key: PoolKey, delta: int) -> None:
+        strategy = self.strategies.get(grant)
+        if strategy is None:
+            self.changes.warnings.append(
+                f"admission {grant[:12]}… unknown: pool usage of {key} may be off"
+            )
+            return
+        if strategy == "pool":
+            self.changes.pools[key] = self.changes.pools.get(key, 0) + delta
+
+    # --- per event -----------------------------------------------------------
+
+    def _configured(self, e: ExperienceConfigured) -> None:
+        self.changes.experiences[e.experience_id] = ExperienceRow(
+            strategy=e.strategy.value,
+            window_seconds=e.window_seconds,
+            buffer_seconds=e.buffer_seconds,
+            pool_size=e.pool_size,
+            multi_item_policy=e.multi_item_policy.value,
+            updated_at=e.occurred_at,
+        )
+
+    def _stock_set(self, e: StockSet) -> None:
+        row = self._stock(e.product_id, e.variant_id)
+        row.on_hand, row.set_at = e.on_hand, e.occurred_at
+
+    def _cart(self, e: CartUpdated) -> None:
+        items = [line.model_dump(mode="json", by_alias=True) for line in e.items]
+        self.changes.carts[(e.experience_id, e.consumer_id)] = CartRow(
+            orjson.dumps(items).decode(), e.occurred_at
+        )
+
+    def _recorded(self, e: AdmissionRecorded) -> None:
+        row = AdmissionRow(
+            grant=e.grant_digest,
+            experience_id=e.experience_id,
+            consumer_id=e.consumer_id,
+            admitted_at=e.admitted_at,
+            expires_at=e.expires_at,
+            status=e.status,
+            strategy=e.strategy.value,
+            window_seconds=e.window_seconds,
+            buffer_seconds=e.buffer_seconds,
+            command_id=e.command_id,
+        )
+        if e.end_reason is not None:
+            row.end_reason = e.end_reason
+            row.ended_at = self._recorded_end(e)
+        self.changes.admissions[row.grant] = row
+        self.strategies[row.grant] = row.strategy
+
+    def _recorded_end(self, e: AdmissionRecorded) -> datetime | None:
+        """When an admission whose ending came first ended. The event names
+        the reason but not the time, so this finds the remembered ending the
+        engine chose (worker.adapters.unit_of_work.UnitOfWork.find_ending):
+        the earliest one for this grant, or grant-less for this consumer at or
+        after the admission."""
+        outcome = "released" if e.status == "superseded" else e.status
+        matches = [
+            x
+            for x in self.endings
+            if (
+                x.grant == e.grant_digest
+                or (
+                    x.grant is None
+                    and x.experience_id == e.experience_id
+                    and x.consumer_id == e.consumer_id
+                    and x.ended_at >= e.admitted_at
+                )
+            )
+        ]
+        if not matches:
+            self.changes.warnings.append(
+                f"admission {e.grant_digest[:12]}… recorded ended but no remembered ending "
+                "is known (log folded from the middle?): ended_at left empty"
+            )
+            return None
+        first = min(matches, key=lambda x: x.ended_at)
+        if first.reason != e.end_reason or (e.status != "superseded" and first.outcome != outcome):
+            self.changes.warnings.append(
+                f"admission {e.grant_digest[:12]}…: remembered ending {first.reason} does not "
+                f"match the recorded {e.end_reason}"
+            )
+        return first.ended_at
+
+    def _admission_ended(self, e: AdmissionEnded) -> None:
+        new = self.changes.admissions.get(e.grant_digest)
+        if new is not None:
+            if new.status == "active":
+                new.status, new.end_reason = e.status, e.reason
+                new.ended_at, new.order_id = e.ended_at, e.order_id
+            return
+        self.changes.admission_closes[e.grant_digest] = AdmissionClose(
+            e.status, e.reason, e.ended_at, e.order_id
+        )
+
+    def _remembered(self, e: EndingRemembered) -> None:
+        row = EndingRow(
+            command_id=e.command_id,
+            experience_id=e.experience_id,
+            consumer_id=e.consumer_id,
+            grant=e.grant_digest,
+            outcome=e.outcome,
+            reason=e.reason,
+            ended_at=e.ended_at,
+        )
+        self.endings.append(row)
+        self.changes.endings.append(row)
+
+    def _created(self, e: ReservationCreated) -> None:
+        variant = _variant(e.variant_id)
+        self.changes.reservations[e.reservation_id] = ReservationRow(
+            id=e.reservation_id,
+            consumer_id=e.consumer_id,
+            experience_id=e.experience_id,
+            grant=e.grant_digest,
+            product_id=e.product_id,
+            variant_id=variant,
+            quantity=e.quantity,
+            status=e.status.value,
+            created_at=e.created_at,
+            expires_at=e.expires_at,
+            strategy=e.strategy.value,
+            window_seconds=e.window_seconds,
+            buffer_seconds=e.buffer_seconds,
+        )
+        self._stock(e.product_id, e.variant_id).reserved += e.quantity
+        if e.strategy.value == "pool":
+            key = (e.experience_id, e.product_id, variant)
+            self.changes.pools[key] = self.changes.pools.get(key, 0) + e.quantity
+
+    def _ended(self, e: ReservationEnded) -> None:
+        status = e.type.removeprefix("reservation.")
+        converted = status == "converted"
+        end = ReservationEnd(
+            status=status,
+            ended_at=e.ended_at,
+            end_reason=e.reason,
+            converted_at=e.ended_at if converted else None,
+            order_id=e.order_id,
+        )
+        new = self.changes.reservations.get(e.reservation_id)
+        if new is not None:
+            new.status, new.ended_at, new.end_reason = end.status, end.ended_at, end.end_reason
+            new.converted_at, new.order_id = end.converted_at, end.order_id
+        else:
+            self.changes.reservation_ends[e.reservation_id] = end
+        stock = self._stock(e.product_id, e.variant_id)
+        stock.reserved -= e.quantity
+        if converted:
+            stock.sold += e.quantity  # a sale keeps its pool unit
+        else:
+            key = (e.experience_id, e.product_id, _variant(e.variant_id))
+            self._pool(e.grant_digest, key, -e.quantity)
+
+    def _rejected(self, e: ReservationRejected) -> None:
+        if e.reason in _POOL_TOUCHED:
+            self._pool(e.grant_digest, (e.experience_id, e.product_id, _variant(e.variant_id)), 0)

@@ -1,0 +1,189 @@
+"""`replay`: fold the events topic into a target database, and `--verify`:
+rebuild into a scratch database and diff it against the live one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import asyncpg
+from pydantic import ValidationError
+
+from worker.adapters import postgres
+from worker.config import Settings
+from worker.domain.events import Event, decode_event
+from worker.logs import get_logger
+from worker.replay.diff import TableReport, compare
+from worker.replay.progress import Progress
+from worker.replay.scratch import ensure_database, scratch_database
+from worker.replay.sink import fold_batch
+from worker.replay.source import LogError, Start, TopicLog, outbox_seq
+
+log = get_logger("worker.replay")
+T = TypeVar("T")
+
+# One replay per target at a time: two would both see an event as not yet
+# applied and fold it twice.
+REPLAY_LOCK_KEY = 0x5245504C4159  # "REPLAY"
+BATCH_EVENTS = 10_000
+
+
+class ReplayError(RuntimeError):
+    """A replay refused to start or could not continue; the message says why."""
+
+
+@dataclass
+class ReplayResult:
+    read: int = 0
+    applied: int = 0
+    already: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"replay: {self.read:,} events read, {self.applied:,} folded, "
+            f"{self.already:,} already applied or repeated, {self.rate:,.0f} events/s"
+        )
+
+
+async def _refuse_live_target(conn: asyncpg.Connection) -> None:
+    """A database the consumers write to already holds what the log says;
+    folding into it would count everything twice."""
+    busy = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM inbox) OR EXISTS (SELECT 1 FROM outbox)"
+    )
+    if busy:
+        raise ReplayError(
+            "the target database has inbox/outbox rows: it is a live database. "
+            "Replay into an empty database (or one only replay has written)."
+        )
+
+
+def _decode(record_value: bytes, where: str) -> Event:
+    try:
+        return decode_event(record_value)
+    except (ValidationError, ValueError) as exc:
+        # Skipping a fact we cannot read would rebuild a wrong state silently.
+        raise ReplayError(f"event at {where} cannot be decoded: {exc}") from exc
+
+
+async def _decoded(source: TopicLog, size: int) -> AsyncIterator[list[tuple[int, Event]]]:
+    async for records in source.merged(outbox_seq, chunk=size):
+        yield [
+            (outbox_seq(r), _decode(r.value or b"", f"{r.topic} {r.partition}:{r.offset}"))
+            for r in records
+        ]
+
+
+async def _read_ahead(batches: AsyncIterator[T], depth: int = 2) -> AsyncIterator[T]:
+    """Read and decode the next batches while the database writes this one
+    (PostgreSQL works on its own core meanwhile)."""
+    queue: asyncio.Queue[tuple[T | None, BaseException | None]] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for item in batches:
+                await queue.put((item, None))
+            await queue.put((None, None))
+        except Exception as exc:  # handed to the consumer of the queue
+            await queue.put((None, exc))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item, error = await queue.get()
+            if error is not None:
+                raise error
+            if item is None:
+                return
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def replay_into(
+    settings: Settings,
+    target_dsn: str,
+    start: Start | None = None,
+    *,
+    label: str = "replay",
+    interactive: bool | None = None,
+    batch_events: int = BATCH_EVENTS,
+) -> ReplayResult:
+    if await ensure_database(target_dsn):
+        log.info("replay_target_created")
+    await postgres.migrate(target_dsn)
+    conn: asyncpg.Connection = await asyncpg.connect(target_dsn)
+    result = ReplayResult()
+    try:
+        await _refuse_live_target(conn)
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK_KEY):
+            raise ReplayError("another replay is folding into this database")
+        async with TopicLog(settings, settings.events_topic) as source:
+            await source.open(start)
+            began = time.monotonic()
+            with Progress(label, source.total, interactive=interactive) as progress:
+                async for batch in _read_ahead(_decoded(source, batch_events)):
+                    try:
+                        async with conn.transaction():
+                            folded = await fold_batch(conn, batch)
+                    except asyncpg.IntegrityConstraintViolationError as exc:
+                        raise ReplayError(
+                            f"events with outbox-seq {batch[0][0]}..{batch[-1][0]} do not fit "
+                            f"the target ({exc}); folding from the middle of the log needs a "
+                            "target holding the state from before that point"
+                        ) from exc
+                    result.read += len(batch)
+                    result.applied += folded.applied
+                    result.already += folded.already
+                    result.warnings.extend(folded.warnings)
+                    progress.advance(len(batch))
+            result.seconds = time.monotonic() - began
+    except LogError as exc:
+        raise ReplayError(str(exc)) from exc
+    finally:
+        await conn.close()
+    for warning in result.warnings:
+        log.warning("replay_warning", detail=warning)
+    return result
+
+
+@dataclass
+class Verification:
+    replay: ReplayResult
+    reports: list[TableReport]
+    unpublished: int
+
+    @property
+    def differences(self) -> int:
+        return sum(len(r.diffs) for r in self.reports)
+
+
+async def verify(
+    settings: Settings, *, interactive: bool | None = None, batch_events: int = BATCH_EVENTS
+) -> Verification:
+    """Rebuild the whole log into a scratch database beside the live one and
+    compare the fact tables."""
+    live = await asyncpg.connect(settings.database_url)
+    try:
+        # Committed but not yet published: the rebuild cannot have them yet.
+        unpublished = await live.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    finally:
+        await live.close()
+    async with scratch_database(settings.database_url, "replay_verify") as scratch:
+        result = await replay_into(
+            settings, scratch, label="rebuild", interactive=interactive, batch_events=batch_events
+        )
+        reports = await compare(settings.database_url, scratch)
+    return Verification(result, reports, int(unpublished))

@@ -1,0 +1,262 @@
+"""Writing folded events into a target database: one transaction per batch,
+one set-based statement per table, and the applied event ids recorded in
+the same transaction (`replay_applied`), so a replay folds each event once
+however often it runs or the log repeats an event."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from worker.adapters.store import Conn
+from worker.domain.events import Event
+from worker.replay.fold import Changes, EndingRow, Known, Needs, fold, needs
+
+
+@dataclass(frozen=True)
+class Folded:
+    applied: int
+    already: int  # in replay_applied already, or repeated within the batch
+    warnings: list[str]
+
+
+async def fold_batch(conn: Conn, batch: Sequence[tuple[int, Event]]) -> Folded:
+    """Fold (seq, event) pairs, in order, inside the caller's transaction."""
+    seen = {
+        r["event_id"]
+        for r in await conn.fetch(
+            "SELECT event_id FROM replay_applied WHERE event_id = ANY($1::uuid[])",
+            [e.event_id for _, e in batch],
+        )
+    }
+    todo: list[tuple[int, Event]] = []
+    for seq, event in batch:
+        if event.event_id not in seen:
+            seen.add(event.event_id)  # the relay may repeat an event in the log
+            todo.append((seq, event))
+    if todo:
+        events = [e for _, e in todo]
+        changes = fold(events, await load_known(conn, needs(events)))
+        await write(conn, changes)
+        await conn.execute(
+            """INSERT INTO replay_applied (event_id, seq)
+               SELECT * FROM unnest($1::uuid[], $2::bigint[])""",
+            [e.event_id for _, e in todo],
+            [s for s, _ in todo],
+        )
+    else:
+        changes = Changes()
+    return Folded(len(todo), len(batch) - len(todo), changes.warnings)
+
+
+async def load_known(conn: Conn, wanted: Needs) -> Known:
+    known = Known()
+    if wanted.grants:
+        rows = await conn.fetch(
+            "SELECT admission_grant, strategy FROM admissions"
+            " WHERE admission_grant = ANY($1::text[])",
+            list(wanted.grants),
+        )
+        known.strategies = {r["admission_grant"]: r["strategy"] for r in rows}
+    if wanted.ending_grants or wanted.ending_pairs:
+        pairs = sorted(wanted.ending_pairs)
+        rows = await conn.fetch(
+            """SELECT * FROM admission_endings
+               WHERE admission_grant = ANY($1::text[])
+                  OR (experience_id, consumer_id) IN (
+                      SELECT * FROM unnest($2::text[], $3::text[]))""",
+            list(wanted.ending_grants),
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+        )
+        known.endings = [
+            EndingRow(
+                r["command_id"],
+                r["experience_id"],
+                r["consumer_id"],
+                r["admission_grant"],
+                r["outcome"],
+                r["reason"],
+                r["ended_at"],
+            )
+            for r in rows
+        ]
+    return known
+
+
+def _columns(rows: Sequence[Any], names: str) -> list[list[Any]]:
+    return [[getattr(r, name) for r in rows] for name in names.split()]
+
+
+async def write(conn: Conn, c: Changes) -> None:
+    """Parents before children (foreign keys); rows in key order so two
+    writers would lock in the same order."""
+    await _experiences(conn, c)
+    await _stock(conn, c)
+    await _carts(conn, c)
+    await _admissions(conn, c)
+    await _endings(conn, c)
+    await _reservations(conn, c)
+    await _pools(conn, c)
+
+
+async def _experiences(conn: Conn, c: Changes) -> None:
+    if not c.experiences:
+        return
+    ids = sorted(c.experiences)
+    rows = [c.experiences[i] for i in ids]
+    await conn.execute(
+        """INSERT INTO experiences (experience_id, strategy, window_seconds, buffer_seconds,
+               pool_size, multi_item_policy, updated_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
+                                $6::text[], $7::timestamptz[])
+           ON CONFLICT (experience_id) DO UPDATE SET strategy = EXCLUDED.strategy,
+               window_seconds = EXCLUDED.window_seconds, buffer_seconds = EXCLUDED.buffer_seconds,
+               pool_size = EXCLUDED.pool_size, multi_item_policy = EXCLUDED.multi_item_policy,
+               updated_at = EXCLUDED.updated_at""",
+        ids,
+        *_columns(
+            rows, "strategy window_seconds buffer_seconds pool_size multi_item_policy updated_at"
+        ),
+    )
+
+
+async def _stock(conn: Conn, c: Changes) -> None:
+    if not c.stock:
+        return
+    keys = sorted(c.stock)
+    created = [k for k in keys if c.stock[k].on_hand is not None]
+    if created:
+        # Rows appear with their first stock.set, as in the engine.
+        await conn.execute(
+            """INSERT INTO stock (product_id, variant_id, on_hand)
+               SELECT p, v, 0 FROM unnest($1::text[], $2::text[]) AS t(p, v)
+               ON CONFLICT DO NOTHING""",
+            [k[0] for k in created],
+            [k[1] for k in created],
+        )
+    rows = [c.stock[k] for k in keys]
+    await conn.execute(
+        """UPDATE stock s SET on_hand = COALESCE(v.on_hand, s.on_hand),
+               reserved = s.reserved + v.reserved, sold = s.sold + v.sold,
+               updated_at = COALESCE(v.set_at, s.updated_at)
+           FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
+                       $6::timestamptz[]) AS v(p, vr, on_hand, reserved, sold, set_at)
+           WHERE s.product_id = v.p AND s.variant_id = v.vr""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        *_columns(rows, "on_hand reserved sold set_at"),
+    )
+
+
+async def _carts(conn: Conn, c: Changes) -> None:
+    if not c.carts:
+        return
+    keys = sorted(c.carts)
+    rows = [c.carts[k] for k in keys]
+    await conn.execute(
+        """INSERT INTO carts (experience_id, consumer_id, items, updated_at)
+           SELECT e, k, i::jsonb, u
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(e, k, i, u)
+           ON CONFLICT (experience_id, consumer_id)
+           DO UPDATE SET items = EXCLUDED.items, updated_at = EXCLUDED.updated_at""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        *_columns(rows, "items_json updated_at"),
+    )
+
+
+async def _admissions(conn: Conn, c: Changes) -> None:
+    if c.admissions:
+        rows = [c.admissions[g] for g in sorted(c.admissions)]
+        await conn.execute(
+            """INSERT INTO admissions (admission_grant, experience_id, consumer_id,
+                   admitted_at, expires_at, status, strategy, window_seconds,
+                   buffer_seconds, command_id, ended_at, end_reason, order_id)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[],
+                   $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::int[],
+                   $9::int[], $10::uuid[], $11::timestamptz[], $12::text[], $13::text[])""",
+            *_columns(
+                rows,
+                "grant experience_id consumer_id admitted_at expires_at status strategy "
+                "window_seconds buffer_seconds command_id ended_at end_reason order_id",
+            ),
+        )
+    if c.admission_closes:
+        grants = sorted(c.admission_closes)
+        closes = [c.admission_closes[g] for g in grants]
+        # Only an active admission ends, exactly as the engine closes it.
+        await conn.execute(
+            """UPDATE admissions a SET status = v.status, ended_at = v.ended_at,
+                   end_reason = v.end_reason, order_id = v.order_id
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
+                    AS v(grant_, status, ended_at, end_reason, order_id)
+               WHERE a.admission_grant = v.grant_ AND a.status = 'active'""",
+            grants,
+            *_columns(closes, "status ended_at end_reason order_id"),
+        )
+
+
+async def _endings(conn: Conn, c: Changes) -> None:
+    if not c.endings:
+        return
+    await conn.execute(
+        """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
+               admission_grant, outcome, reason, ended_at)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                $6::text[], $7::timestamptz[])
+           ON CONFLICT DO NOTHING""",
+        *_columns(c.endings, "command_id experience_id consumer_id grant outcome reason ended_at"),
+    )
+
+
+async def _reservations(conn: Conn, c: Changes) -> None:
+    if c.reservations:
+        rows = [c.reservations[i] for i in sorted(c.reservations)]
+        await conn.execute(
+            """INSERT INTO reservations (id, consumer_id, experience_id, admission_grant,
+                   product_id, variant_id, quantity, status, created_at, expires_at,
+                   converted_at, order_id, ended_at, end_reason, strategy, window_seconds,
+                   buffer_seconds)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                   $5::text[], $6::text[], $7::int[], $8::text[], $9::timestamptz[],
+                   $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[],
+                   $14::text[], $15::text[], $16::int[], $17::int[])""",
+            *_columns(
+                rows,
+                "id consumer_id experience_id grant product_id variant_id quantity status "
+                "created_at expires_at converted_at order_id ended_at end_reason strategy "
+                "window_seconds buffer_seconds",
+            ),
+        )
+    if c.reservation_ends:
+        ids: list[UUID] = sorted(c.reservation_ends)
+        ends = [c.reservation_ends[i] for i in ids]
+        await conn.execute(
+            """UPDATE reservations r SET status = v.status, converted_at = v.converted_at,
+                   order_id = v.order_id, ended_at = v.ended_at, end_reason = v.end_reason
+               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
+                           $5::timestamptz[], $6::text[])
+                    AS v(id, status, converted_at, order_id, ended_at, end_reason)
+               WHERE r.id = v.id""",
+            ids,
+            *_columns(ends, "status converted_at order_id ended_at end_reason"),
+        )
+
+
+async def _pools(conn: Conn, c: Changes) -> None:
+    if not c.pools:
+        return
+    keys = sorted(c.pools)
+    await conn.execute(
+        """INSERT INTO experience_pools (experience_id, product_id, variant_id, used)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
+           ON CONFLICT (experience_id, product_id, variant_id)
+           DO UPDATE SET used = experience_pools.used + EXCLUDED.used""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [c.pools[k] for k in keys],
+    )
