@@ -29,12 +29,12 @@ from worker.adapters import store
 from worker.config import Settings
 from worker.domain.commands import Command, ExperienceCommand, SetStock, decode_command
 from worker.domain.model import ExperienceSettings
-from worker.engine import Coordinates, apply_batch
+from worker.engine import Coordinates, apply_isolating
 from worker.replay.diff import TABLES_BY_NAME, RowDiff, compare_table
 from worker.replay.progress import Progress
 from worker.replay.scratch import scratch_database
 from worker.replay.source import Record, TopicLog
-from worker.roles.consumer import POISON_DB_ERRORS
+from worker.roles.consumer import TRANSIENT_ERRORS
 
 BATCH_COMMANDS = 500
 
@@ -133,20 +133,11 @@ class _Applier:
                 todo.append((command, at))
             if not todo:
                 return
-            try:
-                async with self.conn.transaction():
-                    await apply_batch(self.conn, todo, self.defaults)
-                self.result.applied += len(todo)
-                return
-            except POISON_DB_ERRORS:
-                pass
-            for one in todo:
-                try:
-                    async with self.conn.transaction():
-                        await apply_batch(self.conn, [one], self.defaults)
-                    self.result.applied += 1
-                except POISON_DB_ERRORS:
-                    self.result.parked += 1
+            applied, refused = await apply_isolating(
+                self.conn, todo, self.defaults, TRANSIENT_ERRORS
+            )
+            self.result.applied += len(applied)
+            self.result.parked += len(refused)
 
 
 async def reprocess(

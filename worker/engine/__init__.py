@@ -27,8 +27,11 @@ from worker.engine.cart import put_cart
 from worker.engine.checkout import complete_checkout
 from worker.engine.endings import end_admission
 from worker.engine.setup import configure_experience, set_stock
+from worker.logs import get_logger
 
-__all__ = ["Applied", "Coordinates", "apply_batch", "apply_command"]
+__all__ = ["Applied", "Coordinates", "Refused", "apply_batch", "apply_command", "apply_isolating"]
+
+log = get_logger("worker.engine")
 
 
 @dataclass(frozen=True)
@@ -80,3 +83,49 @@ def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSetting
             return end_admission(uow, command)
         case CompleteCheckout():
             return complete_checkout(uow, command)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A command the engine could not apply, and why."""
+
+    command: Command
+    at: Coordinates
+    error: Exception
+
+
+async def apply_isolating(
+    conn: Conn,
+    commands: list[tuple[Command, Coordinates]],
+    defaults: ExperienceSettings,
+    transient: tuple[type[BaseException], ...],
+) -> tuple[list[tuple[Command, Applied]], list[Refused]]:
+    """The whole batch in one unit of work; if it fails for anything but a
+    `transient` error (a constraint, a bad value, an impossible command), find
+    the culprits by applying the commands one at a time, each in its own
+    savepoint. Transient errors propagate: the caller retries the batch."""
+    if not commands:
+        return [], []
+    try:
+        async with conn.transaction():
+            applied = await apply_batch(conn, commands, defaults)
+        return [(c, a) for (c, _), a in zip(commands, applied, strict=True)], []
+    except transient:
+        raise
+    except Exception as exc:
+        log.warning("batch_isolating", error=type(exc).__name__, commands=len(commands))
+    results: list[tuple[Command, Applied]] = []
+    refused: list[Refused] = []
+    for command, at in commands:
+        try:
+            async with conn.transaction():
+                [one] = await apply_batch(conn, [(command, at)], defaults)
+            results.append((command, one))
+        except transient:
+            raise
+        except Exception as exc:
+            # Refused as data, or a value the rules cannot handle (say a date
+            # so far ahead its expiry overflows): impossible, so it is set
+            # aside rather than stalling the partition forever.
+            refused.append(Refused(command, at, exc))
+    return results, refused

@@ -29,7 +29,7 @@ from worker.config import Settings
 from worker.domain.commands import Command, decode_command
 from worker.domain.events import ReservationEnded
 from worker.domain.model import ExperienceSettings
-from worker.engine import Applied, Coordinates, apply_batch
+from worker.engine import Applied, Coordinates, apply_isolating
 from worker.logs import get_logger
 
 log = get_logger("worker.consumer")
@@ -48,11 +48,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     KafkaError,
-)
-# Failures that say the command itself cannot be applied: park it.
-POISON_DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
 )
 
 CRASH_POINT_ENV = "WORKER_TEST_CRASH_POINT"
@@ -259,26 +254,11 @@ class CommandConsumer:
         todo: list[tuple[Command, Coordinates]],
         records: dict[Coordinates, ConsumerRecord[bytes, bytes]],
     ) -> tuple[list[tuple[Command, Applied]], list[Poison]]:
-        """The whole batch in one unit of work; if the database refuses it as
-        data (a constraint, a bad value), find the culprit by applying the
-        commands one at a time, each in its own savepoint, and park it."""
-        if not todo:
-            return [], []
-        try:
-            async with conn.transaction():
-                applied = await apply_batch(conn, todo, self.defaults)
-            return [(c, a) for (c, _), a in zip(todo, applied, strict=True)], []
-        except POISON_DB_ERRORS as exc:
-            log.warning("batch_isolating", error=type(exc).__name__, commands=len(todo))
-        results: list[tuple[Command, Applied]] = []
-        parked: list[Poison] = []
-        for command, at in todo:
-            try:
-                async with conn.transaction():
-                    [one] = await apply_batch(conn, [(command, at)], self.defaults)
-                results.append((command, one))
-            except POISON_DB_ERRORS as exc:
-                parked.append(Poison(records[at], type(exc).__name__, str(exc)[:500], command))
+        results, refused = await apply_isolating(conn, todo, self.defaults, TRANSIENT_ERRORS)
+        parked = [
+            Poison(records[r.at], type(r.error).__name__, str(r.error)[:500], r.command)
+            for r in refused
+        ]
         return results, parked
 
     def _record_lag(self, positions: dict[int, int]) -> None:
