@@ -65,13 +65,13 @@ async def assert_counters_match_rows(pool: asyncpg.Pool) -> None:
     )
     assert [dict(r) for r in drift] == []
     pools = await pool.fetch(
-        """SELECT p.experience_id, p.product_id, p.used,
+        """SELECT p.experience_id, p.product_id, p.variant_id, p.used,
                   COALESCE(sum(r.quantity)
                            FILTER (WHERE r.status IN ('active','converted')), 0) AS held
            FROM experience_pools p LEFT JOIN reservations r
              ON r.experience_id = p.experience_id AND r.product_id = p.product_id
             AND r.variant_id = p.variant_id
-           GROUP BY p.experience_id, p.product_id, p.used
+           GROUP BY p.experience_id, p.product_id, p.variant_id, p.used
            HAVING p.used <> COALESCE(sum(r.quantity)
                                      FILTER (WHERE r.status IN ('active','converted')), 0)"""
     )

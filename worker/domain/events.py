@@ -38,6 +38,9 @@ class AdmissionRecorded(ExperienceEvent):
     status: Literal["active", "superseded", "released", "expired"]
     supersedes: str | None = None
     end_reason: str | None = None
+    ended_at: AwareDatetime | None = Field(
+        default=None, description="When it ended, if its ending arrived before it"
+    )
     consumer_id: str
     grant_digest: str
     admitted_at: AwareDatetime
@@ -89,6 +92,10 @@ class ReservationEnded(ExperienceEvent):
     order_id: str | None = None
     created_at: AwareDatetime | None = Field(
         default=None, description="When the hold was taken, so its duration needs no join"
+    )
+    strategy: Strategy | None = Field(
+        default=None,
+        description="The hold's strategy (pool holds give their unit back to the pool)",
     )
 
 

@@ -55,6 +55,7 @@ def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> 
             status=status,
             supersedes=plan.supersedes,
             end_reason=plan.ending.reason if plan.ending else None,
+            ended_at=plan.ending.ended_at if plan.ending else None,
             consumer_id=cmd.consumer_id,
             grant_digest=cmd.grant_digest,
             admitted_at=cmd.admitted_at,

@@ -64,5 +64,6 @@ class Events:
                 ended_at=at,
                 order_id=order_id,
                 created_at=held.created_at,
+                strategy=held.strategy,
             )
         )
