@@ -10,21 +10,19 @@ from uuid import UUID
 
 import orjson
 
+from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
 from worker.adapters.unit_of_work import StockRow, UnitOfWork
 from worker.domain.commands import Command, CommandBase, SetStock
 from worker.domain.events import Event, EventBase, decode_event, encode_event
 from worker.domain.model import ExperienceSettings
 from worker.engine import apply_command
 from worker.replay.fold import (
-    AdmissionRow,
     CartRow,
     Changes,
-    EndingRow,
     ExperienceRow,
     Known,
     Needs,
     PoolKey,
-    ReservationRow,
     StockKey,
 )
 

@@ -23,6 +23,8 @@ from uuid import UUID
 
 import orjson
 
+from worker.adapters import rows as tables
+from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
 from worker.adapters.store import Conn
 from worker.domain.admission import HoldRequest, PriorAdmission, RememberedEnding
 from worker.domain.cart import ActiveHold
@@ -66,43 +68,13 @@ class StockRow:
 
 
 @dataclass
-class AdmissionRow:
-    grant: str
-    experience_id: str
-    consumer_id: str
-    admitted_at: datetime
-    expires_at: datetime
-    status: str
-    strategy: str
-    window_seconds: int
-    buffer_seconds: int
-    command_id: UUID
-    ended_at: datetime | None = None
-    end_reason: str | None = None
-    order_id: str | None = None
+class TrackedAdmission(AdmissionRow):
     new: bool = False
     dirty: bool = False
 
 
 @dataclass
-class ReservationRow:
-    id: UUID
-    consumer_id: str
-    experience_id: str
-    grant: str
-    product_id: str
-    variant_id: str
-    quantity: int
-    status: str
-    created_at: datetime
-    expires_at: datetime
-    strategy: str
-    window_seconds: int
-    buffer_seconds: int
-    converted_at: datetime | None = None
-    order_id: str | None = None
-    ended_at: datetime | None = None
-    end_reason: str | None = None
+class TrackedReservation(ReservationRow):
     new: bool = False
     dirty: bool = False
 
@@ -117,17 +89,6 @@ class CartRow:
     items: list[CartLine]
     updated_at: datetime
     dirty: bool = False
-
-
-@dataclass
-class EndingRow:
-    command_id: UUID
-    experience_id: str
-    consumer_id: str
-    grant: str | None
-    outcome: str
-    reason: str
-    ended_at: datetime
 
 
 @dataclass
@@ -182,11 +143,11 @@ class UnitOfWork:
         self.stock: dict[StockKey, StockRow] = {}
         self.experiences: dict[str, ExperienceSettings] = {}
         self.experiences_dirty: dict[str, datetime] = {}
-        self.admissions: dict[str, AdmissionRow] = {}
-        self.admissions_by_pair: dict[Pair, list[AdmissionRow]] = defaultdict(list)
-        self.reservations: dict[UUID, ReservationRow] = {}
-        self.reservations_by_grant: dict[str, list[ReservationRow]] = defaultdict(list)
-        self.reservations_by_pair: dict[Pair, list[ReservationRow]] = defaultdict(list)
+        self.admissions: dict[str, TrackedAdmission] = {}
+        self.admissions_by_pair: dict[Pair, list[TrackedAdmission]] = defaultdict(list)
+        self.reservations: dict[UUID, TrackedReservation] = {}
+        self.reservations_by_grant: dict[str, list[TrackedReservation]] = defaultdict(list)
+        self.reservations_by_pair: dict[Pair, list[TrackedReservation]] = defaultdict(list)
         self.carts: dict[Pair, CartRow] = {}
         self.endings: list[EndingRow] = []
         self.new_endings: list[EndingRow] = []
@@ -243,7 +204,7 @@ class UnitOfWork:
             cons,
         )
         for r in rows:
-            row = AdmissionRow(
+            row = TrackedAdmission(
                 grant=r["admission_grant"],
                 experience_id=r["experience_id"],
                 consumer_id=r["consumer_id"],
@@ -262,7 +223,7 @@ class UnitOfWork:
             fp.pairs.add((row.experience_id, row.consumer_id))
             fp.grants.add(row.grant)
 
-    def _index_admission(self, row: AdmissionRow) -> None:
+    def _index_admission(self, row: TrackedAdmission) -> None:
         if row.grant in self.admissions:
             return  # read twice: by its pair and by its grant
         self.admissions[row.grant] = row
@@ -327,7 +288,7 @@ class UnitOfWork:
         )
         for r in rows:
             self._index_reservation(
-                ReservationRow(
+                TrackedReservation(
                     id=r["id"],
                     consumer_id=r["consumer_id"],
                     experience_id=r["experience_id"],
@@ -348,7 +309,7 @@ class UnitOfWork:
                 )
             )
 
-    def _index_reservation(self, row: ReservationRow) -> None:
+    def _index_reservation(self, row: TrackedReservation) -> None:
         if row.id in self.reservations:
             return  # read twice: by its pair and by its grant
         self.reservations[row.id] = row
@@ -470,7 +431,7 @@ class UnitOfWork:
 
     def _latest(
         self, experience_id: str, consumer_id: str, *, skip_superseded: bool
-    ) -> AdmissionRow | None:
+    ) -> TrackedAdmission | None:
         rows = [
             a
             for a in self.admissions_by_pair.get((experience_id, consumer_id), [])
@@ -527,7 +488,7 @@ class UnitOfWork:
         command_id: UUID,
     ) -> None:
         self._index_admission(
-            AdmissionRow(
+            TrackedAdmission(
                 grant=grant,
                 experience_id=experience_id,
                 consumer_id=consumer_id,
@@ -604,7 +565,7 @@ class UnitOfWork:
     ) -> None:
         for h in holds:
             self._index_reservation(
-                ReservationRow(
+                TrackedReservation(
                     id=h.reservation_id,
                     consumer_id=consumer_id,
                     experience_id=experience_id,
@@ -622,7 +583,7 @@ class UnitOfWork:
                 )
             )
 
-    def _active_of(self, grant: str) -> list[ReservationRow]:
+    def _active_of(self, grant: str) -> list[TrackedReservation]:
         rows = [r for r in self.reservations_by_grant.get(grant, []) if r.status == "active"]
         return sorted(rows, key=lambda r: (r.product_id, r.variant_id))
 
@@ -778,21 +739,7 @@ class UnitOfWork:
         )
 
     async def _flush_admissions(self, conn: Conn) -> None:
-        new = [a for a in self.admissions.values() if a.new]
-        if new:
-            await conn.execute(
-                """INSERT INTO admissions (admission_grant, experience_id, consumer_id,
-                       admitted_at, expires_at, status, strategy, window_seconds,
-                       buffer_seconds, command_id, ended_at, end_reason, order_id)
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[],
-                       $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::int[],
-                       $9::int[], $10::uuid[], $11::timestamptz[], $12::text[], $13::text[])""",
-                *_columns(
-                    new,
-                    "grant experience_id consumer_id admitted_at expires_at status strategy "
-                    "window_seconds buffer_seconds command_id ended_at end_reason order_id",
-                ),
-            )
+        await tables.insert_admissions(conn, [a for a in self.admissions.values() if a.new])
         changed = [a for a in self.admissions.values() if a.dirty and not a.new]
         if changed:
             await conn.execute(
@@ -801,43 +748,14 @@ class UnitOfWork:
                    FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
                         AS v(grant_, status, ended_at, end_reason, order_id)
                    WHERE a.admission_grant = v.grant_""",
-                *_columns(changed, "grant status ended_at end_reason order_id"),
+                *tables.columns(changed, "grant status ended_at end_reason order_id"),
             )
 
     async def _flush_endings(self, conn: Conn) -> None:
-        if not self.new_endings:
-            return
-        await conn.execute(
-            """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
-                   admission_grant, outcome, reason, ended_at)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                    $6::text[], $7::timestamptz[])
-               ON CONFLICT DO NOTHING""",
-            *_columns(
-                self.new_endings,
-                "command_id experience_id consumer_id grant outcome reason ended_at",
-            ),
-        )
+        await tables.insert_endings(conn, self.new_endings)
 
     async def _flush_reservations(self, conn: Conn) -> None:
-        new = [r for r in self.reservations.values() if r.new]
-        if new:
-            await conn.execute(
-                """INSERT INTO reservations (id, consumer_id, experience_id, admission_grant,
-                       product_id, variant_id, quantity, status, created_at, expires_at,
-                       converted_at, order_id, ended_at, end_reason, strategy, window_seconds,
-                       buffer_seconds)
-                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
-                       $5::text[], $6::text[], $7::int[], $8::text[], $9::timestamptz[],
-                       $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[],
-                       $14::text[], $15::text[], $16::int[], $17::int[])""",
-                *_columns(
-                    new,
-                    "id consumer_id experience_id grant product_id variant_id quantity status "
-                    "created_at expires_at converted_at order_id ended_at end_reason strategy "
-                    "window_seconds buffer_seconds",
-                ),
-            )
+        await tables.insert_reservations(conn, [r for r in self.reservations.values() if r.new])
         changed = [r for r in self.reservations.values() if r.dirty and not r.new]
         if changed:
             await conn.execute(
@@ -847,7 +765,7 @@ class UnitOfWork:
                                $5::timestamptz[], $6::text[])
                         AS v(id, status, converted_at, order_id, ended_at, end_reason)
                    WHERE r.id = v.id""",
-                *_columns(changed, "id status converted_at order_id ended_at end_reason"),
+                *tables.columns(changed, "id status converted_at order_id ended_at end_reason"),
             )
 
     async def _flush_pools(self, conn: Conn) -> None:
@@ -890,7 +808,3 @@ class UnitOfWork:
                ON CONFLICT (command_id) DO NOTHING""",
             *[list(c) for c in cols],
         )
-
-
-def _columns(rows: list[Any], names: str) -> list[list[Any]]:
-    return [[getattr(r, name) for r in rows] for name in names.split()]

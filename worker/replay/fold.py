@@ -21,6 +21,7 @@ from uuid import UUID
 
 import orjson
 
+from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
 from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
@@ -73,60 +74,11 @@ class CartRow:
 
 
 @dataclass
-class AdmissionRow:
-    grant: str
-    experience_id: str
-    consumer_id: str
-    admitted_at: datetime
-    expires_at: datetime
-    status: str
-    strategy: str
-    window_seconds: int
-    buffer_seconds: int
-    command_id: UUID
-    ended_at: datetime | None = None
-    end_reason: str | None = None
-    order_id: str | None = None
-
-
-@dataclass
 class AdmissionClose:
     status: str
     end_reason: str
     ended_at: datetime
     order_id: str | None
-
-
-@dataclass
-class EndingRow:
-    command_id: UUID
-    experience_id: str
-    consumer_id: str
-    grant: str | None
-    outcome: str
-    reason: str
-    ended_at: datetime
-
-
-@dataclass
-class ReservationRow:
-    id: UUID
-    consumer_id: str
-    experience_id: str
-    grant: str
-    product_id: str
-    variant_id: str
-    quantity: int
-    status: str
-    created_at: datetime
-    expires_at: datetime
-    strategy: str
-    window_seconds: int
-    buffer_seconds: int
-    converted_at: datetime | None = None
-    order_id: str | None = None
-    ended_at: datetime | None = None
-    end_reason: str | None = None
 
 
 @dataclass

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
+from worker.adapters import rows as tables
+from worker.adapters.rows import EndingRow
 from worker.adapters.store import Conn
 from worker.domain.events import Event
-from worker.replay.fold import Changes, EndingRow, Known, Needs, fold, needs
+from worker.replay.fold import Changes, Known, Needs, fold, needs
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,6 @@ async def load_known(conn: Conn, wanted: Needs) -> Known:
     return known
 
 
-def _columns(rows: Sequence[Any], names: str) -> list[list[Any]]:
-    return [[getattr(r, name) for r in rows] for name in names.split()]
-
-
 async def write(conn: Conn, c: Changes) -> None:
     """Parents before children (foreign keys); rows in key order so two
     writers would lock in the same order."""
@@ -117,7 +114,7 @@ async def _experiences(conn: Conn, c: Changes) -> None:
                pool_size = EXCLUDED.pool_size, multi_item_policy = EXCLUDED.multi_item_policy,
                updated_at = EXCLUDED.updated_at""",
         ids,
-        *_columns(
+        *tables.columns(
             rows, "strategy window_seconds buffer_seconds pool_size multi_item_policy updated_at"
         ),
     )
@@ -147,7 +144,7 @@ async def _stock(conn: Conn, c: Changes) -> None:
            WHERE s.product_id = v.p AND s.variant_id = v.vr""",
         [k[0] for k in keys],
         [k[1] for k in keys],
-        *_columns(rows, "on_hand reserved sold set_at"),
+        *tables.columns(rows, "on_hand reserved sold set_at"),
     )
 
 
@@ -164,26 +161,13 @@ async def _carts(conn: Conn, c: Changes) -> None:
            DO UPDATE SET items = EXCLUDED.items, updated_at = EXCLUDED.updated_at""",
         [k[0] for k in keys],
         [k[1] for k in keys],
-        *_columns(rows, "items_json updated_at"),
+        *tables.columns(rows, "items_json updated_at"),
     )
 
 
 async def _admissions(conn: Conn, c: Changes) -> None:
     if c.admissions:
-        rows = [c.admissions[g] for g in sorted(c.admissions)]
-        await conn.execute(
-            """INSERT INTO admissions (admission_grant, experience_id, consumer_id,
-                   admitted_at, expires_at, status, strategy, window_seconds,
-                   buffer_seconds, command_id, ended_at, end_reason, order_id)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[],
-                   $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::int[],
-                   $9::int[], $10::uuid[], $11::timestamptz[], $12::text[], $13::text[])""",
-            *_columns(
-                rows,
-                "grant experience_id consumer_id admitted_at expires_at status strategy "
-                "window_seconds buffer_seconds command_id ended_at end_reason order_id",
-            ),
-        )
+        await tables.insert_admissions(conn, [c.admissions[g] for g in sorted(c.admissions)])
     if c.admission_closes:
         grants = sorted(c.admission_closes)
         closes = [c.admission_closes[g] for g in grants]
@@ -195,42 +179,17 @@ async def _admissions(conn: Conn, c: Changes) -> None:
                     AS v(grant_, status, ended_at, end_reason, order_id)
                WHERE a.admission_grant = v.grant_ AND a.status = 'active'""",
             grants,
-            *_columns(closes, "status ended_at end_reason order_id"),
+            *tables.columns(closes, "status ended_at end_reason order_id"),
         )
 
 
 async def _endings(conn: Conn, c: Changes) -> None:
-    if not c.endings:
-        return
-    await conn.execute(
-        """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
-               admission_grant, outcome, reason, ended_at)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::text[], $7::timestamptz[])
-           ON CONFLICT DO NOTHING""",
-        *_columns(c.endings, "command_id experience_id consumer_id grant outcome reason ended_at"),
-    )
+    await tables.insert_endings(conn, c.endings)
 
 
 async def _reservations(conn: Conn, c: Changes) -> None:
     if c.reservations:
-        rows = [c.reservations[i] for i in sorted(c.reservations)]
-        await conn.execute(
-            """INSERT INTO reservations (id, consumer_id, experience_id, admission_grant,
-                   product_id, variant_id, quantity, status, created_at, expires_at,
-                   converted_at, order_id, ended_at, end_reason, strategy, window_seconds,
-                   buffer_seconds)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
-                   $5::text[], $6::text[], $7::int[], $8::text[], $9::timestamptz[],
-                   $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[],
-                   $14::text[], $15::text[], $16::int[], $17::int[])""",
-            *_columns(
-                rows,
-                "id consumer_id experience_id grant product_id variant_id quantity status "
-                "created_at expires_at converted_at order_id ended_at end_reason strategy "
-                "window_seconds buffer_seconds",
-            ),
-        )
+        await tables.insert_reservations(conn, [c.reservations[i] for i in sorted(c.reservations)])
     if c.reservation_ends:
         ids: list[UUID] = sorted(c.reservation_ends)
         ends = [c.reservation_ends[i] for i in ids]
@@ -242,7 +201,7 @@ async def _reservations(conn: Conn, c: Changes) -> None:
                     AS v(id, status, converted_at, order_id, ended_at, end_reason)
                WHERE r.id = v.id""",
             ids,
-            *_columns(ends, "status converted_at order_id ended_at end_reason"),
+            *tables.columns(ends, "status converted_at order_id ended_at end_reason"),
         )
 
 

@@ -1,0 +1,119 @@
+"""Rows of the admission and reservation tables, and their set-based
+inserts: shared by the batch engine's unit of work and by the replay sink,
+which must write exactly the same rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from worker.adapters.store import Conn
+
+
+@dataclass
+class AdmissionRow:
+    grant: str
+    experience_id: str
+    consumer_id: str
+    admitted_at: datetime
+    expires_at: datetime
+    status: str
+    strategy: str
+    window_seconds: int
+    buffer_seconds: int
+    command_id: UUID
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    order_id: str | None = None
+
+
+@dataclass
+class EndingRow:
+    command_id: UUID
+    experience_id: str
+    consumer_id: str
+    grant: str | None
+    outcome: str
+    reason: str
+    ended_at: datetime
+
+
+@dataclass
+class ReservationRow:
+    id: UUID
+    consumer_id: str
+    experience_id: str
+    grant: str
+    product_id: str
+    variant_id: str
+    quantity: int
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    strategy: str
+    window_seconds: int
+    buffer_seconds: int
+    converted_at: datetime | None = None
+    order_id: str | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+
+
+def columns(rows: Sequence[Any], names: str) -> list[list[Any]]:
+    """Column arrays for `unnest`, one per attribute named."""
+    return [[getattr(r, name) for r in rows] for name in names.split()]
+
+
+async def insert_admissions(conn: Conn, rows: Sequence[AdmissionRow]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        """INSERT INTO admissions (admission_grant, experience_id, consumer_id,
+               admitted_at, expires_at, status, strategy, window_seconds,
+               buffer_seconds, command_id, ended_at, end_reason, order_id)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[],
+               $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::int[],
+               $9::int[], $10::uuid[], $11::timestamptz[], $12::text[], $13::text[])""",
+        *columns(
+            rows,
+            "grant experience_id consumer_id admitted_at expires_at status strategy "
+            "window_seconds buffer_seconds command_id ended_at end_reason order_id",
+        ),
+    )
+
+
+async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
+               admission_grant, outcome, reason, ended_at)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                $6::text[], $7::timestamptz[])
+           ON CONFLICT DO NOTHING""",
+        *columns(rows, "command_id experience_id consumer_id grant outcome reason ended_at"),
+    )
+
+
+async def insert_reservations(conn: Conn, rows: Sequence[ReservationRow]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        """INSERT INTO reservations (id, consumer_id, experience_id, admission_grant,
+               product_id, variant_id, quantity, status, created_at, expires_at,
+               converted_at, order_id, ended_at, end_reason, strategy, window_seconds,
+               buffer_seconds)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+               $5::text[], $6::text[], $7::int[], $8::text[], $9::timestamptz[],
+               $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[],
+               $14::text[], $15::text[], $16::int[], $17::int[])""",
+        *columns(
+            rows,
+            "id consumer_id experience_id grant product_id variant_id quantity status "
+            "created_at expires_at converted_at order_id ended_at end_reason strategy "
+            "window_seconds buffer_seconds",
+        ),
+    )
