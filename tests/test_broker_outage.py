@@ -159,6 +159,18 @@ async def test_webhooks_during_a_broker_outage_are_503_then_all_applied(
             ),
         ],
     )
+    # Stock is keyed by product, carts by experience: different partitions,
+    # so nothing orders them before the admissions but waiting for them.
+    await wait_for(
+        lambda: db.fetchval(
+            """SELECT (SELECT count(*) FROM stock WHERE product_id = $1)
+                    + (SELECT count(*) FROM carts WHERE experience_id = $2) = $3""",
+            product,
+            experience,
+            len(consumers) + 1,
+        ),
+        timeout=60,
+    )
     url = outage_service.webhook_url
     async with aiohttp.ClientSession() as session:
         # Before the outage: the path works end to end (positive baseline).

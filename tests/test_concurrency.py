@@ -51,6 +51,15 @@ def _workload(big: str, small: str) -> tuple[list[CommandBase], int]:
     return carts + admissions + extra, distinct
 
 
+def _latest_assignment(proc: ServiceProcess) -> list[int]:
+    lines = [
+        orjson.loads(line)
+        for line in proc.log_path.read_text().splitlines()
+        if '"partitions_assigned"' in line
+    ]
+    return list(lines[-1]["partitions"]) if lines else []
+
+
 async def test_three_consumers_never_oversell_and_publish_every_outcome(
     stack: Stack, settings: Settings
 ) -> None:
@@ -74,6 +83,13 @@ async def test_three_consumers_never_oversell_and_publish_every_outcome(
             for p in procs:
                 await p.start()
             await relay.start()
+
+            async def all_members_hold_partitions() -> bool:
+                # Only a member with partitions can apply anything: the work
+                # starts once the group has settled on all three.
+                return all(_latest_assignment(p) for p in procs)
+
+            await wait_for(all_members_hold_partitions, timeout=120, interval=0.5)
             await produce_bulk(iso, [b.stock(big, 500), b.stock(small, 50)])
             await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM stock"))
             commands, distinct = _workload(big, small)

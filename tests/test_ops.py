@@ -42,6 +42,14 @@ async def test_consumer_process_serves_ops_endpoints_and_counts_holds(
                         b.cart(exp, "c1", b.line(product, 2)),
                     ],
                 )
+
+                # Stock is keyed by product (another partition): wait for it.
+                async def stocked() -> bool:
+                    async with http.get(base + "/metrics") as r:
+                        text = await r.text()
+                    return 'outcome="set",type="stock.set"' in text
+
+                await wait_for(stocked, timeout=30)
                 await produce_bulk(iso, [b.admit(exp, "c1", f"{exp}-g")])
 
                 async def created_counted() -> bool:

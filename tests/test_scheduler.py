@@ -66,6 +66,8 @@ async def test_two_scheduler_replicas_expire_every_hold_exactly_once(
         await wait_for(
             lambda: db.fetchval("SELECT true FROM experiences WHERE experience_id=$1", exp)
         )
+        # Stock is keyed by product, on another partition: wait for it too.
+        await wait_for(lambda: db.fetchval("SELECT true FROM stock WHERE product_id=$1", product))
         await produce_commands(settings, [b.admit(exp, c, f"{exp}-{c}") for c in consumers])
 
         async def all_expired() -> bool:
