@@ -30,7 +30,7 @@ check: $(STAMP)
 # The whole suite; starts a throwaway PostgreSQL and Kafka unless
 # DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS point at existing ones.
 test: check kafka-jars
-	$(BIN)/pytest -p no:cacheprovider -q $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider -q --durations=12 $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration" $(PYTEST_ARGS)
