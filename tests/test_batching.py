@@ -16,7 +16,7 @@ from tests.test_crash import SNAPSHOT, _snapshot, _workload
 from tests.test_engine import DEFAULTS, assert_counters_match_rows
 from worker.config import Settings
 from worker.domain.commands import CommandBase
-from worker.engine import Coordinates, apply_batch
+from worker.engine import Coordinates, apply_batch, not_yet_applied
 
 
 async def _apply_in_chunks(url: str, commands: list[CommandBase], chunk: int) -> None:
@@ -26,19 +26,9 @@ async def _apply_in_chunks(url: str, commands: list[CommandBase], chunk: int) ->
         for start in range(0, len(commands), chunk):
             part = commands[start : start + chunk]
             async with pool.acquire() as conn, conn.transaction():
-                seen = {
-                    r["command_id"]
-                    for r in await conn.fetch(
-                        "SELECT command_id FROM inbox WHERE command_id = ANY($1::uuid[])",
-                        [c.command_id for c in part],
-                    )
-                }
-                todo = []
-                for offset, c in enumerate(part, start):
-                    if c.command_id not in seen:
-                        seen.add(c.command_id)
-                        todo.append((c, Coordinates("t", 0, offset)))
-                await apply_batch(conn, todo, DEFAULTS)  # type: ignore[arg-type]
+                placed = [(c, Coordinates("t", 0, n)) for n, c in enumerate(part, start)]
+                todo = await not_yet_applied(conn, placed)  # type: ignore[arg-type]
+                await apply_batch(conn, todo, DEFAULTS)
         await assert_counters_match_rows(pool)
     finally:
         await pool.close()

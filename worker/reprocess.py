@@ -25,11 +25,10 @@ import asyncpg
 import orjson
 from pydantic import ValidationError
 
-from worker.adapters import store
 from worker.config import Settings
 from worker.domain.commands import Command, ExperienceCommand, SetStock, decode_command
 from worker.domain.model import ExperienceSettings
-from worker.engine import Coordinates, apply_isolating
+from worker.engine import Coordinates, apply_isolating, not_yet_applied
 from worker.replay.diff import TABLES_BY_NAME, RowDiff, compare_table
 from worker.replay.progress import Progress
 from worker.replay.scratch import scratch_database
@@ -123,14 +122,8 @@ class _Applier:
 
     async def apply(self, decoded: list[tuple[Command, Coordinates]]) -> None:
         async with self.conn.transaction():
-            seen = await store.inbox_seen(self.conn, [c.command_id for c, _ in decoded])
-            todo = []
-            for command, at in decoded:
-                if command.command_id in seen:
-                    self.result.duplicates += 1
-                    continue
-                seen.add(command.command_id)
-                todo.append((command, at))
+            todo = await not_yet_applied(self.conn, decoded)
+            self.result.duplicates += len(decoded) - len(todo)
             if not todo:
                 return
             applied, refused = await apply_isolating(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worker.adapters import store
 from worker.adapters.store import Conn
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import (
@@ -29,7 +30,15 @@ from worker.engine.endings import end_admission
 from worker.engine.setup import configure_experience, set_stock
 from worker.logs import get_logger
 
-__all__ = ["Applied", "Coordinates", "Refused", "apply_batch", "apply_command", "apply_isolating"]
+__all__ = [
+    "Applied",
+    "Coordinates",
+    "Refused",
+    "apply_batch",
+    "apply_command",
+    "apply_isolating",
+    "not_yet_applied",
+]
 
 log = get_logger("worker.engine")
 
@@ -92,6 +101,20 @@ class Refused:
     command: Command
     at: Coordinates
     error: Exception
+
+
+async def not_yet_applied(
+    conn: Conn, commands: list[tuple[Command, Coordinates]]
+) -> list[tuple[Command, Coordinates]]:
+    """The commands the inbox has not seen, each once (a repeat inside the
+    same batch counts as seen too), in their order."""
+    seen = await store.inbox_seen(conn, [c.command_id for c, _ in commands])
+    fresh: list[tuple[Command, Coordinates]] = []
+    for command, at in commands:
+        if command.command_id not in seen:
+            seen.add(command.command_id)
+            fresh.append((command, at))
+    return fresh
 
 
 async def apply_isolating(

@@ -29,7 +29,7 @@ from worker.config import Settings
 from worker.domain.commands import Command, decode_command
 from worker.domain.events import ReservationEnded
 from worker.domain.model import ExperienceSettings
-from worker.engine import Applied, Coordinates, apply_isolating
+from worker.engine import Applied, Coordinates, apply_isolating, not_yet_applied
 from worker.logs import get_logger
 
 log = get_logger("worker.consumer")
@@ -205,12 +205,7 @@ class CommandConsumer:
                 advanced[tp.partition] = max(start, batch[tp][-1].offset + 1)
             skipped = sum(len(recs) for recs in batch.values()) - len(fresh)
             decoded, parked = self._decode(fresh)
-            seen = await store.inbox_seen(conn, [c.command_id for c, _ in decoded])
-            todo: list[tuple[Command, Coordinates]] = []
-            for command, at in decoded:
-                if command.command_id not in seen:
-                    seen.add(command.command_id)  # a repeat inside this batch too
-                    todo.append((command, at))
+            todo = await not_yet_applied(conn, decoded)
             _crash_hook("mid_batch")
             by_place = {Coordinates(r.topic, r.partition, r.offset): r for r in fresh}
             results, refused = await self._apply_commands(conn, todo, by_place)
