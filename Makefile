@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test check unit integration schemas stack-up stack-down kafka-jars clean
+.PHONY: venv run test check unit integration schemas stack-up stack-down kafka-jars clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,9 @@ run: $(STAMP) kafka-jars
 	deploy/local/run.sh
 
 check: $(STAMP)
-	$(BIN)/ruff check worker tests
-	$(BIN)/ruff format --check worker tests
-	$(BIN)/mypy --strict worker
+	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/mypy --strict worker bench
 
 # The whole suite; starts a throwaway PostgreSQL and Kafka unless
 # DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS point at existing ones.
@@ -50,3 +50,11 @@ stack-down:
 
 clean: stack-down
 	rm -rf .stack $(VENV)
+
+# Benchmarks against baselines measured in the same run. Not part of
+# `make test` (tests/test_bench_smoke.py runs the smoke size there). Own
+# PostgreSQL/Kafka under .stack/bench unless DATABASE_URL/KAFKA_BOOTSTRAP_SERVERS.
+# e.g. make bench BENCH_ARGS="--only apply hot_sku --repeat 3"
+bench: $(STAMP) kafka-jars
+	@command -v wrk >/dev/null || echo "bench: wrk missing (apt-get install -y wrk); ingest uses the Python load generator, which caps the bare baseline"
+	$(BIN)/python -m bench $(BENCH_ARGS)

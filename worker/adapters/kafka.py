@@ -51,6 +51,9 @@ def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
         "max_poll_records": settings.consumer_batch_max,
+        # One fetch is in flight per broker: a long-poll on idle partitions
+        # (default 500 ms) would hold back the refetch of the busy one.
+        "fetch_max_wait_ms": 10,
         "client_id": "fanfare-reservations-consumer",
     }
     options.update(overrides)

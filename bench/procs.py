@@ -1,0 +1,170 @@
+"""Child processes of the benchmark: the service's own entry points
+(`python -m worker <role>`), the baselines and the load generators. Each is
+stopped by its own pid (SIGTERM, then SIGKILL), never by name."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+
+from worker.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "whsec_bench_0123456789abcdef"  # noqa: S105 - a throwaway benchmark secret
+
+_RUNNING: set[Child] = set()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a role process of this stage reads its settings from."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        FANFARE_WEBHOOK_SECRET=",".join(
+            s.get_secret_value() for s in settings.fanfare_webhook_secret
+        ),
+        COMMANDS_TOPIC=settings.commands_topic,
+        EVENTS_TOPIC=settings.events_topic,
+        DEAD_LETTER_TOPIC=settings.dead_letter_topic,
+        CONSUMER_GROUP=settings.consumer_group,
+        TOPIC_PARTITIONS=str(settings.topic_partitions),
+        LISTEN_PORT=str(free_port()),
+        API_PORT=str(free_port()),
+        OPS_PORT=str(free_port()),
+    )
+    env.update(extra)
+    return env
+
+
+class Child:
+    """One child process with its output in a log file."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        cwd: Path = REPO,
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.cwd = cwd
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # time.time() just before spawning
+
+    def start(self) -> None:
+        log = self.log_path.open("wb")
+        self.started_at = time.time()
+        self.proc = subprocess.Popen(  # noqa: S603
+            self.args, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        _RUNNING.add(self)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def tail(self, lines: int = 30) -> str:
+        """The log's last lines, its very last one first (the error, usually)."""
+        if not self.log_path.exists():
+            return ""
+        text = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        if not text:
+            return ""
+        return f"[{self.name}: {text[-1][:300]}]\n" + "\n".join(text[-lines:])
+
+    async def wait_exit(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.exited()
+            if code is not None:
+                _RUNNING.discard(self)
+                return code
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"{self.name} still running after {timeout:.0f} s")
+
+    async def stop(self, grace: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        _RUNNING.discard(self)
+
+    async def wait_http(self, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.exited() is not None:
+                    raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(url) as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(
+            f"{self.name} not answering {url} within {timeout:.0f} s:\n{self.tail()}"
+        )
+
+
+def worker_role(
+    name: str, role: str, env: dict[str, str], log_dir: Path, root: Path = REPO
+) -> Child:
+    """`python -m worker ROLE`, run from `root`: the work tree, or a snapshot
+    of a commit (--worker-rev), whose `worker` package then comes first."""
+    return Child(name, [sys.executable, "-m", "worker", role], env, log_dir, cwd=root)
+
+
+def python_module(name: str, module: str, argv: list[str], log_dir: Path) -> Child:
+    env = dict(os.environ)
+    return Child(name, [sys.executable, "-m", module, *argv], env, log_dir)
+
+
+@contextlib.asynccontextmanager
+async def running(*children: Child) -> AsyncIterator[tuple[Child, ...]]:
+    """Start the children; stop every one of them on the way out."""
+    try:
+        for child in children:
+            child.start()
+        yield children
+    finally:
+        for child in reversed(children):
+            await child.stop()
+
+
+def stop_all_sync() -> None:
+    """Last resort at interpreter exit: SIGKILL whatever we started and is alive."""
+    for child in list(_RUNNING):
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.kill()
+    _RUNNING.clear()

@@ -1,0 +1,1 @@
+"""The six stages, in the order they run."""

@@ -1,0 +1,253 @@
+"""Stage 4, end to end: webhook accepted (the 2xx, as the sender sees it) to
+hold committed, at a steady rate for a bounded time, against `python -m
+worker serve` (every role in one process, as `make run` runs it).
+
+When is a hold committed? Not `reservations.created_at` (the admission's own
+time) and not the outbox row's `created_at` (`now()`, which PostgreSQL fixes
+at the START of the batch transaction, so it reads early by the batch's
+duration and can even precede the 2xx), nor an event's arrival on the events
+topic (that adds the relay's polling and a produce: late). The honest clock
+is the commit itself: on a server with `track_commit_timestamp = on` (the
+benchmark's own) `pg_xact_commit_timestamp(xmin)` of the reservation row is
+the commit time of the transaction that created it, read after the run,
+costing the service nothing. As a cross-check, and as the figure on a server
+without commit timestamps, the benchmark also polls for the rows every few
+milliseconds and records when each became visible (later than the commit by
+at most the poll interval plus a query)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from bench.core import Context, Figure, StageResult, connect, create_pool, fresh_namespace
+from bench.measure import summary, wait_for_count
+from bench.procs import SECRET, python_module, service_env, worker_role
+from bench.profiling import Profiler
+from bench.workload import Builder, check_valid, produce
+from worker.domain import ids
+
+NAME = "e2e"
+TITLE = "End to end: webhook 2xx to hold committed, steady rate, `worker serve`"
+POLL_S = 0.01
+MAX_PENDING = 2000
+
+
+async def _poll_visible(
+    dsn: str,
+    plan_digests: list[str],
+    start_at: float,
+    rate: float,
+    stop: asyncio.Event,
+    seen: dict[str, float],
+    every: int,
+) -> int:
+    """Record when each admission's hold became visible to a reader: every
+    `every`-th one, at most the oldest MAX_PENDING per poll, so the poll stays
+    cheap for the database even when the service falls behind."""
+    conn = await connect(dsn)
+    polls = 0
+    try:
+        while not stop.is_set():
+            now = time.time()
+            due = min(len(plan_digests), max(0, int((now - start_at) * rate) + 1))
+            pending = [d for d in plan_digests[:due:every] if d not in seen][:MAX_PENDING]
+            if pending:
+                rows = await conn.fetch(
+                    "SELECT DISTINCT admission_grant FROM reservations "
+                    "WHERE admission_grant = ANY($1::text[])",
+                    pending,
+                )
+                stamp = time.time()
+                for r in rows:
+                    seen[r["admission_grant"]] = stamp
+                polls += 1
+            await asyncio.sleep(POLL_S)
+    finally:
+        await conn.close()
+    return polls
+
+
+async def run(ctx: Context, result: StageResult) -> None:
+    s = ctx.sizes
+    count = int(s.e2e_rate * s.e2e_seconds)
+    b = Builder()
+    products = [f"sku-{b.tag}-{i}" for i in range(16)]
+    experiences = [f"drop-{b.tag}-{i}" for i in range(8)]
+    now = datetime.now(UTC)
+    setup = [b.stock(p, 10_000_000) for p in products]
+    plan: list[list[str]] = []
+    for n in range(count):
+        exp = experiences[n % len(experiences)]
+        consumer = f"c{n}"
+        setup.append(b.cart(exp, consumer, [(products[n % len(products)], 1)], now))
+        plan.append([exp, consumer, f"grant-{b.tag}-{n}"])
+    digests = [ids.grant_digest(g) for _, _, g in plan]
+    check_valid(setup)
+    log_dir = ctx.log_dir(NAME)
+    plan_path = log_dir / "plan.json"
+    plan_path.write_bytes(orjson.dumps(plan))
+    out_path = log_dir / "loadgen.json"
+
+    async with fresh_namespace(ctx) as ns:
+        env = service_env(ns.settings)
+        serve = worker_role("serve", "serve", env, log_dir, ctx.worker_root)
+        pool = await create_pool(ns.database_url)
+        try:
+            serve.start()
+            port = int(env["LISTEN_PORT"])
+            await serve.wait_http(f"http://127.0.0.1:{port}/healthz")
+            await produce(ns.settings, setup)
+            ready = await wait_for_count(
+                lambda: _count(pool, "SELECT count(*) FROM inbox"),
+                len(setup),
+                time.time(),
+                600,
+                alive=lambda: serve.exited() is None,
+            )
+            if ready.reached_at is None:
+                raise RuntimeError(f"setup not applied:\n{serve.tail()}")
+            await asyncio.sleep(1.0)  # let the relay publish the setup's events
+            start_at = time.time() + 2.0
+            loadgen = python_module(
+                "loadgen",
+                "bench.loadgen",
+                [
+                    "open",
+                    "--url",
+                    f"http://127.0.0.1:{port}/webhooks/fanfare",
+                    "--secret",
+                    SECRET,
+                    "--out",
+                    str(out_path),
+                    "--duration",
+                    str(s.e2e_seconds),
+                    "--rate",
+                    str(s.e2e_rate),
+                    "--plan",
+                    str(plan_path),
+                    "--start-at",
+                    str(start_at),
+                    "--connections",
+                    "512",
+                ],
+                log_dir,
+            )
+            seen: dict[str, float] = {}
+            stop = asyncio.Event()
+            profiler: Profiler | None = None
+            # With commit timestamps the poll is only a cross-check: a tenth
+            # of the holds is enough, and the database is spared.
+            sample = 10 if ctx.commit_timestamps else 1
+            watched = set(digests[::sample])
+            poller = asyncio.create_task(
+                _poll_visible(ns.database_url, digests, start_at, s.e2e_rate, stop, seen, sample)
+            )
+            profiler = (
+                Profiler(serve.pid, ctx.out_dir / "profile-e2e-serve.txt")
+                if ctx.profile == NAME
+                else None
+            )
+            loadgen.start()
+            code = await loadgen.wait_exit(s.e2e_seconds + 120)
+            if code != 0:
+                raise RuntimeError(f"loadgen failed ({code}):\n{loadgen.tail()}")
+            sent: dict[str, Any] = orjson.loads(out_path.read_bytes())
+            accepted = {digests[r[0]] for r in sent["rows"] if 200 <= r[4] < 300}
+            for _ in range(2400):  # up to 120 s for the last holds to show
+                if accepted & watched <= set(seen):
+                    break
+                await asyncio.sleep(0.05)
+            stop.set()
+            polls = await poller
+            commits: dict[str, float] = {}
+            if ctx.commit_timestamps:
+                rows = await pool.fetch(
+                    "SELECT admission_grant, "
+                    "extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 AS committed "
+                    "FROM reservations WHERE admission_grant = ANY($1::text[])",
+                    list(accepted),
+                )
+                commits = {r["admission_grant"]: r["committed"] for r in rows}
+        finally:
+            await serve.stop()
+            await pool.close()
+    if profiler is not None:
+        result.details["profile"] = {"py_spy": profiler.finish()}
+
+    answered = {digests[r[0]]: r for r in sent["rows"]}
+    ack_ms = [(r[3] - r[2]) * 1000 for r in sent["rows"] if 200 <= r[4] < 300]
+    visible_ms = [(seen[d] - answered[d][3]) * 1000 for d in accepted if d in seen]
+    commit_ms = [(commits[d] - answered[d][3]) * 1000 for d in accepted if d in commits]
+    lateness = [(r[2] - r[1]) * 1000 for r in sent["rows"]]
+    missing = accepted - set(commits) if commits else (accepted & watched) - set(seen)
+    rows = sent["rows"]
+    span = max(r[3] for r in rows) - min(r[2] for r in rows) if rows else 0.0
+    primary, method = (
+        (commit_ms, "commit timestamp") if commit_ms else (visible_ms, "polled visibility")
+    )
+    result.details.update(
+        rate_target=s.e2e_rate,
+        seconds=s.e2e_seconds,
+        planned=sent["planned"],
+        accepted=len(accepted),
+        failed=sent["failed"],
+        achieved_rate=len(rows) / span if span else None,
+        send_lateness_ms=summary(lateness),
+        method=method,
+        webhook_2xx_ms=summary(ack_ms),
+        accepted_to_commit_ms=summary(commit_ms),
+        accepted_to_visible_ms=summary(visible_ms),
+        visibility_poll_interval_ms=POLL_S * 1000,
+        visibility_polls=polls,
+        visibility_sample_every=sample,
+        accepted_holds_missing=len(missing),
+        commit_before_2xx=sum(1 for v in commit_ms if v < 0),
+        latencies_ms=sorted(round(v, 3) for v in primary),
+        latency_over_time=_over_time(answered, commits or seen, start_at),
+    )
+    if len(accepted) < sent["planned"] or missing:
+        result.status = "failed"
+        result.reason = (
+            f"{sent['planned'] - len(accepted)} webhooks not accepted, "
+            f"{len(missing)} accepted holds never committed"
+        )
+    st = summary(primary)
+    result.figures += [
+        Figure("2xx to hold p50", st.get("p50"), "ms", note=method),
+        Figure(
+            "2xx to hold p99",
+            st.get("p99"),
+            "ms",
+            target="<= 50 ms",
+            meets=bool(st.get("p99") is not None and st["p99"] <= 50),
+            note=method,
+        ),
+        Figure(
+            "webhook 2xx p99",
+            summary(ack_ms).get("p99"),
+            "ms",
+            note=f"send to 2xx at {s.e2e_rate:.0f}/s",
+        ),
+    ]
+
+
+async def _count(pool: asyncpg.Pool, sql: str) -> int:
+    return int(await pool.fetchval(sql))
+
+
+def _over_time(
+    answered: dict[str, list[Any]], done: dict[str, float], start_at: float
+) -> list[list[float]]:
+    """(seconds since the first send, ms from 2xx to hold) for at most 2,000
+    holds, in send order: shows whether the service kept up or fell behind."""
+    points = sorted(
+        (row[1] - start_at, (done[d] - row[3]) * 1000) for d, row in answered.items() if d in done
+    )
+    step = max(1, len(points) // 2000)
+    return [[round(t, 3), round(ms, 3)] for t, ms in points[::step]]

@@ -1,0 +1,102 @@
+"""Stage 3, hot SKU: admissions for ONE product with 1,000 units, all in one
+drop (one experience, so one partition: the strictest ordering there is).
+Time to drain, oversell (sampled while running and at the end; must be 0),
+transitions/s against the guide's per-event code.
+
+Carts (one line, one unit of the product, per consumer) are set up untimed;
+the timed part is the admissions alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bench.core import Context, Figure, StageResult, connect, fresh_namespace
+from bench.stages.drain import drain_race, side_json
+from bench.workload import Builder, Record
+
+NAME = "hot_sku"
+TITLE = "Hot SKU: one product, 1,000 units, every admission wants one"
+
+
+def workload(ctx: Context) -> tuple[list[Record], list[Record], str]:
+    s = ctx.sizes
+    b = Builder()
+    product = f"hot-{b.tag}"
+    drop = f"hotdrop-{b.tag}"
+    now = datetime.now(UTC)
+    setup = [b.stock(product, s.hot_units)]
+    setup += [b.cart(drop, f"c{n}", [(product, 1)], now) for n in range(s.hot_admissions)]
+    timed = [b.admit(drop, f"c{n}", f"grant-{b.tag}-{n}", now) for n in range(s.hot_admissions)]
+    return setup, timed, product
+
+
+async def run(ctx: Context, result: StageResult) -> None:
+    setup, timed, product = workload(ctx)
+    async with fresh_namespace(ctx) as ns:
+        service, naive = await drain_race(
+            ctx, ns, NAME, setup, timed, timeout=1800, profile=ctx.profile == NAME
+        )
+        conn = await connect(ns.database_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT on_hand, reserved, sold FROM stock WHERE product_id = $1", product
+            )
+            active = await conn.fetchval(
+                "SELECT count(*) FROM reservations WHERE status = 'active' AND product_id = $1",
+                product,
+            )
+        finally:
+            await conn.close()
+    assert row is not None
+    rate, base = service.rate, naive.rate
+    oversell = service.oversell_final + service.oversold_samples
+    result.details.update(
+        admissions=len(timed),
+        units=ctx.sizes.hot_units,
+        setup_commands=len(setup),
+        stock_after={"on_hand": row["on_hand"], "reserved": row["reserved"], "sold": row["sold"]},
+        active_holds_after=active,
+        transition="one applied command (admission.grant)",
+        service=side_json(service),
+        naive=side_json(naive),
+    )
+    result.figures += [
+        Figure(
+            "transitions/s",
+            rate,
+            "/s",
+            baseline=base,
+            baseline_name="naive per-event",
+            ratio=rate / base if rate and base else None,
+            target=">= 20,000/s",
+            meets=bool(rate and rate >= 20_000),
+        ),
+        Figure(
+            "drain time",
+            service.seconds,
+            "s",
+            baseline=naive.seconds,
+            baseline_name="naive per-event",
+            ratio=service.seconds / naive.seconds if service.seconds and naive.seconds else None,
+        ),
+        Figure(
+            "oversold rows",
+            float(oversell),
+            "rows",
+            baseline=float(naive.oversell_final + naive.oversold_samples),
+            baseline_name="naive per-event",
+            target="0",
+            meets=oversell == 0,
+            note=f"{service.oversell_samples} samples while draining + the end state",
+        ),
+        Figure(
+            "units held",
+            float(row["reserved"]),
+            "units",
+            target=f"{ctx.sizes.hot_units}",
+            meets=row["reserved"] == ctx.sizes.hot_units and active == ctx.sizes.hot_units,
+        ),
+    ]
+    if oversell or row["reserved"] + row["sold"] > row["on_hand"]:
+        result.status = "failed"
+        result.reason = "oversell observed"
