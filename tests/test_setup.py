@@ -87,3 +87,27 @@ async def test_migrations_are_safe_twice_and_concurrently(stack: Stack) -> None:
         admin = await asyncpg.connect(stack.database_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_kafka_connection_options_carry_tls_and_sasl_to_every_client() -> None:
+    from worker.adapters import kafka
+
+    plain = kafka.connection_options(load_settings(**BASE))
+    assert plain == {"bootstrap_servers": "127.0.0.1:1", "security_protocol": "PLAINTEXT"}
+    managed = load_settings(
+        **BASE,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="svc",
+        kafka_sasl_password="s3cret",
+    )
+    options = kafka.connection_options(managed)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["ssl_context"].check_hostname  # verified TLS, system trust
+    assert (options["sasl_mechanism"], options["sasl_plain_username"]) == ("SCRAM-SHA-512", "svc")
+    assert options["sasl_plain_password"] == "s3cret"
+    assert "s3cret" not in repr(managed)
+    producer = kafka.durable_producer(managed)
+    assert producer.client._security_protocol == "SASL_SSL"
+    consumer = kafka.command_consumer(managed)
+    assert consumer._client._sasl_mechanism == "SCRAM-SHA-512"

@@ -20,6 +20,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnknownProducerId,
 )
+from aiokafka.helpers import create_ssl_context
 
 from worker import metrics
 from worker.config import Settings
@@ -28,11 +29,36 @@ from worker.logs import get_logger
 log = get_logger(__name__)
 
 
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Where and how every client (producer, consumer, admin) connects: one
+    place, so TLS and SASL for a managed Kafka apply to all of them."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+def admin_client(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection_options(settings))
+
+
 def durable_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     """acks=all and idempotence: an acknowledged send is on every in-sync
     replica and retries never duplicate it within the producer session."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 2,
@@ -45,7 +71,7 @@ def durable_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
 
 def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         "group_id": settings.consumer_group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -62,7 +88,7 @@ def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the service's topics if missing (idempotent; safe to race)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = admin_client(settings)
     await admin.start()
     try:
         wanted = [

@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.adapters import kafka
 from worker.config import Settings
@@ -78,7 +77,7 @@ class TopicLog:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
-        self.bootstrap = settings.kafka_bootstrap_servers
+        self.settings = settings
         self.consumer: AIOKafkaConsumer = kafka.command_consumer(
             settings,
             group_id=None,
@@ -135,7 +134,7 @@ class TopicLog:
     async def _partitions(self) -> list[int]:
         # The consumer learns partitions only of topics it subscribes to;
         # the admin client describes any.
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = kafka.admin_client(self.settings)
         await admin.start()
         try:
             described = await admin.describe_topics([self.topic])
