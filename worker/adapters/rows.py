@@ -117,3 +117,35 @@ async def insert_reservations(conn: Conn, rows: Sequence[ReservationRow]) -> Non
             "window_seconds buffer_seconds",
         ),
     )
+
+
+async def upsert_experiences(
+    conn: Conn,
+    ids: list[str],
+    strategies: list[str],
+    windows: list[int],
+    buffers: list[int],
+    pools: list[int | None],
+    policies: list[str],
+    updated_at: list[Any],
+) -> None:
+    """Experience settings, one array per column, in key order."""
+    if not ids:
+        return
+    await conn.execute(
+        """INSERT INTO experiences (experience_id, strategy, window_seconds, buffer_seconds,
+               pool_size, multi_item_policy, updated_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
+                                $6::text[], $7::timestamptz[])
+           ON CONFLICT (experience_id) DO UPDATE SET strategy = EXCLUDED.strategy,
+               window_seconds = EXCLUDED.window_seconds, buffer_seconds = EXCLUDED.buffer_seconds,
+               pool_size = EXCLUDED.pool_size, multi_item_policy = EXCLUDED.multi_item_policy,
+               updated_at = EXCLUDED.updated_at""",
+        ids,
+        strategies,
+        windows,
+        buffers,
+        pools,
+        policies,
+        updated_at,
+    )

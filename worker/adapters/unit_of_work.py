@@ -678,20 +678,10 @@ class UnitOfWork:
         await self._flush_inbox(conn)
 
     async def _flush_experiences(self, conn: Conn) -> None:
-        if not self.experiences_dirty:
-            return
         ids = sorted(self.experiences_dirty)
         s = [self.experiences[i] for i in ids]
-        await conn.execute(
-            """INSERT INTO experiences (experience_id, strategy, window_seconds, buffer_seconds,
-                   pool_size, multi_item_policy, updated_at)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
-                                    $6::text[], $7::timestamptz[])
-               ON CONFLICT (experience_id) DO UPDATE SET strategy = EXCLUDED.strategy,
-                   window_seconds = EXCLUDED.window_seconds,
-                   buffer_seconds = EXCLUDED.buffer_seconds, pool_size = EXCLUDED.pool_size,
-                   multi_item_policy = EXCLUDED.multi_item_policy,
-                   updated_at = EXCLUDED.updated_at""",
+        await tables.upsert_experiences(
+            conn,
             ids,
             [x.strategy.value for x in s],
             [x.window_seconds for x in s],

@@ -100,19 +100,10 @@ async def write(conn: Conn, c: Changes) -> None:
 
 
 async def _experiences(conn: Conn, c: Changes) -> None:
-    if not c.experiences:
-        return
     ids = sorted(c.experiences)
     rows = [c.experiences[i] for i in ids]
-    await conn.execute(
-        """INSERT INTO experiences (experience_id, strategy, window_seconds, buffer_seconds,
-               pool_size, multi_item_policy, updated_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
-                                $6::text[], $7::timestamptz[])
-           ON CONFLICT (experience_id) DO UPDATE SET strategy = EXCLUDED.strategy,
-               window_seconds = EXCLUDED.window_seconds, buffer_seconds = EXCLUDED.buffer_seconds,
-               pool_size = EXCLUDED.pool_size, multi_item_policy = EXCLUDED.multi_item_policy,
-               updated_at = EXCLUDED.updated_at""",
+    await tables.upsert_experiences(
+        conn,
         ids,
         *tables.columns(
             rows, "strategy window_seconds buffer_seconds pool_size multi_item_policy updated_at"
