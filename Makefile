@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test check unit integration schemas stack-up stack-down kafka-jars clean bench
+.PHONY: venv run test check unit integration schemas stack-up stack-down kafka-jars clean bench soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,7 @@ unit: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python -m worker.contracts
 	$(BIN)/python -m worker.openapi
+	$(BIN)/python -m worker.roles.receiver
 
 stack-up: kafka-jars
 	deploy/local/postgres.sh start
@@ -58,3 +59,11 @@ clean: stack-down
 bench: $(STAMP) kafka-jars
 	@command -v wrk >/dev/null || echo "bench: wrk missing (apt-get install -y wrk); ingest uses the Python load generator, which caps the bare baseline"
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Bounded soak, loopback only: consumer and receiver SIGKILL, consumer group
+# 1 -> 3 -> 1, PostgreSQL stop/start and crash, one of three brokers killed,
+# repeated with more load (1,000 admissions at 80/s per run) for SOAK_MINUTES.
+# Figures in .stack/soak/soak-summary.json; exit 1 if any guarantee broke.
+SOAK_MINUTES ?= 5
+soak: $(STAMP) kafka-jars
+	$(BIN)/python -m tests.soak --minutes $(SOAK_MINUTES) --cluster $(SOAK_ARGS)

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     signature_tolerance_seconds: int = Field(default=300, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     produce_timeout_seconds: float = Field(default=5.0, gt=0)
+    http_body_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Deadline for a request body to arrive whole (408 after)"
+    )
+    http_idle_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="Idle or unfinished-header connections closed after this"
+    )
 
     consumer_batch_max: int = Field(default=500, ge=1)
     consumer_poll_ms: int = Field(default=200, ge=1)

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -30,6 +31,22 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     )
     # aiokafka and asyncpg log through the standard library.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("aiohttp.server").addFilter(_NoRequestBytes())
+
+
+class _NoRequestBytes(logging.Filter):
+    """aiohttp logs a request it cannot parse with the offending bytes (for a
+    bare-LF request: every header and the body, bearer keys and admission
+    grants included). Keep the event, drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg = "http_unparseable_request error=%s status=%s"
+            record.args = (type(error).__name__, getattr(error, "code", ""))
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -45,8 +45,12 @@ async def started_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-async def _serve_http(app: web.Application, host: str, port: int, stop: asyncio.Event) -> None:
-    runner = web.AppRunner(app, access_log=None)
+async def _serve_http(
+    app: web.Application, host: str, port: int, stop: asyncio.Event, idle_timeout: float = 15.0
+) -> None:
+    # aiohttp closes a connection idle (or still sending its headers) for
+    # keepalive_timeout; its default (an hour) lets slow clients hold sockets.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -80,12 +84,28 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Ev
                 readiness={**readiness, "kafka": kafka_ready(producer, topics)},
                 producer_factory=lambda: kafka.durable_producer(settings),
             )
-            tasks.append(_serve_http(app, settings.listen_host, settings.listen_port, stop))
+            tasks.append(
+                _serve_http(
+                    app,
+                    settings.listen_host,
+                    settings.listen_port,
+                    stop,
+                    settings.http_idle_timeout_seconds,
+                )
+            )
         if {"api", "consumer", "relay", "scheduler"} & set(roles):
             pool = await stack.enter_async_context(started_pool(settings))
             if "api" in roles:
                 api = build_api(settings, producer, pool)
-                tasks.append(_serve_http(api, settings.api_host, settings.api_port, stop))
+                tasks.append(
+                    _serve_http(
+                        api,
+                        settings.api_host,
+                        settings.api_port,
+                        stop,
+                        settings.http_idle_timeout_seconds,
+                    )
+                )
             if "consumer" in roles:
                 consumer = CommandConsumer(
                     settings, pool, producers, lambda: kafka.command_consumer(settings)

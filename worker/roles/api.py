@@ -80,6 +80,8 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -363,20 +365,25 @@ class ApiError(Exception):
         *,
         field: str | None = None,
         headers: dict[str, str] | None = None,
+        close: bool = False,
         **extra: Any,
     ) -> None:
         super().__init__(code)
+        self.close = close
         self.status = status
         self.body = ErrorBody(error=code, message=message, field=field, **extra)
         self.headers = headers or {}
 
     def response(self) -> web.Response:
-        return web.Response(
+        response = web.Response(
             body=self.body.model_dump_json(by_alias=True, exclude_none=True),
             status=self.status,
             content_type="application/json",
             headers=self.headers,
         )
+        if self.close:
+            response.force_close()
+        return response
 
 
 @dataclass(frozen=True)
@@ -459,7 +466,10 @@ def _invalid(code: str, exc: ValidationError) -> ApiError:
 
 async def _body(request: web.Request, model: type[M]) -> M:
     try:
-        raw = await request.read()
+        async with asyncio.timeout(_state(request).settings.http_body_timeout_seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "REQUEST_TIMEOUT", "body not received in time", close=True) from None
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(
             413,
@@ -1223,6 +1233,13 @@ def openapi_document() -> dict[str, Any]:
     )
 
 
+def _router_path(path: str) -> str:
+    """aiohttp's default parameter pattern is [^{}/]+, which refuses ids that
+    hold a brace; any character but '/' (still %2F-escaped when matched)
+    is an id character here."""
+    return re.sub(r"\{(\w+)\}", r"{\1:[^/]+}", path)
+
+
 def build_api(
     settings: Settings,
     producer: AIOKafkaProducer,
@@ -1235,7 +1252,7 @@ def build_api(
         log.warning("api_without_keys", detail="RESERVATION_API_KEYS is empty: every call is 401")
     operations: dict[web.AbstractRoute, Operation] = {}
     for op in ROUTES:
-        route = app.router.add_route(op.method, op.path, op.handler)
+        route = app.router.add_route(op.method, _router_path(op.path), op.handler)
         operations[route] = op
     app[STATE] = ApiState(
         settings=settings,

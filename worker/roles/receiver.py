@@ -91,6 +91,7 @@ class _Reply:
     event_type: str = "none"
     headers: dict[str, str] = field(default_factory=dict)
     log_fields: dict[str, Any] = field(default_factory=dict)
+    close: bool = False
 
 
 def _rejected(status: int, code: str, message: str, outcome: str, **log_fields: Any) -> _Reply:
@@ -132,7 +133,10 @@ class WebhookHandler:
             log.warning("webhook_rejected", **fields)
         else:
             log.info("webhook_" + reply.outcome, **fields)
-        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+        response = web.json_response(reply.body, status=reply.status, headers=reply.headers)
+        if reply.close:
+            response.force_close()  # the rest of a slow body is not waited for
+        return response
 
     async def _handle(self, request: web.Request, delivery_id: str | None) -> _Reply:
         limit = self.settings.max_body_bytes
@@ -160,7 +164,12 @@ class WebhookHandler:
                 "unsupported_media_type",
             )  # fmt: skip
         try:
-            body = await self._read(request, limit)
+            async with asyncio.timeout(self.settings.http_body_timeout_seconds):
+                body = await self._read(request, limit)
+        except TimeoutError:
+            reply = _rejected(408, "REQUEST_TIMEOUT", "body not received in time", "body_timeout")
+            reply.close = True
+            return reply
         except _TooLarge:
             return _rejected(
                 413, "PAYLOAD_TOO_LARGE", f"body larger than {limit} bytes", "too_large"

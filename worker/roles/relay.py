@@ -49,7 +49,14 @@ class OutboxRelay:
                         )
                     )
                 delay = idle_s if sent else min(delay * 2, 0.5)
-            except (KafkaError, TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            except (
+                KafkaError,
+                TimeoutError,
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
                 log.warning("relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
                 delay = 1.0
             if delay:

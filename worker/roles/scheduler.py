@@ -87,7 +87,12 @@ class ExpiryScheduler:
             try:
                 async with self.pool.acquire() as lock_conn:
                     await self._lead_while_locked(lock_conn, stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
                 log.warning("scheduler_retry", error=type(exc).__name__, detail=str(exc)[:200])
                 self.leader = False
                 await self._sleep(stop, 1.0)
