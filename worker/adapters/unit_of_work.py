@@ -130,6 +130,28 @@ class Footprint:
         return fp
 
 
+async def _by_pair_or_grant(conn: Conn, table: str, fp: Footprint) -> list[Any]:
+    """Rows of `table` (one of ours, never input) for the batch's consumers or
+    grants. A per-key lateral lookup plus a lookup by grant, UNION ALL (the
+    caller drops the duplicates by key): an OR of the two, or a plain join,
+    lets the planner pick a full scan on young tables whose statistics lag."""
+    if not fp.pairs and not fp.grants:
+        return []
+    exps, cons = _unzip(fp.pairs)
+    return list(
+        await conn.fetch(
+            f"""SELECT t.* FROM unnest($2::text[], $3::text[]) AS k(e, c)
+                CROSS JOIN LATERAL (SELECT * FROM {table}
+                    WHERE experience_id = k.e AND consumer_id = k.c) t
+                UNION ALL
+                SELECT * FROM {table} WHERE admission_grant = ANY($1::text[])""",
+            list(fp.grants),
+            exps,
+            cons,
+        )
+    )
+
+
 def _unzip(pairs: Iterable[Pair]) -> tuple[list[str], list[str]]:
     items = sorted(pairs)
     return [p[0] for p in items], [p[1] for p in items]
@@ -185,24 +207,8 @@ class UnitOfWork:
             experience_id = data.pop("experience_id")
             self.experiences[experience_id] = ExperienceSettings.model_validate(data)
 
-    # Each read is a per-key lateral lookup plus a lookup by grant (UNION ALL,
-    # duplicates dropped by key here): an OR of the two, or a plain join, lets
-    # the planner pick a full scan on young tables whose statistics lag.
-
     async def _load_admissions(self, conn: Conn, fp: Footprint) -> None:
-        if not fp.pairs and not fp.grants:
-            return
-        exps, cons = _unzip(fp.pairs)
-        rows = await conn.fetch(
-            """SELECT t.* FROM unnest($2::text[], $3::text[]) AS k(e, c)
-               CROSS JOIN LATERAL (SELECT * FROM admissions
-                   WHERE experience_id = k.e AND consumer_id = k.c) t
-               UNION ALL
-               SELECT * FROM admissions WHERE admission_grant = ANY($1::text[])""",
-            list(fp.grants),
-            exps,
-            cons,
-        )
+        rows = await _by_pair_or_grant(conn, "admissions", fp)
         for r in rows:
             row = TrackedAdmission(
                 grant=r["admission_grant"],
@@ -245,19 +251,7 @@ class UnitOfWork:
             self.carts[(r["experience_id"], r["consumer_id"])] = CartRow(items, r["updated_at"])
 
     async def _load_endings(self, conn: Conn, fp: Footprint) -> None:
-        if not fp.pairs and not fp.grants:
-            return
-        exps, cons = _unzip(fp.pairs)
-        rows = await conn.fetch(
-            """SELECT t.* FROM unnest($2::text[], $3::text[]) AS k(e, c)
-               CROSS JOIN LATERAL (SELECT * FROM admission_endings
-                   WHERE experience_id = k.e AND consumer_id = k.c) t
-               UNION ALL
-               SELECT * FROM admission_endings WHERE admission_grant = ANY($1::text[])""",
-            list(fp.grants),
-            exps,
-            cons,
-        )
+        rows = await _by_pair_or_grant(conn, "admission_endings", fp)
         unique = {r["command_id"]: r for r in rows}.values()
         self.endings = [
             EndingRow(
@@ -273,19 +267,7 @@ class UnitOfWork:
         ]
 
     async def _load_reservations(self, conn: Conn, fp: Footprint) -> None:
-        if not fp.pairs and not fp.grants:
-            return
-        exps, cons = _unzip(fp.pairs)
-        rows = await conn.fetch(
-            """SELECT t.* FROM unnest($2::text[], $3::text[]) AS k(e, c)
-               CROSS JOIN LATERAL (SELECT * FROM reservations
-                   WHERE experience_id = k.e AND consumer_id = k.c) t
-               UNION ALL
-               SELECT * FROM reservations WHERE admission_grant = ANY($1::text[])""",
-            list(fp.grants),
-            exps,
-            cons,
-        )
+        rows = await _by_pair_or_grant(conn, "reservations", fp)
         for r in rows:
             self._index_reservation(
                 TrackedReservation(
