@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
-from worker.config import Settings
+from worker.config import Settings, settings_env
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "whsec_bench_0123456789abcdef"  # noqa: S105 - a throwaway benchmark secret
@@ -34,17 +34,8 @@ def free_port() -> int:
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a role process of this stage reads its settings from."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(settings_env(settings))
     env.update(
-        DATABASE_URL=settings.database_url,
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        FANFARE_WEBHOOK_SECRET=",".join(
-            s.get_secret_value() for s in settings.fanfare_webhook_secret
-        ),
-        COMMANDS_TOPIC=settings.commands_topic,
-        EVENTS_TOPIC=settings.events_topic,
-        DEAD_LETTER_TOPIC=settings.dead_letter_topic,
-        CONSUMER_GROUP=settings.consumer_group,
-        TOPIC_PARTITIONS=str(settings.topic_partitions),
         LISTEN_PORT=str(free_port()),
         API_PORT=str(free_port()),
         OPS_PORT=str(free_port()),

@@ -16,7 +16,7 @@ import pytest_asyncio
 from tests.helpers import ServiceProcess, free_port
 from tests.stack import Stack, StackError, start_stack
 from worker.adapters import kafka, postgres
-from worker.config import Settings, load_settings
+from worker.config import Settings, load_settings, settings_env
 
 SECRET = "whsec_test_current_0123456789"
 OLD_SECRET = "whsec_test_previous_9876543210"
@@ -87,17 +87,8 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(settings_env(settings))
     env.update(
-        DATABASE_URL=settings.database_url,
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        FANFARE_WEBHOOK_SECRET=",".join(
-            s.get_secret_value() for s in settings.fanfare_webhook_secret
-        ),
-        COMMANDS_TOPIC=settings.commands_topic,
-        EVENTS_TOPIC=settings.events_topic,
-        DEAD_LETTER_TOPIC=settings.dead_letter_topic,
-        CONSUMER_GROUP=settings.consumer_group,
-        TOPIC_PARTITIONS=str(settings.topic_partitions),
         LISTEN_PORT=str(free_port()),
         API_PORT=str(free_port()),
         RESERVATION_API_KEYS=f"{API_KEY},{API_KEY_NEXT}",

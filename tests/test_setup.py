@@ -111,3 +111,19 @@ async def test_kafka_connection_options_carry_tls_and_sasl_to_every_client() -> 
     assert producer.client._security_protocol == "SASL_SSL"
     consumer = kafka.command_consumer(managed)
     assert consumer._client._sasl_mechanism == "SCRAM-SHA-512"
+
+
+def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a parent hands a role process is read back as the same settings."""
+    from worker.config import Settings, settings_env
+
+    original = load_settings(
+        **BASE,
+        reservation_api_keys="k1,k2",
+        listen_port=18080,
+        kafka_sasl_password="pw",
+        forward_unknown_events_topic="fwd",
+    )
+    for name, value in settings_env(original).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original  # type: ignore[call-arg]

@@ -106,3 +106,20 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
         raise ConfigError(f"invalid configuration: {variable}: {first['msg']}") from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that make a process read `settings` back:
+    how a parent (a test, the bench) starts roles with its own settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(_plain(v) for v in value)
+        env[name.upper()] = _plain(value)
+    return env
+
+
+def _plain(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
