@@ -201,7 +201,10 @@ def _admission(kind: Literal["queue", "draw", "auction"]) -> Translator:
     return translate
 
 
-def _release(reason: Literal["left", "denied", "lost"]) -> Translator:
+def _ending(
+    outcome: Literal["released", "expired"],
+    reason: Literal["left", "denied", "lost", "admission_expired"],
+) -> Translator:
     def translate(envelope: Envelope, delivery: Delivery) -> Translation:
         data = AdmissionEndData.model_validate(envelope.data)
         return Translation(
@@ -211,8 +214,9 @@ def _release(reason: Literal["left", "denied", "lost"]) -> Translator:
                 experience_id=data.experience_id,
                 consumer_id=data.consumer_id,
                 grant_digest=_digest(data.grant),
-                outcome="released",
+                outcome=outcome,
                 reason=reason,
+                # Fanfare's own time of the ending, so a replay decides the same.
                 ended_at=envelope.timestamp,
             ),
         )
@@ -220,21 +224,7 @@ def _release(reason: Literal["left", "denied", "lost"]) -> Translator:
     return translate
 
 
-def _expiry(envelope: Envelope, delivery: Delivery) -> Translation:
-    data = AdmissionEndData.model_validate(envelope.data)
-    return Translation(
-        "command",
-        EndAdmission(
-            **_common(envelope, delivery),
-            experience_id=data.experience_id,
-            consumer_id=data.consumer_id,
-            grant_digest=_digest(data.grant),
-            outcome="expired",
-            reason="admission_expired",
-            # Fanfare's own time of the expiry, so a replay decides the same.
-            ended_at=envelope.timestamp,
-        ),
-    )
+_expiry = _ending("expired", "admission_expired")
 
 
 def _completion(order_required: bool) -> Translator:
@@ -291,13 +281,13 @@ EVENTS: dict[str, EventSpec] = {
         _admission("auction"), AdmissionData, "admission.grant (auction)"
     ),
     "queue.consumer.left": EventSpec(
-        _release("left"), AdmissionEndData, "admission.end (released, left)"
+        _ending("released", "left"), AdmissionEndData, "admission.end (released, left)"
     ),
     "queue.consumer.denied": EventSpec(
-        _release("denied"), AdmissionEndData, "admission.end (released, denied)"
+        _ending("released", "denied"), AdmissionEndData, "admission.end (released, denied)"
     ),
     "draw.consumer.lost": EventSpec(
-        _release("lost"), AdmissionEndData, "admission.end (released, lost)"
+        _ending("released", "lost"), AdmissionEndData, "admission.end (released, lost)"
     ),
     "queue.admission_expired": EventSpec(_expiry, AdmissionEndData, EXPIRY_BECOMES),
     "queue.consumer.completed": EventSpec(
