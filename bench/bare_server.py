@@ -1,6 +1,6 @@
 """The ingest baseline: a bare aiohttp handler that reads the body and
 answers 200, hosted the way the service hosts its receiver (one process,
-AppRunner, no access log). `python -m bench.bare_server --port N`."""
+AppRunner, no access log, on uvloop like the service). `python -m bench.bare_server --port N`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import signal
 import sys
 
+import uvloop
 from aiohttp import web
 
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port))
     return 0
 
 

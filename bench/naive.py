@@ -14,7 +14,7 @@ The guide's schema (inventory + reservations), plus the cart the guide reads
 from "your cart/session". No inbox, no outbox, no events, no CHECK
 constraints: none are in the guide.
 
-It is given every advantage a careful port could have: orjson, one connection
+It is given every advantage a careful port could have: uvloop, orjson, one connection
 with asyncpg's prepared-statement cache, Kafka offsets auto-committed in the
 background (aiokafka's default), no per-event logging.
 
@@ -25,7 +25,6 @@ Run as `python -m bench.naive --dsn ... --bootstrap ... --topic ... --group ...
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -33,6 +32,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import uvloop
 from aiokafka import AIOKafkaConsumer
 
 SCHEMA = """
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", required=True)
     parser.add_argument("--expect", type=int, required=True, help="exit after this many")
     parser.add_argument("--timeout", type=float, default=1800.0)
-    return asyncio.run(run(parser.parse_args(argv)))
+    return uvloop.run(run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

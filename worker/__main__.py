@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
+from worker import loop
 from worker.config import ConfigError, load_settings
 from worker.logs import configure_logging
 from worker.operator import add_parsers, build_operator_command, produce_one, sign_command
@@ -63,18 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         await migrate(settings.database_url)
 
     if args.command == "migrate":
-        asyncio.run(do_migrate())
+        loop.run(do_migrate(), settings.event_loop)
         return 0
     if args.command == "reconcile":
-        return asyncio.run(run_reconcile(settings.database_url, args.repair))
+        return loop.run(run_reconcile(settings.database_url, args.repair), settings.event_loop)
     if args.command in log_tools.COMMANDS:
-        return asyncio.run(log_tools.run(settings, args))
+        return loop.run(log_tools.run(settings, args), settings.event_loop)
     if args.command in ("put-stock", "put-cart"):
-        asyncio.run(produce_one(settings, build_operator_command(args)))
+        loop.run(produce_one(settings, build_operator_command(args)), settings.event_loop)
         return 0
     roles = ROLES if args.command == "serve" else (args.command,)
     prepare = do_migrate if args.command == "serve" else None
-    asyncio.run(main_async(settings, roles, prepare))
+    loop.run(main_async(settings, roles, prepare), settings.event_loop)
     return 0
 
 

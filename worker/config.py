@@ -84,6 +84,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", description="uvloop, or the standard library's loop to compare"
+    )
 
     @field_validator("fanfare_webhook_secret", "reservation_api_keys", mode="before")
     @classmethod
