@@ -21,6 +21,7 @@ from tests.test_engine import DEFAULTS
 from worker.adapters.unit_of_work import CART_LOOKUP_SQL, by_pair_or_grant_sql
 from worker.config import Settings
 from worker.domain import ids
+from worker.domain.commands import CommandBase
 from worker.engine import Coordinates, apply_batch
 
 CONSUMERS = 4_000
@@ -49,7 +50,7 @@ def _whole_table_reads(nodes: list[dict[str, Any]], table: str) -> list[str]:
 
 async def _fill(url: str) -> None:
     """Carts and admissions through the engine, in batches, never analyzed."""
-    commands = [b.stock("sku", 10 * CONSUMERS)]
+    commands: list[CommandBase] = [b.stock("sku", 10 * CONSUMERS)]
     for n in range(CONSUMERS):
         commands.append(b.cart("drop", f"c{n}", b.line("sku", 1)))
         commands.append(b.admit("drop", f"c{n}", f"grant-{n}"))
