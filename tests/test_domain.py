@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -207,3 +208,22 @@ def test_checkout_expired_by_status_or_by_the_commands_own_time() -> None:
     err = check_checkout([hold("a", 1)], OTHER, [line("a", 1)], late)
     assert err is not None
     assert err.code == "ADMISSION_MISMATCH"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "event:6f1c3a52-9d0e-4a8b-bf37-2f5e8c1d7a90:0", "é€😀 x" * 40, "a" * 1000]
+    + [f"reservation:{n}:{n * 7919}" for n in range(500)],
+)
+def test_fast_uuid5_is_the_standard_uuid5(name: str) -> None:
+    fast = ids.uuid5(name)
+    standard = uuid.uuid5(ids.NAMESPACE, name)
+    assert fast == standard
+    assert (str(fast), fast.version, fast.variant, hash(fast)) == (
+        str(standard),
+        5,
+        uuid.RFC_4122,
+        hash(standard),
+    )
+    assert fast.bytes == standard.bytes
+    assert fast.is_safe == standard.is_safe

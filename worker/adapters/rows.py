@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
@@ -67,22 +68,54 @@ def columns(rows: Sequence[Any], names: str) -> list[list[Any]]:
     return [[getattr(r, name) for r in rows] for name in names.split()]
 
 
+ADMISSION_COLUMNS = [
+    "admission_grant",
+    "experience_id",
+    "consumer_id",
+    "admitted_at",
+    "expires_at",
+    "status",
+    "strategy",
+    "window_seconds",
+    "buffer_seconds",
+    "command_id",
+    "ended_at",
+    "end_reason",
+    "order_id",
+]
+_ADMISSION_VALUES = attrgetter("grant", *[c for c in ADMISSION_COLUMNS if c != "admission_grant"])
+
+RESERVATION_COLUMNS = [
+    "id",
+    "consumer_id",
+    "experience_id",
+    "admission_grant",
+    "product_id",
+    "variant_id",
+    "quantity",
+    "status",
+    "created_at",
+    "expires_at",
+    "converted_at",
+    "order_id",
+    "ended_at",
+    "end_reason",
+    "strategy",
+    "window_seconds",
+    "buffer_seconds",
+]
+_RESERVATION_VALUES = attrgetter(
+    *["grant" if c == "admission_grant" else c for c in RESERVATION_COLUMNS]
+)
+
+
 async def insert_admissions(conn: Conn, rows: Sequence[AdmissionRow]) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        """INSERT INTO admissions (admission_grant, experience_id, consumer_id,
-               admitted_at, expires_at, status, strategy, window_seconds,
-               buffer_seconds, command_id, ended_at, end_reason, order_id)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[],
-               $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::int[],
-               $9::int[], $10::uuid[], $11::timestamptz[], $12::text[], $13::text[])""",
-        *columns(
-            rows,
-            "grant experience_id consumer_id admitted_at expires_at status strategy "
-            "window_seconds buffer_seconds command_id ended_at end_reason order_id",
-        ),
-    )
+    """New rows only (no conflict handling): binary COPY, which costs both
+    sides about half of an `INSERT ... SELECT FROM unnest` of the same rows."""
+    if rows:
+        await conn.copy_records_to_table(
+            "admissions", records=map(_ADMISSION_VALUES, rows), columns=ADMISSION_COLUMNS
+        )
 
 
 async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
@@ -99,24 +132,11 @@ async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
 
 
 async def insert_reservations(conn: Conn, rows: Sequence[ReservationRow]) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        """INSERT INTO reservations (id, consumer_id, experience_id, admission_grant,
-               product_id, variant_id, quantity, status, created_at, expires_at,
-               converted_at, order_id, ended_at, end_reason, strategy, window_seconds,
-               buffer_seconds)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
-               $5::text[], $6::text[], $7::int[], $8::text[], $9::timestamptz[],
-               $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[],
-               $14::text[], $15::text[], $16::int[], $17::int[])""",
-        *columns(
-            rows,
-            "id consumer_id experience_id grant product_id variant_id quantity status "
-            "created_at expires_at converted_at order_id ended_at end_reason strategy "
-            "window_seconds buffer_seconds",
-        ),
-    )
+    """New rows only, by binary COPY as for admissions."""
+    if rows:
+        await conn.copy_records_to_table(
+            "reservations", records=map(_RESERVATION_VALUES, rows), columns=RESERVATION_COLUMNS
+        )
 
 
 async def upsert_experiences(

@@ -9,6 +9,22 @@ from datetime import datetime
 # Fixed namespace for every UUIDv5 this service derives; changing it would
 # break dedupe against everything already in the log.
 NAMESPACE = uuid.UUID("6f1c3a52-9d0e-4a8b-bf37-2f5e8c1d7a90")
+_NAMESPACE_BYTES = NAMESPACE.bytes
+_VERSION_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_5 = (5 << 76) | (0x8000 << 48)
+
+
+def uuid5(name: str) -> uuid.UUID:
+    """`uuid.uuid5(NAMESPACE, name)`, the same value, about five times
+    faster: the engine derives two or three per admission, and the standard
+    library's constructor re-validates what is valid by construction.
+    tests/test_domain.py compares the two over many names."""
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8"), usedforsecurity=False)
+    value = (int.from_bytes(digest.digest()[:16]) & _VERSION_MASK) | _VERSION_5
+    made = object.__new__(uuid.UUID)
+    object.__setattr__(made, "int", value)
+    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+    return made
 
 
 def grant_digest(grant: str) -> str:
@@ -19,7 +35,7 @@ def grant_digest(grant: str) -> str:
 
 def command_id(source: str, source_id: str) -> uuid.UUID:
     """UUIDv5 of a command's source and the source's own id."""
-    return uuid.uuid5(NAMESPACE, f"command:{source}:{source_id}")
+    return uuid5(f"command:{source}:{source_id}")
 
 
 def reservation_id(
@@ -29,12 +45,12 @@ def reservation_id(
     twice; `revision` (the command id of a cart change) names the hold that
     replaces an earlier one of the same grant and row."""
     key = f"reservation:{grant_digest_hex}:{product_id}:{variant_id or ''}"
-    return uuid.uuid5(NAMESPACE, key + (f":{revision}" if revision else ""))
+    return uuid5(key + (f":{revision}" if revision else ""))
 
 
 def event_id(command: uuid.UUID, seq: int) -> uuid.UUID:
     """The n-th event a command produced: stable across re-deliveries."""
-    return uuid.uuid5(NAMESPACE, f"event:{command}:{seq}")
+    return uuid5(f"event:{command}:{seq}")
 
 
 def expiry_source_id(grant_digest_hex: str, expires_at: datetime) -> str:
