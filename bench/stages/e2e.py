@@ -1,6 +1,9 @@
 """Stage 4, end to end: webhook accepted (the 2xx, as the sender sees it) to
-hold committed, at a steady rate for a bounded time, against `python -m
-worker serve` (every role in one process, as `make run` runs it).
+hold committed, at a steady rate for a bounded time, against the roles
+as deployed (deploy/k8s, compose): `python -m worker receiver`, `consumer`,
+`relay` and `scheduler`, one process each. (One `serve` process running
+every role saturates a core at 1,000 webhooks/s: the receiver and the
+consumer then queue behind each other, and the figure measures the queue.)
 
 When is a hold committed? Not `reservations.created_at` (the admission's own
 time) and not the outbox row's `created_at` (`now()`, which PostgreSQL fixes
@@ -27,13 +30,14 @@ import orjson
 
 from bench.core import Context, Figure, StageResult, connect, create_pool, fresh_namespace
 from bench.measure import summary, wait_for_count
-from bench.procs import SECRET, python_module, service_env, worker_role
+from bench.procs import SECRET, free_port, python_module, service_env, worker_role
 from bench.profiling import Profiler
 from bench.workload import Builder, check_valid, produce
 from worker.domain import ids
 
 NAME = "e2e"
-TITLE = "End to end: webhook 2xx to hold committed, steady rate, `worker serve`"
+TITLE = "End to end: webhook 2xx to hold committed, steady rate, one process per role"
+ROLES = ("receiver", "consumer", "relay", "scheduler")
 POLL_S = 0.01
 MAX_PENDING = 2000
 
@@ -96,22 +100,29 @@ async def run(ctx: Context, result: StageResult) -> None:
 
     async with fresh_namespace(ctx) as ns:
         env = service_env(ns.settings)
-        serve = worker_role("serve", "serve", env, log_dir, ctx.worker_root)
+        roles = {
+            role: worker_role(
+                role, role, dict(env, OPS_PORT=str(free_port())), log_dir, ctx.worker_root
+            )
+            for role in ROLES
+        }
+        receiver = roles["receiver"]
         pool = await create_pool(ns.database_url)
         try:
-            serve.start()
+            for child in roles.values():
+                child.start()
             port = int(env["LISTEN_PORT"])
-            await serve.wait_http(f"http://127.0.0.1:{port}/healthz")
+            await receiver.wait_http(f"http://127.0.0.1:{port}/healthz")
             await produce(ns.settings, setup)
             ready = await wait_for_count(
                 lambda: _count(pool, "SELECT count(*) FROM inbox"),
                 len(setup),
                 time.time(),
                 600,
-                alive=lambda: serve.exited() is None,
+                alive=lambda: all(child.exited() is None for child in roles.values()),
             )
             if ready.reached_at is None:
-                raise RuntimeError(f"setup not applied:\n{serve.tail()}")
+                raise RuntimeError(f"setup not applied:\n{roles['consumer'].tail()}")
             await asyncio.sleep(1.0)  # let the relay publish the setup's events
             start_at = time.time() + 2.0
             loadgen = python_module(
@@ -149,7 +160,7 @@ async def run(ctx: Context, result: StageResult) -> None:
                 _poll_visible(ns.database_url, digests, start_at, s.e2e_rate, stop, seen, sample)
             )
             profiler = (
-                Profiler(serve.pid, ctx.out_dir / "profile-e2e-serve.txt")
+                Profiler(roles["consumer"].pid, ctx.out_dir / "profile-e2e-consumer.txt")
                 if ctx.profile == NAME
                 else None
             )
@@ -175,7 +186,8 @@ async def run(ctx: Context, result: StageResult) -> None:
                 )
                 commits = {r["admission_grant"]: r["committed"] for r in rows}
         finally:
-            await serve.stop()
+            for child in reversed(roles.values()):
+                await child.stop()
             await pool.close()
     if profiler is not None:
         result.details["profile"] = {"py_spy": profiler.finish()}
