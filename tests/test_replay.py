@@ -15,7 +15,8 @@ import subprocess
 import sys
 from collections import Counter
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -31,7 +32,8 @@ from worker.adapters import kafka
 from worker.config import Settings
 from worker.domain.events import AdmissionRecorded, ReservationEnded, ReservationRejected
 from worker.replay.diff import compare
-from worker.replay.fold import fold, needs
+from worker.replay.fold import Known, Needs, fold, needs
+from worker.replay.sink import Planned, Planner
 from worker.replay.source import Start
 from worker.roles.relay import SEQ_HEADER
 
@@ -68,6 +70,56 @@ def test_fold_across_batches_equals_one_batch(size: int) -> None:
         tables.apply(changes)
         i += n
     assert tables.rows() == engine_rows(uow)
+
+
+class _MemoryPlanner(Planner):
+    """The planner over `Tables`: what the writer has committed so far."""
+
+    def __init__(self, tables: Tables) -> None:
+        super().__init__(cast(Any, None))
+        self.tables = tables
+        self.applied: set[int] = set()
+
+    async def committed_applied(self, ids: list[UUID]) -> set[int]:
+        return {i.int for i in ids} & self.applied
+
+    async def committed_known(self, wanted: Needs) -> Known:
+        return self.tables.known(wanted)
+
+    def commit(self, planned: Planned) -> None:
+        self.tables.apply(planned.changes)
+        self.applied |= {i.int for i, _ in planned.applied}
+        self.committed(planned)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_planning_ahead_of_the_writer_equals_one_batch(seed: int) -> None:
+    """Batches are folded while up to four earlier ones are not committed
+    yet: what those will write (applied ids, admissions' strategies,
+    remembered endings) must count as written, and an event the relay sent
+    again (even into a batch still pending) must fold once."""
+    uow, events = _engine(seed)
+    rng = random.Random(seed)
+    log = [(n, e) for n, e in enumerate(events)]
+    for _ in range(40):  # resends, a few events later in the log
+        at = rng.randrange(len(log))
+        log.insert(min(len(log), at + rng.randint(1, 30)), log[at])
+    planner = _MemoryPlanner(Tables())
+    in_flight: list[Planned] = []
+    folded = i = 0
+    while i < len(log):
+        n = rng.randint(1, 12)
+        planned = await planner.plan(log[i : i + n])
+        assert planned.changes.warnings == []
+        in_flight.append(planned)
+        folded += len(planned.applied)
+        while len(in_flight) > rng.randint(0, 4):
+            planner.commit(in_flight.pop(0))
+        i += n
+    for planned in in_flight:
+        planner.commit(planned)
+    assert planner.tables.rows() == engine_rows(uow)
+    assert folded == len(events)
 
 
 def test_traffic_exercises_every_fact() -> None:

@@ -7,6 +7,7 @@ never invents a new fact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -192,3 +193,11 @@ def encode_event(event: EventBase) -> bytes:
 
 def decode_event(raw: bytes) -> Event:
     return EVENT_ADAPTER.validate_json(raw)
+
+
+def event_decoder() -> Callable[[bytes], Event]:
+    """`decode_event` without the adapter's Python wrapper around the
+    validator: for loops over many events (a replay), where that wrapper
+    costs a tenth of the decoding. Same checks, same errors."""
+    validate: Callable[[bytes], Event] = EVENT_ADAPTER.validator.validate_json
+    return validate

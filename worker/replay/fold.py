@@ -14,9 +14,10 @@ them into a `Known`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import orjson
@@ -26,14 +27,12 @@ from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
     CartUpdated,
-    CheckoutRejected,
     EndingRemembered,
     Event,
     ExperienceConfigured,
     ReservationCreated,
     ReservationEnded,
     ReservationRejected,
-    StockRefused,
     StockSet,
 )
 
@@ -127,13 +126,14 @@ class Changes:
 
 def needs(events: Iterable[Event]) -> Needs:
     n = Needs()
+    # Exact classes (no event class is subclassed): a `match` would make a
+    # Python-level ABCMeta.__instancecheck__ call for every class it misses.
     for e in events:
-        match e:
-            case ReservationEnded() | ReservationRejected():
-                n.grants.add(e.grant_digest)
-            case AdmissionRecorded() if e.end_reason is not None:
-                n.ending_grants.add(e.grant_digest)
-                n.ending_pairs.add((e.experience_id, e.consumer_id))
+        if type(e) is ReservationEnded or type(e) is ReservationRejected:
+            n.grants.add(e.grant_digest)
+        elif type(e) is AdmissionRecorded and e.end_reason is not None:
+            n.ending_grants.add(e.grant_digest)
+            n.ending_pairs.add((e.experience_id, e.consumer_id))
     return n
 
 
@@ -157,32 +157,20 @@ class _Fold:
         self.changes = Changes()
 
     def apply(self, event: Event) -> None:
-        match event:
-            case ExperienceConfigured():
-                self._configured(event)
-            case StockSet():
-                self._stock_set(event)
-            case CartUpdated():
-                self._cart(event)
-            case AdmissionRecorded():
-                self._recorded(event)
-            case AdmissionEnded():
-                self._admission_ended(event)
-            case EndingRemembered():
-                self._remembered(event)
-            case ReservationCreated():
-                self._created(event)
-            case ReservationEnded():
-                self._ended(event)
-            case ReservationRejected():
-                self._rejected(event)
-            case StockRefused() | CheckoutRejected():
-                pass  # a refusal changes no row
+        # By exact class, as in `needs`; a refusal (stock.refused,
+        # checkout.rejected) has no handler: it changes no row.
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
 
     # --- counters ------------------------------------------------------------
 
     def _stock(self, product_id: str, variant_id: str | None) -> StockChange:
-        return self.changes.stock.setdefault((product_id, _variant(variant_id)), StockChange())
+        key = (product_id, _variant(variant_id))
+        row = self.changes.stock.get(key)
+        if row is None:
+            row = self.changes.stock[key] = StockChange()
+        return row
 
     def _pool(self, grant: str, key: PoolKey, delta: int) -> None:
         strategy = self.strategies.get(grant)
@@ -342,3 +330,16 @@ class _Fold:
     def _rejected(self, e: ReservationRejected) -> None:
         if e.reason in _POOL_TOUCHED:
             self._pool(e.grant_digest, (e.experience_id, e.product_id, _variant(e.variant_id)), 0)
+
+
+_HANDLERS: dict[type, Callable[[_Fold, Any], None]] = {
+    ExperienceConfigured: _Fold._configured,
+    StockSet: _Fold._stock_set,
+    CartUpdated: _Fold._cart,
+    AdmissionRecorded: _Fold._recorded,
+    AdmissionEnded: _Fold._admission_ended,
+    EndingRemembered: _Fold._remembered,
+    ReservationCreated: _Fold._created,
+    ReservationEnded: _Fold._ended,
+    ReservationRejected: _Fold._rejected,
+}

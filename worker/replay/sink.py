@@ -1,12 +1,21 @@
 """Writing folded events into a target database: one transaction per batch,
 one set-based statement per table, and the applied event ids recorded in
 the same transaction (`replay_applied`), so a replay folds each event once
-however often it runs or the log repeats an event."""
+however often it runs or the log repeats an event.
+
+Folding and writing are split so they can overlap: a `Planner` folds batch
+N+1 (Python's work) while the writer's transaction for batch N runs in
+PostgreSQL. Folding reads a little of what earlier batches wrote (which
+events are applied, admissions' strategies, remembered endings); the planner
+reads the committed part on a connection of its own and keeps what it
+handed to the writer, but is not committed yet, in memory until it is.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from worker.adapters import rows as tables
@@ -17,39 +26,127 @@ from worker.replay.fold import Changes, Known, Needs, fold, needs
 
 
 @dataclass(frozen=True)
-class Folded:
-    applied: int
-    already: int  # in replay_applied already, or repeated within the batch
-    warnings: list[str]
+class Planned:
+    """A batch folded and ready to write."""
+
+    changes: Changes
+    applied: list[tuple[UUID, int]]  # (event id, outbox seq) to record
+    read: int
+    first_seq: int
+    last_seq: int
+
+    @property
+    def already(self) -> int:
+        """In replay_applied already, or repeated in the log."""
+        return self.read - len(self.applied)
 
 
-async def fold_batch(conn: Conn, batch: Sequence[tuple[int, Event]]) -> Folded:
-    """Fold (seq, event) pairs, in order, inside the caller's transaction."""
-    seen = {
-        r["event_id"]
-        for r in await conn.fetch(
-            "SELECT event_id FROM replay_applied WHERE event_id = ANY($1::uuid[])",
-            [e.event_id for _, e in batch],
-        )
-    }
-    todo: list[tuple[int, Event]] = []
-    for seq, event in batch:
-        if event.event_id not in seen:
-            seen.add(event.event_id)  # the relay may repeat an event in the log
-            todo.append((seq, event))
-    if todo:
+@dataclass
+class _Pending:
+    """What a planned batch will write that later batches read back."""
+
+    event_ids: set[int] = field(default_factory=set)  # UUID.int
+    strategies: dict[str, str] = field(default_factory=dict)
+    endings: list[EndingRow] = field(default_factory=list)
+
+
+class Planner:
+    """Folds batches in log order ahead of their writing. `reader` must not
+    be the writer's connection: it sees only committed rows, and the batches
+    planned but not committed yet are overlaid from memory."""
+
+    def __init__(self, reader: Conn) -> None:
+        self.reader = reader
+        self.pending: deque[tuple[Planned, _Pending]] = deque()
+
+    async def plan(self, batch: Sequence[tuple[int, Event]]) -> Planned:
+        todo = await self._unapplied(batch)
         events = [e for _, e in todo]
-        changes = fold(events, await load_known(conn, needs(events)))
-        await write(conn, changes)
-        await conn.execute(
-            """INSERT INTO replay_applied (event_id, seq)
-               SELECT * FROM unnest($1::uuid[], $2::bigint[])""",
-            [e.event_id for _, e in todo],
-            [s for s, _ in todo],
+        changes = fold(events, await self._known(needs(events))) if events else Changes()
+        planned = Planned(
+            changes,
+            [(e.event_id, seq) for seq, e in todo],
+            len(batch),
+            batch[0][0] if batch else 0,
+            batch[-1][0] if batch else 0,
         )
-    else:
-        changes = Changes()
-    return Folded(len(todo), len(batch) - len(todo), changes.warnings)
+        self.pending.append((planned, _pending(planned)))
+        return planned
+
+    def committed(self, planned: Planned) -> None:
+        """`planned` is committed: the reader sees its rows from now on."""
+        oldest, _ = self.pending.popleft()
+        if oldest is not planned:
+            raise RuntimeError("replay batches must be committed in the order planned")
+
+    async def _unapplied(self, batch: Sequence[tuple[int, Event]]) -> list[tuple[int, Event]]:
+        # Ids as ints: uuid.UUID hashes in Python, an int in C.
+        # Pending ids are taken before the query: a batch committing in
+        # between is then either still pending here or visible to the query.
+        seen: set[int] = set().union(*(p.event_ids for _, p in self.pending))
+        ask = [e.event_id for _, e in batch if e.event_id.int not in seen]
+        if ask:
+            seen |= await self.committed_applied(ask)
+        todo: list[tuple[int, Event]] = []
+        for seq, event in batch:
+            key = event.event_id.int
+            if key not in seen:
+                seen.add(key)  # the relay may repeat an event in the log
+                todo.append((seq, event))
+        return todo
+
+    async def _known(self, wanted: Needs) -> Known:
+        strategies: dict[str, str] = {}
+        endings: dict[UUID, EndingRow] = {}
+        for _, p in self.pending:  # before the query, as in `_unapplied`
+            strategies.update((g, s) for g, s in p.strategies.items() if g in wanted.grants)
+            endings.update((x.command_id, x) for x in p.endings if _wanted_ending(x, wanted))
+        known = await self.committed_known(
+            Needs(wanted.grants - strategies.keys(), wanted.ending_grants, wanted.ending_pairs)
+        )
+        known.strategies.update(strategies)
+        # A batch that committed after the snapshot is in both: one row each.
+        endings.update((x.command_id, x) for x in known.endings)
+        known.endings = list(endings.values())
+        return known
+
+    async def committed_applied(self, ids: list[UUID]) -> set[int]:
+        """Which of `ids` committed batches applied (as UUID.int)."""
+        rows = await self.reader.fetch(
+            "SELECT event_id FROM replay_applied WHERE event_id = ANY($1::uuid[])", ids
+        )
+        return {r["event_id"].int for r in rows}
+
+    async def committed_known(self, wanted: Needs) -> Known:
+        return await load_known(self.reader, wanted)
+
+
+def _pending(planned: Planned) -> _Pending:
+    c = planned.changes
+    return _Pending(
+        {i.int for i, _ in planned.applied},
+        {g: a.strategy for g, a in c.admissions.items()},
+        list(c.endings),
+    )
+
+
+def _wanted_ending(x: EndingRow, wanted: Needs) -> bool:
+    return (x.grant is not None and x.grant in wanted.ending_grants) or (
+        x.experience_id,
+        x.consumer_id,
+    ) in wanted.ending_pairs
+
+
+async def write_planned(conn: Conn, planned: Planned) -> None:
+    """Write a planned batch inside the caller's transaction."""
+    if not planned.applied:
+        return
+    await write(conn, planned.changes)
+    # Binary COPY: the ids are new (the planner dropped applied ones), and
+    # COPY costs PostgreSQL and the client far less than INSERT ... unnest.
+    await conn.copy_records_to_table(
+        "replay_applied", records=planned.applied, columns=["event_id", "seq"]
+    )
 
 
 async def load_known(conn: Conn, wanted: Needs) -> Known:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -148,6 +148,21 @@ class TopicLog:
     async def merged(self, key: MergeKey, chunk: int = 5000) -> AsyncIterator[list[Record]]:
         """Every record in range, each partition in offset order, partitions
         merged by `key`; yielded in lists of up to `chunk`."""
+        async for keyed in self._merged(key, chunk):
+            yield [r for _, r in keyed]
+
+    async def merged_keyed(
+        self, key: Callable[[Record], int], chunk: int = 5000
+    ) -> AsyncIterator[list[tuple[int, Record]]]:
+        """As `merged`, each record with its key (computed once: for the
+        events topic, parsing the header again costs as much as merging)."""
+        async for keyed in self._merged(key, chunk):
+            # `key` never returns None, so neither does any pair's key.
+            yield cast(list[tuple[int, Record]], keyed)
+
+    async def _merged(
+        self, key: MergeKey, chunk: int
+    ) -> AsyncIterator[list[tuple[int | None, Record]]]:
         buffers: dict[int, deque[Record]] = {p: deque() for p in self.bounds}
         fetching = {p for p, (begin, end) in self.bounds.items() if begin < end}
         paused: set[int] = set()
@@ -155,7 +170,7 @@ class TopicLog:
         # keyed may be emitted while one of them could hold a smaller key.
         waiting = set(fetching)
         heads: list[tuple[int, int]] = []
-        out: list[Record] = []
+        out: list[tuple[int | None, Record]] = []
         last_progress = time.monotonic()
 
         def head_in(p: int) -> None:
@@ -164,7 +179,7 @@ class TopicLog:
             while buf:
                 k = key(buf[0])
                 if k is None:
-                    out.append(buf.popleft())
+                    out.append((None, buf.popleft()))
                     continue
                 heapq.heappush(heads, (k, p))
                 waiting.discard(p)
@@ -176,8 +191,8 @@ class TopicLog:
 
         while fetching or heads:
             while heads and not waiting:
-                _, p = heapq.heappop(heads)
-                out.append(buffers[p].popleft())
+                k, p = heapq.heappop(heads)
+                out.append((k, buffers[p].popleft()))
                 head_in(p)
                 while len(out) >= chunk:
                     yield out[:chunk]
