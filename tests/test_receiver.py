@@ -38,6 +38,7 @@ from worker.clock import ManualClock
 from worker.config import Settings
 from worker.domain import ids
 from worker.domain.commands import AdmitConsumer, CompleteCheckout, EndAdmission, decode_command
+from worker.roles import receiver
 from worker.roles.ops import database_ready, kafka_ready
 from worker.roles.receiver import (
     STORED_OPENAPI,
@@ -360,6 +361,34 @@ async def test_unknown_paths_are_404_json(client: Client) -> None:
     async with client.post("/webhooks/other", data=b"{}") as r:
         assert r.status == 404
         assert (await r.json())["error"] == "NOT_FOUND"
+    async with client.delete("/") as r:
+        assert r.status == 404
+        assert (await r.json())["error"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json"])
+async def test_read_routes_answer_reads_and_405_json_otherwise(client: Client, path: str) -> None:
+    async with client.head(path) as r:
+        assert r.status in (200, 503)
+    async with client.post(path, data=b"{}") as r:
+        assert r.status == 405
+        assert r.headers["Allow"] == "GET,HEAD"
+        assert (await r.json())["error"] == "METHOD_NOT_ALLOWED"
+
+
+async def test_an_unexpected_error_is_500_json_and_logged_without_the_body(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(receiver, "verify", broken)
+    grant = _grant()
+    with structlog.testing.capture_logs() as logs:
+        status, body = await _post(client, _admission(grant))
+    assert (status, body["error"]) == (500, "INTERNAL_ERROR")
+    assert [e["event"] for e in logs] == ["http_unhandled_error"]
+    assert grant not in repr(logs)
 
 
 async def test_oversized_bodies_are_413_declared_or_chunked(
@@ -579,6 +608,10 @@ async def test_logs_carry_ids_never_the_grant_the_secret_or_the_body(client: Cli
         assert (await _post(client, bad))[0] == 400
     accepted = [e for e in logs if e["event"] == "webhook_accepted"]
     assert len(accepted) == 1
+    # Successes are followed at debug (one line each at info was a sixth of
+    # the receiver's CPU under load); rejections stay warnings.
+    assert accepted[0]["log_level"] == "debug"
+    assert {e["log_level"] for e in logs if e["event"] == "webhook_rejected"} == {"warning"}
     assert accepted[0]["delivery_id"] == "dlv_logged"
     assert accepted[0]["event_id"] == sent["id"]
     assert accepted[0]["event_type"] == "queue.consumer.admitted"

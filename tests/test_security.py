@@ -93,7 +93,11 @@ async def target(stack: Stack, settings: Settings) -> AsyncIterator[Target]:
     async with isolated_settings(stack, settings) as iso:
         # The two timeouts are the ones the slow-client tests expect the
         # service to honour (see the final report of issue 9).
-        env = service_env(iso, HTTP_BODY_TIMEOUT_SECONDS="2", HTTP_IDLE_TIMEOUT_SECONDS="3")
+        # At debug the receiver logs every accepted webhook (at info only
+        # rejections), so the checks below see those lines too.
+        env = service_env(
+            iso, HTTP_BODY_TIMEOUT_SECONDS="2", HTTP_IDLE_TIMEOUT_SECONDS="3", LOG_LEVEL="debug"
+        )
         proc = ServiceProcess(["serve"], env)
         proc.log_path = proc.log_path.with_name(f"security-{proc.port}.log")
         await proc.start()

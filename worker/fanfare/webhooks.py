@@ -136,8 +136,10 @@ class CompletionData(ConsumerEventData):
     )
 
 
-class Delivery(BaseModel):
-    """What the HTTP layer knows about this attempt."""
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the HTTP layer knows about this attempt (a plain record: every
+    field comes from the receiver itself, nothing to validate)."""
 
     delivery_id: str | None
     secret_fingerprint: str
