@@ -4,7 +4,7 @@ which must write exactly the same rows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
@@ -109,13 +109,20 @@ _RESERVATION_VALUES = attrgetter(
 )
 
 
-async def insert_admissions(conn: Conn, rows: Sequence[AdmissionRow]) -> None:
+def admission_records(rows: Iterable[AdmissionRow]) -> list[tuple[Any, ...]]:
+    """The rows' values in ADMISSION_COLUMNS order, taken now."""
+    return list(map(_ADMISSION_VALUES, rows))
+
+
+async def copy_admissions(conn: Conn, records: list[tuple[Any, ...]]) -> None:
     """New rows only (no conflict handling): binary COPY, which costs both
     sides about half of an `INSERT ... SELECT FROM unnest` of the same rows."""
-    if rows:
-        await conn.copy_records_to_table(
-            "admissions", records=map(_ADMISSION_VALUES, rows), columns=ADMISSION_COLUMNS
-        )
+    if records:
+        await conn.copy_records_to_table("admissions", records=records, columns=ADMISSION_COLUMNS)
+
+
+async def insert_admissions(conn: Conn, rows: Sequence[AdmissionRow]) -> None:
+    await copy_admissions(conn, admission_records(rows))
 
 
 async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
@@ -131,12 +138,21 @@ async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
     )
 
 
-async def insert_reservations(conn: Conn, rows: Sequence[ReservationRow]) -> None:
+def reservation_records(rows: Iterable[ReservationRow]) -> list[tuple[Any, ...]]:
+    """The rows' values in RESERVATION_COLUMNS order, taken now."""
+    return list(map(_RESERVATION_VALUES, rows))
+
+
+async def copy_reservations(conn: Conn, records: list[tuple[Any, ...]]) -> None:
     """New rows only, by binary COPY as for admissions."""
-    if rows:
+    if records:
         await conn.copy_records_to_table(
-            "reservations", records=map(_RESERVATION_VALUES, rows), columns=RESERVATION_COLUMNS
+            "reservations", records=records, columns=RESERVATION_COLUMNS
         )
+
+
+async def insert_reservations(conn: Conn, rows: Sequence[ReservationRow]) -> None:
+    await copy_reservations(conn, reservation_records(rows))
 
 
 async def upsert_experiences(

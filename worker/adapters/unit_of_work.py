@@ -24,6 +24,7 @@ from uuid import UUID
 import orjson
 
 from worker.adapters import rows as tables
+from worker.adapters.changes import Changes
 from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
 from worker.adapters.store import Conn
 from worker.domain.admission import HoldRequest, PriorAdmission, RememberedEnding
@@ -653,136 +654,87 @@ class UnitOfWork:
 
     # --- writing back ---------------------------------------------------------------------------
 
-    async def flush(self, conn: Conn) -> None:
-        """Write every change back, one statement per table, parents first."""
-        await self._flush_experiences(conn)
-        await self._flush_stock(conn)
-        await self._flush_carts(conn)
-        await self._flush_admissions(conn)
-        await self._flush_endings(conn)
-        await self._flush_reservations(conn)
-        await self._flush_pools(conn)
-        await self._flush_outbox(conn)
-        await self._flush_inbox(conn)
-
-    async def _flush_experiences(self, conn: Conn) -> None:
-        ids = sorted(self.experiences_dirty)
-        s = [self.experiences[i] for i in ids]
-        await tables.upsert_experiences(
-            conn,
-            ids,
-            [x.strategy.value for x in s],
-            [x.window_seconds for x in s],
-            [x.buffer_seconds for x in s],
-            [x.pool_size for x in s],
-            [x.multi_item_policy.value for x in s],
-            [self.experiences_dirty[i] for i in ids],
-        )
-
-    async def _flush_stock(self, conn: Conn) -> None:
-        dirty = sorted((k, r) for k, r in self.stock.items() if r.dirty)
-        if not dirty:
-            return
-        await conn.execute(
-            """UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, sold = v.sold,
-                   updated_at = COALESCE(v.updated_at, s.updated_at)
-               FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
-                           $6::timestamptz[]) AS v(p, vr, on_hand, reserved, sold, updated_at)
-               WHERE s.product_id = v.p AND s.variant_id = v.vr""",
-            [k[0] for k, _ in dirty],
-            [k[1] for k, _ in dirty],
-            [r.on_hand for _, r in dirty],
-            [r.reserved for _, r in dirty],
-            [r.sold for _, r in dirty],
-            [r.updated_at for _, r in dirty],
-        )
-
-    async def _flush_carts(self, conn: Conn) -> None:
-        dirty = sorted((k, c) for k, c in self.carts.items() if c.dirty)
-        if not dirty:
-            return
-        await conn.execute(
-            """INSERT INTO carts (experience_id, consumer_id, items, updated_at)
-               SELECT e, c, i::jsonb, u
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(e, c, i, u)
-               ON CONFLICT (experience_id, consumer_id)
-               DO UPDATE SET items = EXCLUDED.items, updated_at = EXCLUDED.updated_at""",
-            [k[0] for k, _ in dirty],
-            [k[1] for k, _ in dirty],
-            [
-                orjson.dumps([i.model_dump(mode="json", by_alias=True) for i in c.items]).decode()
-                for _, c in dirty
+    def take_changes(self) -> Changes:
+        """Everything changed since the last take, as values, marking it
+        written: the rows may change again before the write has happened."""
+        changes = Changes(
+            experiences=self._take_experiences(),
+            stock=self._take_stock(),
+            carts=self._take_carts(),
+            new_endings=self.new_endings,
+            pools=self._take_pools(),
+            outbox=[
+                (e.event_id, getattr(e, "type", ""), e.partition_key(), encode_event(e))
+                for e in self.outbox
             ],
-            [c.updated_at for _, c in dirty],
+            inbox=self.inbox,
         )
+        self._take_admissions(changes)
+        self._take_reservations(changes)
+        self.new_endings, self.outbox, self.inbox = [], [], []
+        return changes
 
-    async def _flush_admissions(self, conn: Conn) -> None:
-        await tables.insert_admissions(conn, [a for a in self.admissions.values() if a.new])
-        changed = [a for a in self.admissions.values() if a.dirty and not a.new]
-        if changed:
-            await conn.execute(
-                """UPDATE admissions a SET status = v.status, ended_at = v.ended_at,
-                       end_reason = v.end_reason, order_id = v.order_id
-                   FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
-                        AS v(grant_, status, ended_at, end_reason, order_id)
-                   WHERE a.admission_grant = v.grant_""",
-                *tables.columns(changed, "grant status ended_at end_reason order_id"),
+    async def flush(self, conn: Conn) -> None:
+        """Write every change not yet written."""
+        await self.take_changes().write(conn)
+
+    def _take_experiences(self) -> list[tuple[Any, ...]]:
+        taken = [
+            (
+                i,
+                (s := self.experiences[i]).strategy.value,
+                s.window_seconds,
+                s.buffer_seconds,
+                s.pool_size,
+                s.multi_item_policy.value,
+                self.experiences_dirty[i],
             )
+            for i in sorted(self.experiences_dirty)
+        ]
+        self.experiences_dirty = {}
+        return taken
 
-    async def _flush_endings(self, conn: Conn) -> None:
-        await tables.insert_endings(conn, self.new_endings)
+    def _take_stock(self) -> list[tuple[str, str, int, int, int, datetime | None]]:
+        taken = []
+        for key, row in sorted(self.stock.items()):
+            if row.dirty:
+                taken.append((*key, row.on_hand, row.reserved, row.sold, row.updated_at))
+                row.dirty, row.updated_at = False, None
+        return taken
 
-    async def _flush_reservations(self, conn: Conn) -> None:
-        await tables.insert_reservations(conn, [r for r in self.reservations.values() if r.new])
-        changed = [r for r in self.reservations.values() if r.dirty and not r.new]
-        if changed:
-            await conn.execute(
-                """UPDATE reservations r SET status = v.status, converted_at = v.converted_at,
-                       order_id = v.order_id, ended_at = v.ended_at, end_reason = v.end_reason
-                   FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
-                               $5::timestamptz[], $6::text[])
-                        AS v(id, status, converted_at, order_id, ended_at, end_reason)
-                   WHERE r.id = v.id""",
-                *tables.columns(changed, "id status converted_at order_id ended_at end_reason"),
-            )
+    def _take_carts(self) -> list[tuple[str, str, str, datetime]]:
+        taken = []
+        for key, cart in sorted(self.carts.items()):
+            if cart.dirty:
+                items = [i.model_dump(mode="json", by_alias=True) for i in cart.items]
+                taken.append((*key, orjson.dumps(items).decode(), cart.updated_at))
+                cart.dirty = False
+        return taken
 
-    async def _flush_pools(self, conn: Conn) -> None:
-        dirty = sorted((k, p) for k, p in self.pools.items() if p.dirty)
-        if not dirty:
-            return
-        await conn.execute(
-            """INSERT INTO experience_pools (experience_id, product_id, variant_id, used)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
-               ON CONFLICT (experience_id, product_id, variant_id)
-               DO UPDATE SET used = EXCLUDED.used""",
-            [k[0] for k, _ in dirty],
-            [k[1] for k, _ in dirty],
-            [k[2] for k, _ in dirty],
-            [p.used for _, p in dirty],
-        )
+    def _take_pools(self) -> list[tuple[str, str, str, int]]:
+        taken = []
+        for key, pool in sorted(self.pools.items()):
+            if pool.dirty:
+                taken.append((*key, pool.used))
+                pool.dirty = False
+        return taken
 
-    async def _flush_outbox(self, conn: Conn) -> None:
-        if not self.outbox:
-            return
-        await conn.execute(
-            """INSERT INTO outbox (event_id, event_type, partition_key, payload)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
-               ON CONFLICT (event_id) DO NOTHING""",
-            [e.event_id for e in self.outbox],
-            [getattr(e, "type", "") for e in self.outbox],
-            [e.partition_key() for e in self.outbox],
-            [encode_event(e) for e in self.outbox],
-        )
+    def _take_admissions(self, changes: Changes) -> None:
+        new = [a for a in self.admissions.values() if a.new]
+        changes.new_admissions = tables.admission_records(new)
+        for a in self.admissions.values():
+            if a.dirty and not a.new:
+                changes.changed_admissions.append(
+                    (a.grant, a.status, a.ended_at, a.end_reason, a.order_id)
+                )
+            a.new = a.dirty = False
 
-    async def _flush_inbox(self, conn: Conn) -> None:
-        if not self.inbox:
-            return
-        cols = list(zip(*self.inbox, strict=True))
-        await conn.execute(
-            """INSERT INTO inbox (command_id, command_type, outcome, topic, partition, "offset")
-               SELECT i, t, o::jsonb, tp, p, off
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
-                           $6::bigint[]) AS v(i, t, o, tp, p, off)
-               ON CONFLICT (command_id) DO NOTHING""",
-            *[list(c) for c in cols],
-        )
+    def _take_reservations(self, changes: Changes) -> None:
+        new = [r for r in self.reservations.values() if r.new]
+        changes.new_reservations = tables.reservation_records(new)
+        for r in self.reservations.values():
+            if r.dirty and not r.new:
+                changes.changed_reservations.append(
+                    (r.id, r.status, r.converted_at, r.order_id, r.ended_at, r.end_reason)
+                )
+            r.new = r.dirty = False

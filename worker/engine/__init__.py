@@ -7,6 +7,7 @@ each command kind has its own module."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from worker.adapters import store
@@ -52,6 +53,13 @@ class Coordinates:
     offset: int
 
 
+# Commands decided between two writes of a batch, and between two yields to
+# the event loop while a write is in flight. The write of one part overlaps
+# the deciding of the next: PostgreSQL stores while Python decides.
+PART = 128
+YIELD_EVERY = 16
+
+
 async def apply_batch(
     conn: Conn,
     commands: list[tuple[Command, Coordinates]],
@@ -62,20 +70,45 @@ async def apply_batch(
     uow = UnitOfWork()
     await uow.load(conn, [c for c, _ in commands])
     results = []
-    for command, at in commands:
-        applied = apply_command(uow, command, defaults)
-        uow.record(
-            command.command_id,
-            command.type,
-            applied.outcome,
-            applied.events,
-            at.topic,
-            at.partition,
-            at.offset,
-        )
-        results.append(applied)
-    await uow.flush(conn)
+    writing: asyncio.Task[None] | None = None
+    try:
+        for n, (command, at) in enumerate(commands, 1):
+            applied = apply_command(uow, command, defaults)
+            uow.record(
+                command.command_id,
+                command.type,
+                applied.outcome,
+                applied.events,
+                at.topic,
+                at.partition,
+                at.offset,
+            )
+            results.append(applied)
+            if n % PART == 0 and n < len(commands):
+                writing = await _write_behind(conn, uow, writing)
+            elif writing is not None and n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the write in flight sends its next statement
+        if writing is not None:
+            await writing
+        await uow.flush(conn)
+    except BaseException:
+        if writing is not None:
+            # The transaction must not roll back under a statement in flight.
+            await asyncio.gather(writing, return_exceptions=True)
+        raise
     return results
+
+
+async def _write_behind(
+    conn: Conn, uow: UnitOfWork, previous: asyncio.Task[None] | None
+) -> asyncio.Task[None]:
+    """Start writing what the batch decided so far, once the previous part
+    is written (one connection: one statement at a time, parts in order)."""
+    if previous is not None:
+        await previous
+    writing = asyncio.create_task(uow.take_changes().write(conn))
+    await asyncio.sleep(0)  # let it send its first statement
+    return writing
 
 
 def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSettings) -> Applied:
