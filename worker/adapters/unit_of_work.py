@@ -22,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from pydantic import TypeAdapter
 
 from worker.adapters import rows as tables
 from worker.adapters.changes import Changes
@@ -45,6 +46,8 @@ from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus
 
 StockKey = tuple[str, str]
 Pair = tuple[str, str]
+# A stored cart's items in one call (jsonb comes back as text).
+_CART_ITEMS: TypeAdapter[list[CartLine]] = TypeAdapter(list[CartLine])
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,7 @@ class UnitOfWork:
             cons,
         )
         for r in rows:
-            items = [CartLine.model_validate(i) for i in orjson.loads(r["items"])]
+            items = _CART_ITEMS.validate_json(r["items"])
             self.carts[(r["experience_id"], r["consumer_id"])] = CartRow(items, r["updated_at"])
 
     async def _load_endings(self, conn: Conn, fp: Footprint) -> None:

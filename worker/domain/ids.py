@@ -50,7 +50,13 @@ def reservation_id(
 
 def event_id(command: uuid.UUID, seq: int) -> uuid.UUID:
     """The n-th event a command produced: stable across re-deliveries."""
-    return uuid5(f"event:{command}:{seq}")
+    return uuid5(f"{event_id_prefix(command)}{seq}")
+
+
+def event_id_prefix(command: uuid.UUID) -> str:
+    """What `event_id` names before the position: computed once per command
+    by callers that number several events."""
+    return f"event:{command}:"
 
 
 def expiry_source_id(grant_digest_hex: str, expires_at: datetime) -> str:

@@ -26,10 +26,12 @@ class Events:
     def __init__(self, command: CommandBase) -> None:
         self.command = command
         self.items: list[EventBase] = []
+        self._id_prefix = ids.event_id_prefix(command.command_id)
 
     def common(self) -> dict[str, Any]:
         return {
-            "event_id": ids.event_id(self.command.command_id, len(self.items)),
+            # ids.event_id(command_id, n), without formatting the id each time
+            "event_id": ids.uuid5(f"{self._id_prefix}{len(self.items)}"),
             "command_id": self.command.command_id,
             "occurred_at": self.command.occurred_at,
         }
