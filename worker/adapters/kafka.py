@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -21,6 +24,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
 
 from worker import metrics
 from worker.config import Settings
@@ -211,3 +215,175 @@ async def producer_from(slot: ProducerSlot, timeout: float) -> AsyncIterator[AIO
         if is_fatal(exc):
             await slot.replace(producer, timeout)
         raise
+
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass
+class _Round:
+    """Records bound for one partition, handed to aiokafka as one batch, with
+    the futures of the requests waiting for their acknowledgement."""
+
+    builder: Any
+    due: float  # loop time
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    deadline: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Lane:
+    """One partition's rounds, oldest first; one pump hands them over in order."""
+
+    rounds: list[_Round] = field(default_factory=list)
+    pumping: bool = False
+
+
+class AcknowledgedSender:
+    """Sends records and waits until Kafka acknowledged them (the producer's
+    acks=all), like send_and_wait under a deadline, for many concurrent
+    callers at a fraction of the CPU.
+
+    Each record is appended to an aiokafka batch of its partition; one pump
+    per partition submits the batches in order (send_batch), and one deadline
+    timer per batch fails its waiters with TimeoutError. Per record that is
+    one append and one future, instead of send()'s coroutines, partitioner and
+    metadata per record and a timer per caller (uvloop makes each a libuv
+    timer). The batching is aiokafka's own: while a produce request is in
+    flight the next batch of each partition fills.
+
+    Partitions are chosen as aiokafka's default partitioner does (murmur2 of
+    the key over the partitions sorted by id), so a key lands where the other
+    producers of the service put it. Records are not retried here: an error
+    or the deadline reaches every waiter of the batch, and a batch that lands
+    after all is deduplicated downstream by its command id."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._producer: AIOKafkaProducer | None = None
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    async def send(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: Headers | None = None,
+    ) -> None:
+        """Return once Kafka acknowledged the record; raise the producer's
+        error, or TimeoutError past the deadline."""
+        if producer is not self._producer:
+            # A replaced producer: its lanes drain on their own.
+            self._producer, self._lanes = producer, {}
+        partition = await self._partition(producer, topic, key)
+        lane = self._lanes.get((topic, partition))
+        if lane is None:
+            lane = self._lanes[(topic, partition)] = _Lane()
+        # aiokafka's record builder takes a list, nothing else.
+        waiter = self._append(producer, lane, key, value, headers or [])
+        if not lane.pumping:
+            lane.pumping = True
+            pump = asyncio.create_task(self._pump(producer, topic, partition, lane))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+        await waiter
+
+    async def close(self) -> None:
+        for pump in list(self._pumps):
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+
+    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+        partitions = producer.client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            # Metadata not known yet (first record, or a topic that may not
+            # exist): aiokafka fetches it, bounded by the deadline.
+            async with asyncio.timeout(self.timeout):
+                partitions = await producer.partitions_for(topic)
+        ordered = sorted(partitions)
+        return int(ordered[_key_hash(key) % len(ordered)])
+
+    def _append(
+        self, producer: AIOKafkaProducer, lane: _Lane, key: bytes, value: bytes, headers: Headers
+    ) -> asyncio.Future[None]:
+        current = lane.rounds[-1] if lane.rounds else None
+        if (
+            current is None
+            or current.builder.append(timestamp=None, key=key, value=value, headers=headers) is None
+        ):
+            # No open batch, or it is full: the first record always fits.
+            current = self._open_round(producer)
+            lane.rounds.append(current)
+            current.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        current.waiters.append(waiter)
+        return waiter
+
+    def _open_round(self, producer: AIOKafkaProducer) -> _Round:
+        loop = asyncio.get_running_loop()
+        opened = _Round(producer.create_batch(), loop.time() + self.timeout)
+        opened.deadline = loop.call_at(opened.due, _settle, opened, TimeoutError())
+        return opened
+
+    async def _pump(
+        self, producer: AIOKafkaProducer, topic: str, partition: int, lane: _Lane
+    ) -> None:
+        try:
+            while lane.rounds:
+                # Taken out before awaiting: what arrives meanwhile starts
+                # the next batch, submitted once aiokafka took this one.
+                sending = lane.rounds.pop(0)
+                await self._submit(producer, topic, partition, sending)
+        finally:
+            lane.pumping = False
+
+    async def _submit(
+        self, producer: AIOKafkaProducer, topic: str, partition: int, sending: _Round
+    ) -> None:
+        try:
+            # aiokafka takes one pending batch per partition: this waits
+            # until the previous one left in a produce request.
+            async with asyncio.timeout_at(sending.due):
+                acknowledged = await producer.send_batch(
+                    sending.builder, topic, partition=partition
+                )
+        except asyncio.CancelledError:
+            _settle(sending, None)
+            raise
+        except Exception as exc:
+            _settle(sending, exc)
+            return
+        acknowledged.add_done_callback(functools.partial(_on_acknowledged, sending))
+
+
+def _on_acknowledged(sending: _Round, acknowledged: asyncio.Future[Any]) -> None:
+    if acknowledged.cancelled():
+        _settle(sending, None)
+    else:
+        _settle(sending, acknowledged.exception(), acknowledged=True)
+
+
+def _settle(sending: _Round, error: BaseException | None, acknowledged: bool = False) -> None:
+    """Answer the batch's waiters: acknowledged, failed with `error`, or
+    (neither) cancelled."""
+    if sending.deadline is not None:
+        sending.deadline.cancel()
+    for waiter in sending.waiters:
+        if waiter.done():
+            continue
+        if error is not None:
+            # One copy each: one exception raised in many tasks would chain
+            # their tracebacks (aiokafka copies too, its issue #246).
+            waiter.set_exception(copy.copy(error))
+        elif acknowledged:
+            waiter.set_result(None)
+        else:
+            waiter.cancel()
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_hash(key: bytes) -> int:
+    # Keys are experience ids, few and repeated; murmur2 is pure Python.
+    return int(murmur2(key)) & 0x7FFFFFFF

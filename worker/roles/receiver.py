@@ -75,6 +75,7 @@ READ_CHUNK = 64 * 1024
 PLAIN_JSON = frozenset({"application/json", "application/json; charset=utf-8"})
 
 PRODUCER_KEY = web.AppKey("producer", kafka.ProducerSlot)
+SENDER_KEY = web.AppKey("sender", kafka.AcknowledgedSender)
 
 
 @dataclass
@@ -379,12 +380,8 @@ class WebhookHandler:
         """None once Kafka acknowledged the record; the 503 answer otherwise."""
         slot = request.app[PRODUCER_KEY]
         producer = slot.current
-        timeout = self.settings.produce_timeout_seconds
         try:
-            # A timeout scope, not wait_for: that would wrap each send in a
-            # task of its own.
-            async with asyncio.timeout(timeout):
-                await producer.send_and_wait(topic, value, key=key, headers=headers)
+            await request.app[SENDER_KEY].send(producer, topic, key, value, headers)
         except Exception as exc:
             # Whatever went wrong, the record is not known to be durable, and
             # that is exactly what 503 tells Fanfare: try again later. A record
@@ -392,7 +389,7 @@ class WebhookHandler:
             metrics.WEBHOOK_PRODUCE_ERRORS.labels(type(exc).__name__).inc()
             if kafka.is_fatal(exc):
                 # Fanfare's retry then finds a working producer.
-                await slot.replace(producer, timeout)
+                await slot.replace(producer, self.settings.produce_timeout_seconds)
             reply = _rejected(
                 503,
                 "BROKER_UNAVAILABLE",
@@ -448,8 +445,11 @@ def build_app(
     app = web.Application()
     slot = kafka.ProducerSlot(producer, producer_factory)
     app[PRODUCER_KEY] = slot
+    sender = kafka.AcknowledgedSender(settings.produce_timeout_seconds)
+    app[SENDER_KEY] = sender
 
     async def close_replacements(_: web.Application) -> None:
+        await sender.close()
         await slot.close(settings.produce_timeout_seconds)
 
     app.on_cleanup.append(close_replacements)
