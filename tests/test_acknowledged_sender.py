@@ -42,11 +42,16 @@ class FakeProducer:
     def __init__(self, partitions: int = 4) -> None:
         self.client = _Client(partitions)
         self.submitted: list[tuple[int, int, asyncio.Future[Any]]] = []
+        # Set: send_batch waits for it, as aiokafka does while the
+        # partition's previous batch is still pending.
+        self.slot_free: asyncio.Event | None = None
 
     def create_batch(self) -> BatchBuilder:
         return BatchBuilder(16384, 0)
 
     async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+        if self.slot_free is not None:
+            await self.slot_free.wait()
         acknowledged: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.submitted.append((partition, batch.record_count(), acknowledged))
         return acknowledged
@@ -125,6 +130,22 @@ async def test_no_acknowledgement_by_the_deadline_is_a_timeout() -> None:
     with pytest.raises(TimeoutError):
         await sender.send(producer, TOPIC, b"k", b"v")
     assert 0.15 < time.monotonic() - started < 2
+
+
+async def test_a_batch_past_its_deadline_is_never_handed_to_the_producer() -> None:
+    producer = FakeProducer(partitions=1)
+    producer.slot_free = asyncio.Event()
+    sender = kafka.AcknowledgedSender(timeout=0.2)
+    # The first batch is being handed over (aiokafka waits for a free slot);
+    # the second one forms meanwhile, and both run out of time.
+    first = asyncio.create_task(sender.send(producer, TOPIC, b"k", b"1"))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(sender.send(producer, TOPIC, b"k", b"2"))
+    errors = await _settled([first, second])
+    assert all(isinstance(e, TimeoutError) for e in errors)
+    producer.slot_free.set()
+    await asyncio.sleep(0.05)
+    assert [count for _, count, _ in producer.submitted] == [1], "the second batch went out"
 
 
 async def test_unknown_topic_metadata_is_bounded_by_the_deadline() -> None:

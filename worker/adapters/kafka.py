@@ -342,13 +342,15 @@ class AcknowledgedSender:
     async def _submit(
         self, producer: AIOKafkaProducer, topic: str, partition: int, sending: _Round
     ) -> None:
+        if all(waiter.done() for waiter in sending.waiters):
+            # Past its deadline or abandoned: nobody waits for these records.
+            _settle(sending, None)
+            return
         try:
             # aiokafka takes one pending batch per partition: this waits
-            # until the previous one left in a produce request.
-            async with asyncio.timeout_at(sending.due):
-                acknowledged = await producer.send_batch(
-                    sending.builder, topic, partition=partition
-                )
+            # until the previous one left in a produce request, at most the
+            # producer's request timeout (the waiters have their deadline).
+            acknowledged = await producer.send_batch(sending.builder, topic, partition=partition)
         except asyncio.CancelledError:
             _settle(sending, None)
             raise
