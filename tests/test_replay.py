@@ -31,6 +31,7 @@ from tests.traffic import ROWS, T0, stock_levels, traffic
 from worker.adapters import kafka
 from worker.config import Settings
 from worker.domain.events import AdmissionRecorded, ReservationEnded, ReservationRejected
+from worker.replay import sink
 from worker.replay.diff import compare
 from worker.replay.fold import Known, Needs, fold, needs
 from worker.replay.sink import Planned, Planner
@@ -75,8 +76,8 @@ def test_fold_across_batches_equals_one_batch(size: int) -> None:
 class _MemoryPlanner(Planner):
     """The planner over `Tables`: what the writer has committed so far."""
 
-    def __init__(self, tables: Tables) -> None:
-        super().__init__(cast(Any, None))
+    def __init__(self, tables: Tables, fresh: bool) -> None:
+        super().__init__(cast(Any, None), fresh=fresh)
         self.tables = tables
         self.applied: set[int] = set()
 
@@ -92,19 +93,26 @@ class _MemoryPlanner(Planner):
         self.committed(planned)
 
 
-@pytest.mark.parametrize("seed", range(4))
-async def test_planning_ahead_of_the_writer_equals_one_batch(seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "fresh", "remembered"),
+    [(0, False, 0), (1, False, 0), (2, True, 10**9), (3, True, 10**9), (4, True, 300)],
+)
+async def test_planning_ahead_of_the_writer_equals_one_batch(
+    seed: int, fresh: bool, remembered: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Batches are folded while up to four earlier ones are not committed
     yet: what those will write (applied ids, admissions' strategies,
     remembered endings) must count as written, and an event the relay sent
-    again (even into a batch still pending) must fold once."""
+    again (even into a batch still pending) must fold once; also when the
+    planner remembers the ids of a fresh target, and after it forgot them."""
+    monkeypatch.setattr(sink, "REMEMBERED_IDS", remembered)
     uow, events = _engine(seed)
     rng = random.Random(seed)
     log = [(n, e) for n, e in enumerate(events)]
     for _ in range(40):  # resends, a few events later in the log
         at = rng.randrange(len(log))
         log.insert(min(len(log), at + rng.randint(1, 30)), log[at])
-    planner = _MemoryPlanner(Tables())
+    planner = _MemoryPlanner(Tables(), fresh)
     in_flight: list[Planned] = []
     folded = i = 0
     while i < len(log):

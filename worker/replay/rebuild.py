@@ -173,7 +173,8 @@ async def _fold_log(
     batch_events: int,
     result: ReplayResult,
 ) -> None:
-    planner = Planner(reader)
+    fresh = not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM replay_applied)")
+    planner = Planner(reader, fresh=fresh)
     async for planned in _read_ahead(_planned(source, planner, batch_events)):
         await _write(conn, planned)
         planner.committed(planned)

@@ -24,6 +24,9 @@ from worker.adapters.store import Conn
 from worker.domain.events import Event
 from worker.replay.fold import Changes, Known, Needs, fold, needs
 
+# Event ids a planner remembers at most (about 70 bytes each).
+REMEMBERED_IDS = 2_000_000
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -55,9 +58,14 @@ class Planner:
     be the writer's connection: it sees only committed rows, and the batches
     planned but not committed yet are overlaid from memory."""
 
-    def __init__(self, reader: Conn) -> None:
+    def __init__(self, reader: Conn, *, fresh: bool = False) -> None:
         self.reader = reader
         self.pending: deque[tuple[Planned, _Pending]] = deque()
+        # If the target had applied no event before this run (`fresh`), the
+        # applied ones are exactly those this run planned: remembering their
+        # ids spares PostgreSQL a lookup per event. Past REMEMBERED_IDS the
+        # planner forgets them and asks again.
+        self.planned_ids: set[int] | None = set() if fresh else None
 
     async def plan(self, batch: Sequence[tuple[int, Event]]) -> Planned:
         todo = await self._unapplied(batch)
@@ -81,19 +89,17 @@ class Planner:
 
     async def _unapplied(self, batch: Sequence[tuple[int, Event]]) -> list[tuple[int, Event]]:
         # Ids as ints: uuid.UUID hashes in Python, an int in C.
+        if self.planned_ids is not None:
+            if len(self.planned_ids) + len(batch) <= REMEMBERED_IDS:
+                return _first_times(batch, self.planned_ids)
+            self.planned_ids = None
         # Pending ids are taken before the query: a batch committing in
         # between is then either still pending here or visible to the query.
         seen: set[int] = set().union(*(p.event_ids for _, p in self.pending))
         ask = [e.event_id for _, e in batch if e.event_id.int not in seen]
         if ask:
             seen |= await self.committed_applied(ask)
-        todo: list[tuple[int, Event]] = []
-        for seq, event in batch:
-            key = event.event_id.int
-            if key not in seen:
-                seen.add(key)  # the relay may repeat an event in the log
-                todo.append((seq, event))
-        return todo
+        return _first_times(batch, seen)
 
     async def _known(self, wanted: Needs) -> Known:
         strategies: dict[str, str] = {}
@@ -119,6 +125,18 @@ class Planner:
 
     async def committed_known(self, wanted: Needs) -> Known:
         return await load_known(self.reader, wanted)
+
+
+def _first_times(batch: Sequence[tuple[int, Event]], seen: set[int]) -> list[tuple[int, Event]]:
+    """The events of `batch` whose id is not in `seen`, adding them to it:
+    the relay may repeat an event in the log."""
+    todo: list[tuple[int, Event]] = []
+    for seq, event in batch:
+        key = event.event_id.int
+        if key not in seen:
+            seen.add(key)
+            todo.append((seq, event))
+    return todo
 
 
 def _pending(planned: Planned) -> _Pending:
