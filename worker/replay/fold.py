@@ -130,14 +130,20 @@ class Changes:
 
 def needs(events: Iterable[Event]) -> Needs:
     n = Needs()
+    # The fold knows the strategy of an admission recorded earlier in the
+    # same events: only the others are looked up.
+    recorded: set[str] = set()
     # Exact classes (no event class is subclassed): a `match` would make a
     # Python-level ABCMeta.__instancecheck__ call for every class it misses.
     for e in events:
         if type(e) is ReservationEnded or type(e) is ReservationRejected:
-            n.grants.add(e.grant_digest)
-        elif type(e) is AdmissionRecorded and e.end_reason is not None:
-            n.ending_grants.add(e.grant_digest)
-            n.ending_pairs.add((e.experience_id, e.consumer_id))
+            if e.grant_digest not in recorded:
+                n.grants.add(e.grant_digest)
+        elif type(e) is AdmissionRecorded:
+            recorded.add(e.grant_digest)
+            if e.end_reason is not None:
+                n.ending_grants.add(e.grant_digest)
+                n.ending_pairs.add((e.experience_id, e.consumer_id))
     return n
 
 
