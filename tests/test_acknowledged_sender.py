@@ -25,9 +25,19 @@ TOPIC = "commands"
 class _Cluster:
     def __init__(self, partitions: int) -> None:
         self.partitions = set(range(partitions))
+        self.listeners: list[Any] = []
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
-        return self.partitions if topic == TOPIC else None
+        return set(self.partitions) if topic == TOPIC else None
+
+    def add_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def grow(self, partitions: int) -> None:
+        """New metadata, as aiokafka announces it to its listeners."""
+        self.partitions = set(range(partitions))
+        for listener in self.listeners:
+            listener(self)
 
 
 class _Client:
@@ -94,6 +104,24 @@ async def test_a_key_always_lands_on_the_same_partition() -> None:
         producer.acknowledge_all()
         await send
     assert len({p for p, _, _ in producer.submitted}) == 1
+
+
+async def test_partitions_follow_the_producers_metadata() -> None:
+    producer = FakeProducer(partitions=1)
+    sender = kafka.AcknowledgedSender(timeout=5)
+    keys = [f"experience-{i}".encode() for i in range(20)]
+
+    async def send_all() -> set[int]:
+        producer.submitted.clear()
+        sends = [asyncio.create_task(sender.send(producer, TOPIC, k, b"v")) for k in keys]
+        await asyncio.sleep(0.01)
+        producer.acknowledge_all()
+        assert await _settled(sends) == [None] * len(keys)
+        return {p for p, _, _ in producer.submitted}
+
+    assert await send_all() == {0}
+    producer.client.cluster.grow(6)
+    assert len(await send_all()) > 1, "still on the partitions of the old metadata"
 
 
 async def test_records_arriving_while_a_batch_waits_form_the_next_batch() -> None:

@@ -263,6 +263,9 @@ class AcknowledgedSender:
         self._producer: AIOKafkaProducer | None = None
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._pumps: set[asyncio.Task[None]] = set()
+        # Each topic's partitions, sorted, until the producer's metadata
+        # changes (aiokafka builds a new set on every lookup).
+        self._partitions: dict[str, list[int]] = {}
 
     async def send(
         self,
@@ -276,8 +279,10 @@ class AcknowledgedSender:
         error, or TimeoutError past the deadline."""
         if producer is not self._producer:
             # A replaced producer: its lanes drain on their own.
-            self._producer, self._lanes = producer, {}
-        partition = await self._partition(producer, topic, key)
+            self._producer, self._lanes, self._partitions = producer, {}, {}
+            producer.client.cluster.add_listener(self._metadata_changed)
+        ordered = self._partitions.get(topic) or await self._partitions_of(producer, topic)
+        partition = ordered[_key_hash(key) % len(ordered)]
         lane = self._lanes.get((topic, partition))
         if lane is None:
             lane = self._lanes[(topic, partition)] = _Lane()
@@ -295,15 +300,18 @@ class AcknowledgedSender:
             pump.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
 
-    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+    async def _partitions_of(self, producer: AIOKafkaProducer, topic: str) -> list[int]:
         partitions = producer.client.cluster.partitions_for_topic(topic)
         if not partitions:
             # Metadata not known yet (first record, or a topic that may not
             # exist): aiokafka fetches it, bounded by the deadline.
             async with asyncio.timeout(self.timeout):
                 partitions = await producer.partitions_for(topic)
-        ordered = sorted(partitions)
-        return int(ordered[_key_hash(key) % len(ordered)])
+        ordered = self._partitions[topic] = sorted(partitions)
+        return ordered
+
+    def _metadata_changed(self, _: Any) -> None:
+        self._partitions = {}
 
     def _append(
         self, producer: AIOKafkaProducer, lane: _Lane, key: bytes, value: bytes, headers: Headers
