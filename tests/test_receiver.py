@@ -50,7 +50,19 @@ from worker.roles.receiver import (
 pytestmark = pytest.mark.integration
 
 Client = TestClient[web.Request, web.Application]
+# Signing time of a test's requests, refreshed before each test: fixed at
+# import, it went stale once the suite had run for longer than the 300 s
+# tolerance before reaching these tests (seen under load), and every request
+# the real clock checks then failed with TIMESTAMP_OUT_OF_TOLERANCE.
 NOW = int(datetime.now(UTC).timestamp())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    global NOW
+    NOW = int(datetime.now(UTC).timestamp())
+
+
 NEXT_SECRET = "whsec_test_next_5555555555"
 
 
@@ -70,12 +82,13 @@ async def _post(
     value: Any,
     secret: str = SECRET,
     *,
-    timestamp: int = NOW,
+    timestamp: int | None = None,
     **options: Any,
 ) -> tuple[int, dict[str, Any]]:
     body = value if isinstance(value, bytes) else dumps(value)
+    at = NOW if timestamp is None else timestamp
     async with client.post(
-        WEBHOOK_PATH, data=body, headers=signed(body, secret, timestamp, **options)
+        WEBHOOK_PATH, data=body, headers=signed(body, secret, at, **options)
     ) as r:
         return r.status, await r.json()
 
