@@ -35,7 +35,7 @@ BATCH_EVENTS = 10_000
 # Events decoded between two chances for the writer to run.
 _DECODE_SLICE = 500
 # Batches between two full collections while the collector is paused.
-_COLLECT_EVERY = 20
+_COLLECT_EVERY = 100
 
 
 class ReplayError(RuntimeError):
