@@ -48,7 +48,7 @@ class Changes:
         await self._admission_updates(conn)
         await tables.insert_endings(conn, self.new_endings)
         await tables.copy_reservations(conn, self.new_reservations)
-        await self._reservation_updates(conn)
+        await tables.update_reservation_ends(conn, self.changed_reservations)
         await self._pools(conn)
         await self._outbox(conn)
         await self._inbox(conn)
@@ -91,19 +91,6 @@ class Changes:
                     AS v(grant_, status, ended_at, end_reason, order_id)
                WHERE a.admission_grant = v.grant_""",
             *_columns(self.changed_admissions),
-        )
-
-    async def _reservation_updates(self, conn: Conn) -> None:
-        if not self.changed_reservations:
-            return
-        await conn.execute(
-            """UPDATE reservations r SET status = v.status, converted_at = v.converted_at,
-                   order_id = v.order_id, ended_at = v.ended_at, end_reason = v.end_reason
-               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
-                           $5::timestamptz[], $6::text[])
-                    AS v(id, status, converted_at, order_id, ended_at, end_reason)
-               WHERE r.id = v.id""",
-            *_columns(self.changed_reservations),
         )
 
     async def _pools(self, conn: Conn) -> None:

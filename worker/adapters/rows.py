@@ -155,6 +155,22 @@ async def insert_reservations(conn: Conn, rows: Sequence[ReservationRow]) -> Non
     await copy_reservations(conn, reservation_records(rows))
 
 
+async def update_reservation_ends(conn: Conn, ends: Sequence[tuple[Any, ...]]) -> None:
+    """Holds that ended or converted: (id, status, converted_at, order_id,
+    ended_at, end_reason) each."""
+    if not ends:
+        return
+    await conn.execute(
+        """UPDATE reservations r SET status = v.status, converted_at = v.converted_at,
+               order_id = v.order_id, ended_at = v.ended_at, end_reason = v.end_reason
+           FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
+                       $5::timestamptz[], $6::text[])
+                AS v(id, status, converted_at, order_id, ended_at, end_reason)
+           WHERE r.id = v.id""",
+        *[list(column) for column in zip(*ends, strict=True)],
+    )
+
+
 async def upsert_experiences(
     conn: Conn,
     ids: list[str],
