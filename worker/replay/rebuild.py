@@ -31,7 +31,7 @@ T = TypeVar("T")
 # One replay per target at a time: two would both see an event as not yet
 # applied and fold it twice.
 REPLAY_LOCK_KEY = 0x5245504C4159  # "REPLAY"
-BATCH_EVENTS = 10_000
+BATCH_EVENTS = 25_000  # as the CLI's --batch-events default
 # Events decoded between two chances for the writer to run.
 _DECODE_SLICE = 500
 # Batches between two full collections while the collector is paused.
