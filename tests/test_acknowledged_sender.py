@@ -176,6 +176,23 @@ async def test_a_batch_past_its_deadline_is_never_handed_to_the_producer() -> No
     assert [count for _, count, _ in producer.submitted] == [1], "the second batch went out"
 
 
+async def test_a_record_gets_most_of_its_own_deadline_even_when_kafka_stalls() -> None:
+    producer = FakeProducer(partitions=1)
+    producer.slot_free = asyncio.Event()  # Kafka takes nothing
+    sender = kafka.AcknowledgedSender(timeout=0.5)
+    early = asyncio.create_task(sender.send(producer, TOPIC, b"k", b"1"))
+    await asyncio.sleep(0.01)
+    held = asyncio.create_task(sender.send(producer, TOPIC, b"k", b"2"))
+    await asyncio.sleep(0.3)
+    late = asyncio.create_task(sender.send(producer, TOPIC, b"k", b"3"))
+    late_started = time.monotonic()
+    assert all(isinstance(e, TimeoutError) for e in await _settled([early, held]))
+    assert not late.done(), "failed with an older batch's deadline"
+    with pytest.raises(TimeoutError):
+        await late
+    assert time.monotonic() - late_started >= 0.5 * (1 - kafka.JOIN_WINDOW) - 0.02
+
+
 async def test_unknown_topic_metadata_is_bounded_by_the_deadline() -> None:
     sender = kafka.AcknowledgedSender(timeout=0.2)
     with pytest.raises(TimeoutError):

@@ -218,6 +218,8 @@ async def producer_from(slot: ProducerSlot, timeout: float) -> AsyncIterator[AIO
 
 
 Headers = list[tuple[str, bytes]]
+# The share of the deadline during which a batch takes more records.
+JOIN_WINDOW = 0.1
 
 
 @dataclass
@@ -316,16 +318,21 @@ class AcknowledgedSender:
     def _append(
         self, producer: AIOKafkaProducer, lane: _Lane, key: bytes, value: bytes, headers: Headers
     ) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
         current = lane.rounds[-1] if lane.rounds else None
         if (
             current is None
+            # A record joins a batch only while it has most of its deadline
+            # left, so a caller is never answered 503 long before its own
+            # deadline (batches wait that long only when Kafka stalls).
+            or current.due - loop.time() < self.timeout * (1 - JOIN_WINDOW)
             or current.builder.append(timestamp=None, key=key, value=value, headers=headers) is None
         ):
-            # No open batch, or it is full: the first record always fits.
+            # No open batch, too old, or full: the first record always fits.
             current = self._open_round(producer)
             lane.rounds.append(current)
             current.builder.append(timestamp=None, key=key, value=value, headers=headers)
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = loop.create_future()
         current.waiters.append(waiter)
         return waiter
 
