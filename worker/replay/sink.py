@@ -48,7 +48,6 @@ class Planned:
 class _Pending:
     """What a planned batch will write that later batches read back."""
 
-    event_ids: set[int] = field(default_factory=set)  # UUID.int
     strategies: dict[str, str] = field(default_factory=dict)
     endings: list[EndingRow] = field(default_factory=list)
 
@@ -95,7 +94,7 @@ class Planner:
             self.planned_ids = None
         # Pending ids are taken before the query: a batch committing in
         # between is then either still pending here or visible to the query.
-        seen: set[int] = set().union(*(p.event_ids for _, p in self.pending))
+        seen = {i.int for planned, _ in self.pending for i, _ in planned.applied}
         ask = [e.event_id for _, e in batch if e.event_id.int not in seen]
         if ask:
             seen |= await self.committed_applied(ask)
@@ -142,7 +141,6 @@ def _first_times(batch: Sequence[tuple[int, Event]], seen: set[int]) -> list[tup
 def _pending(planned: Planned) -> _Pending:
     c = planned.changes
     return _Pending(
-        {i.int for i, _ in planned.applied},
         {g: a.strategy for g, a in c.admissions.items()},
         list(c.endings),
     )
