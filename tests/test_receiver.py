@@ -234,10 +234,16 @@ async def test_unknown_and_inert_types_are_acknowledged_and_produce_nothing(
         ("order.cancelled", "not_reservation_relevant"),
         ("distribution.started", "not_reservation_relevant"),
     ]
-    for event_type, reason in cases:
-        status, body = await _post(client, envelope(event_type, {"queueId": "q"}))
-        assert status == 200, body
-        assert (body["status"], body["reason"]) == ("ignored", reason)
+    with structlog.testing.capture_logs() as logs:
+        for event_type, reason in cases:
+            status, body = await _post(client, envelope(event_type, {"queueId": "q"}))
+            assert status == 200, body
+            assert (body["status"], body["reason"]) == ("ignored", reason)
+    # Logged at the default level (only accepted webhooks are debug-only).
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("webhook_ignored", "info"),
+        *[("webhook_not_acted_on", "info")] * 3,
+    ]
     status, body = await _post(
         client, envelope("queue.consumer.completed", {"queueId": "q", "consumerId": "c"})
     )
