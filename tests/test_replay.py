@@ -20,6 +20,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from aiokafka import ConsumerRecord
 
 from tests import builders as b
 from tests.conftest import service_env
@@ -30,10 +31,16 @@ from tests.stack import Stack
 from tests.traffic import ROWS, T0, stock_levels, traffic
 from worker.adapters import kafka
 from worker.config import Settings
-from worker.domain.events import AdmissionRecorded, ReservationEnded, ReservationRejected
+from worker.domain.events import (
+    AdmissionRecorded,
+    ReservationEnded,
+    ReservationRejected,
+    encode_event,
+)
 from worker.replay import sink
 from worker.replay.diff import compare
 from worker.replay.fold import Known, Needs, fold, needs
+from worker.replay.rebuild import ReplayError, _decode_all
 from worker.replay.sink import Planned, Planner
 from worker.replay.source import Start
 from worker.roles.relay import SEQ_HEADER
@@ -128,6 +135,22 @@ async def test_planning_ahead_of_the_writer_equals_one_batch(
         planner.commit(planned)
     assert planner.tables.rows() == engine_rows(uow)
     assert folded == len(events)
+
+
+def _record(offset: int, value: bytes) -> Any:
+    return ConsumerRecord("t", 3, offset, 0, 0, None, value, None, 0, len(value), [])
+
+
+def test_a_malformed_event_stops_the_replay_naming_it() -> None:
+    """Events are decoded a slice at a time; the error still names the one
+    record that does not validate."""
+    _, events = _engine(0)
+    good = encode_event(events[0])
+    bad = good.replace(b'"eventId":"', b'"eventId":"x', 1)
+    records = [(1, _record(6, good)), (2, _record(7, bad)), (3, _record(8, good))]
+    with pytest.raises(ReplayError, match=r"event at t 3:7 cannot be decoded"):
+        _decode_all(records)
+    assert [e for _, e in _decode_all(records[:1])] == events[:1]
 
 
 def test_traffic_exercises_every_fact() -> None:
