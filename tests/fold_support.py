@@ -10,6 +10,7 @@ from uuid import UUID
 
 import orjson
 
+from worker.adapters import rows as tables
 from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
 from worker.adapters.unit_of_work import StockRow, UnitOfWork
 from worker.domain.commands import Command, CommandBase, SetStock
@@ -28,37 +29,10 @@ from worker.replay.fold import (
 
 Rows = dict[str, dict[Any, tuple[Any, ...]]]
 
-ADMISSION_COLUMNS = [
-    "experience_id",
-    "consumer_id",
-    "admitted_at",
-    "expires_at",
-    "status",
-    "strategy",
-    "window_seconds",
-    "buffer_seconds",
-    "command_id",
-    "ended_at",
-    "end_reason",
-    "order_id",
-]
+# The tables' columns but the key, as attribute names of the row dataclasses.
+ADMISSION_COLUMNS = [c for c in tables.ADMISSION_COLUMNS if c != "admission_grant"]
 RESERVATION_COLUMNS = [
-    "experience_id",
-    "consumer_id",
-    "grant",
-    "product_id",
-    "variant_id",
-    "quantity",
-    "status",
-    "created_at",
-    "expires_at",
-    "converted_at",
-    "order_id",
-    "ended_at",
-    "end_reason",
-    "strategy",
-    "window_seconds",
-    "buffer_seconds",
+    "grant" if c == "admission_grant" else c for c in tables.RESERVATION_COLUMNS if c != "id"
 ]
 ENDING_COLUMNS = ["experience_id", "consumer_id", "grant", "outcome", "reason", "ended_at"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from worker.adapters import rows as tables
 from worker.adapters.store import Conn
 
 
@@ -63,20 +64,7 @@ FACT_TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "admissions",
         ("admission_grant",),
-        (
-            "experience_id",
-            "consumer_id",
-            "admitted_at",
-            "expires_at",
-            "status",
-            "strategy",
-            "window_seconds",
-            "buffer_seconds",
-            "command_id",
-            "ended_at",
-            "end_reason",
-            "order_id",
-        ),
+        tuple(c for c in tables.ADMISSION_COLUMNS if c != "admission_grant"),
     ),
     TableSpec(
         "admission_endings",
@@ -84,28 +72,7 @@ FACT_TABLES: tuple[TableSpec, ...] = (
         ("experience_id", "consumer_id", "admission_grant", "outcome", "reason", "ended_at"),
     ),
     TableSpec("experience_pools", ("experience_id", "product_id", "variant_id"), ("used",)),
-    TableSpec(
-        "reservations",
-        ("id",),
-        (
-            "experience_id",
-            "consumer_id",
-            "admission_grant",
-            "product_id",
-            "variant_id",
-            "quantity",
-            "status",
-            "created_at",
-            "expires_at",
-            "converted_at",
-            "order_id",
-            "ended_at",
-            "end_reason",
-            "strategy",
-            "window_seconds",
-            "buffer_seconds",
-        ),
-    ),
+    TableSpec("reservations", ("id",), tuple(c for c in tables.RESERVATION_COLUMNS if c != "id")),
 )
 TABLES_BY_NAME = {t.name: t for t in FACT_TABLES}
 
