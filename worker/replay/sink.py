@@ -294,19 +294,11 @@ async def _endings(conn: Conn, c: Changes) -> None:
 async def _reservations(conn: Conn, c: Changes) -> None:
     if c.reservations:
         await tables.insert_reservations(conn, [c.reservations[i] for i in sorted(c.reservations)])
-    if c.reservation_ends:
-        ids: list[UUID] = sorted(c.reservation_ends)
-        ends = [c.reservation_ends[i] for i in ids]
-        await conn.execute(
-            """UPDATE reservations r SET status = v.status, converted_at = v.converted_at,
-                   order_id = v.order_id, ended_at = v.ended_at, end_reason = v.end_reason
-               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
-                           $5::timestamptz[], $6::text[])
-                    AS v(id, status, converted_at, order_id, ended_at, end_reason)
-               WHERE r.id = v.id""",
-            ids,
-            *tables.columns(ends, "status converted_at order_id ended_at end_reason"),
-        )
+    ends = [
+        (i, e.status, e.converted_at, e.order_id, e.ended_at, e.end_reason)
+        for i, e in sorted(c.reservation_ends.items())
+    ]
+    await tables.update_reservation_ends(conn, ends)
 
 
 async def _pools(conn: Conn, c: Changes) -> None:
