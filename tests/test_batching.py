@@ -5,6 +5,7 @@ rows, outcomes and events."""
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -14,9 +15,10 @@ from tests.isolated import isolated_settings
 from tests.stack import Stack
 from tests.test_crash import SNAPSHOT, _snapshot, _workload
 from tests.test_engine import DEFAULTS, assert_counters_match_rows
+from worker import engine
 from worker.config import Settings
 from worker.domain.commands import CommandBase
-from worker.engine import Coordinates, apply_batch, not_yet_applied
+from worker.engine import Coordinates, apply_batch, apply_isolating, not_yet_applied
 
 
 async def _apply_in_chunks(url: str, commands: list[CommandBase], chunk: int) -> None:
@@ -62,3 +64,49 @@ async def test_batches_of_many_equal_batches_of_one(
     for table in SNAPSHOT:
         assert one[table] == many[table], table
     assert len(one["reservations"]) > 100
+
+
+async def test_batches_written_behind_in_parts_equal_batches_of_one(
+    stack: Stack, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts of 8 written while the next is decided, yielding often so that
+    writes and decisions interleave: the same rows as one at a time."""
+    commands = _with_pool_and_duplicates(3)
+    snapshots = []
+    for chunk, part in ((1, engine.PART), (97, 8)):
+        monkeypatch.setattr(engine, "PART", part)
+        monkeypatch.setattr(engine, "YIELD_EVERY", 1)
+        async with isolated_settings(stack, settings, partitions=1) as iso:
+            await _apply_in_chunks(iso.database_url, commands, chunk)
+            snapshots.append(await _snapshot(iso.database_url))
+    one, parts = snapshots
+    for table in SNAPSHOT:
+        assert one[table] == parts[table], table
+    assert len(one["reservations"]) > 100
+
+
+async def test_a_refused_command_after_parts_were_written_isolates_the_culprit(
+    stack: Stack, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that fails after two parts of its batch went to PostgreSQL:
+    the batch rolls back with no statement in flight, the culprit alone is
+    refused, and every other command is applied once."""
+    monkeypatch.setattr(engine, "PART", 4)
+    monkeypatch.setattr(engine, "YIELD_EVERY", 1)
+    commands: list[CommandBase] = [b.stock("sku", 100)]
+    for n in range(6):
+        commands += [b.cart("drop", f"c{n}", b.line("sku", 1)), b.admit("drop", f"c{n}", f"g{n}")]
+    # Its window runs past the last representable instant: impossible.
+    culprit = b.admit("drop", "late", "g-late", at=datetime(9999, 12, 31, 23, 59, tzinfo=UTC))
+    commands.insert(8, culprit)  # right after a part went to PostgreSQL
+    async with isolated_settings(stack, settings, partitions=1) as iso:
+        conn = await asyncpg.connect(iso.database_url)
+        try:
+            placed = [(c, Coordinates("t", 0, n)) for n, c in enumerate(commands)]
+            applied, refused = await apply_isolating(conn, placed, DEFAULTS, ())  # type: ignore[arg-type]
+            assert [r.command for r in refused] == [culprit]
+            assert len(applied) == len(commands) - 1
+            assert await conn.fetchval("SELECT count(*) FROM inbox") == len(commands) - 1
+            assert await conn.fetchval("SELECT reserved FROM stock") == 6
+        finally:
+            await conn.close()
