@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -50,20 +51,27 @@ def _with_pool_and_duplicates(seed: int) -> list[CommandBase]:
     return commands
 
 
+async def _state_after(
+    stack: Stack, settings: Settings, commands: list[CommandBase], chunk: int
+) -> dict[str, Any]:
+    async with isolated_settings(stack, settings, partitions=1) as iso:
+        await _apply_in_chunks(iso.database_url, commands, chunk)
+        return await _snapshot(iso.database_url)
+
+
+def _assert_same_state(one: dict[str, Any], other: dict[str, Any]) -> None:
+    for table in SNAPSHOT:
+        assert one[table] == other[table], table
+    assert len(one["reservations"]) > 100
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_batches_of_many_equal_batches_of_one(
     stack: Stack, settings: Settings, seed: int
 ) -> None:
     commands = _with_pool_and_duplicates(seed)
-    snapshots = []
-    for chunk in (1, 97):
-        async with isolated_settings(stack, settings, partitions=1) as iso:
-            await _apply_in_chunks(iso.database_url, commands, chunk)
-            snapshots.append(await _snapshot(iso.database_url))
-    one, many = snapshots
-    for table in SNAPSHOT:
-        assert one[table] == many[table], table
-    assert len(one["reservations"]) > 100
+    one = await _state_after(stack, settings, commands, 1)
+    _assert_same_state(one, await _state_after(stack, settings, commands, 97))
 
 
 async def test_batches_written_behind_in_parts_equal_batches_of_one(
@@ -72,17 +80,10 @@ async def test_batches_written_behind_in_parts_equal_batches_of_one(
     """Parts of 8 written while the next is decided, yielding often so that
     writes and decisions interleave: the same rows as one at a time."""
     commands = _with_pool_and_duplicates(3)
-    snapshots = []
-    for chunk, part in ((1, engine.PART), (97, 8)):
-        monkeypatch.setattr(engine, "PART", part)
-        monkeypatch.setattr(engine, "YIELD_EVERY", 1)
-        async with isolated_settings(stack, settings, partitions=1) as iso:
-            await _apply_in_chunks(iso.database_url, commands, chunk)
-            snapshots.append(await _snapshot(iso.database_url))
-    one, parts = snapshots
-    for table in SNAPSHOT:
-        assert one[table] == parts[table], table
-    assert len(one["reservations"]) > 100
+    one = await _state_after(stack, settings, commands, 1)
+    monkeypatch.setattr(engine, "PART", 8)
+    monkeypatch.setattr(engine, "YIELD_EVERY", 1)
+    _assert_same_state(one, await _state_after(stack, settings, commands, 97))
 
 
 async def test_a_refused_command_after_parts_were_written_isolates_the_culprit(
