@@ -1,6 +1,8 @@
-"""Running the entry points' coroutines: on uvloop by default, which the
-benchmarks measured faster for every role (see the README), or on the
-standard library's loop when EVENT_LOOP=asyncio."""
+"""Running the entry points' coroutines: on uvloop by default, or on the
+standard library's loop when EVENT_LOOP=asyncio. Measured (README,
+Performance): the receiver and the engine run within noise of the standard
+loop on it; the bench runs its baselines on uvloop too, so neither side
+gains from the choice."""
 
 from __future__ import annotations
 
