@@ -93,7 +93,7 @@ async def target(stack: Stack, settings: Settings) -> AsyncIterator[Target]:
     async with isolated_settings(stack, settings) as iso:
         # The two timeouts are the ones the slow-client tests expect the
         # service to honour (see the final report of issue 9).
-        # At debug the receiver logs every accepted webhook too (at info not$
+        # At debug the receiver logs every accepted webhook too (at info not
         # those), so the checks below see their lines.
         env = service_env(
             iso, HTTP_BODY_TIMEOUT_SECONDS="2", HTTP_IDLE_TIMEOUT_SECONDS="3", LOG_LEVEL="debug"
