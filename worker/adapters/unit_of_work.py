@@ -134,34 +134,13 @@ class Footprint:
         return fp
 
 
-def by_pair_or_grant_sql(table: str) -> str:
-    """The lookup of `table`'s rows (one of ours, never input) by consumer
-    pair ($2, $3) or by grant ($1): a per-key lateral index probe each,
-    UNION ALL (the caller drops the duplicates by key). `OFFSET 0` keeps each
-    lateral subquery from being flattened into a join: on tables that grow
-    during a drop faster than their statistics, the planner otherwise sorts
-    or hashes the whole table on every batch (measured: 200 ms per batch of
-    500 admissions at 15k rows, growing with the table), where one index
-    probe per key stays flat."""
-    return f"""SELECT t.* FROM unnest($2::text[], $3::text[]) AS k(e, c)
-               CROSS JOIN LATERAL (SELECT * FROM {table}
-                   WHERE experience_id = k.e AND consumer_id = k.c OFFSET 0) t
-               UNION ALL
-               SELECT t.* FROM unnest($1::text[]) AS g(grant_)
-               CROSS JOIN LATERAL (SELECT * FROM {table}
-                   WHERE admission_grant = g.grant_ OFFSET 0) t"""
-
-
 CART_LOOKUP_SQL = """SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(e, c)
     CROSS JOIN LATERAL (SELECT experience_id, consumer_id, items, updated_at
         FROM carts WHERE experience_id = k.e AND consumer_id = k.c OFFSET 0) t"""
 
 
 async def _by_pair_or_grant(conn: Conn, table: str, fp: Footprint) -> list[Any]:
-    if not fp.pairs and not fp.grants:
-        return []
-    exps, cons = _unzip(fp.pairs)
-    return list(await conn.fetch(by_pair_or_grant_sql(table), list(fp.grants), exps, cons))
+    return await tables.by_pair_or_grant(conn, table, fp.grants, fp.pairs)
 
 
 def _unzip(pairs: Iterable[Pair]) -> tuple[list[str], list[str]]:
@@ -261,20 +240,7 @@ class UnitOfWork:
             self.carts[(r["experience_id"], r["consumer_id"])] = CartRow(items, r["updated_at"])
 
     async def _load_endings(self, conn: Conn, fp: Footprint) -> None:
-        rows = await _by_pair_or_grant(conn, "admission_endings", fp)
-        unique = {r["command_id"]: r for r in rows}.values()
-        self.endings = [
-            EndingRow(
-                r["command_id"],
-                r["experience_id"],
-                r["consumer_id"],
-                r["admission_grant"],
-                r["outcome"],
-                r["reason"],
-                r["ended_at"],
-            )
-            for r in unique
-        ]
+        self.endings = tables.ending_rows(await _by_pair_or_grant(conn, "admission_endings", fp))
 
     async def _load_reservations(self, conn: Conn, fp: Footprint) -> None:
         rows = await _by_pair_or_grant(conn, "reservations", fp)

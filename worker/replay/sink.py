@@ -175,28 +175,10 @@ async def load_known(conn: Conn, wanted: Needs) -> Known:
         )
         known.strategies = {r["admission_grant"]: r["strategy"] for r in rows}
     if wanted.ending_grants or wanted.ending_pairs:
-        pairs = sorted(wanted.ending_pairs)
-        rows = await conn.fetch(
-            """SELECT * FROM admission_endings
-               WHERE admission_grant = ANY($1::text[])
-                  OR (experience_id, consumer_id) IN (
-                      SELECT * FROM unnest($2::text[], $3::text[]))""",
-            list(wanted.ending_grants),
-            [p[0] for p in pairs],
-            [p[1] for p in pairs],
+        rows = await tables.by_pair_or_grant(
+            conn, "admission_endings", wanted.ending_grants, wanted.ending_pairs
         )
-        known.endings = [
-            EndingRow(
-                r["command_id"],
-                r["experience_id"],
-                r["consumer_id"],
-                r["admission_grant"],
-                r["outcome"],
-                r["reason"],
-                r["ended_at"],
-            )
-            for r in rows
-        ]
+        known.endings = tables.ending_rows(rows)
     return known
 
 
