@@ -55,7 +55,7 @@ class Changes:
 
     async def _experiences(self, conn: Conn) -> None:
         if self.experiences:
-            await tables.upsert_experiences(conn, *_columns(self.experiences))
+            await tables.upsert_experiences(conn, *tables.tuple_columns(self.experiences))
 
     async def _stock(self, conn: Conn) -> None:
         if not self.stock:
@@ -66,7 +66,7 @@ class Changes:
                FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
                            $6::timestamptz[]) AS v(p, vr, on_hand, reserved, sold, updated_at)
                WHERE s.product_id = v.p AND s.variant_id = v.vr""",
-            *_columns(self.stock),
+            *tables.tuple_columns(self.stock),
         )
 
     async def _carts(self, conn: Conn) -> None:
@@ -78,7 +78,7 @@ class Changes:
                FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(e, c, i, u)
                ON CONFLICT (experience_id, consumer_id)
                DO UPDATE SET items = EXCLUDED.items, updated_at = EXCLUDED.updated_at""",
-            *_columns(self.carts),
+            *tables.tuple_columns(self.carts),
         )
 
     async def _admission_updates(self, conn: Conn) -> None:
@@ -90,7 +90,7 @@ class Changes:
                FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
                     AS v(grant_, status, ended_at, end_reason, order_id)
                WHERE a.admission_grant = v.grant_""",
-            *_columns(self.changed_admissions),
+            *tables.tuple_columns(self.changed_admissions),
         )
 
     async def _pools(self, conn: Conn) -> None:
@@ -101,7 +101,7 @@ class Changes:
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
                ON CONFLICT (experience_id, product_id, variant_id)
                DO UPDATE SET used = EXCLUDED.used""",
-            *_columns(self.pools),
+            *tables.tuple_columns(self.pools),
         )
 
     async def _outbox(self, conn: Conn) -> None:
@@ -111,7 +111,7 @@ class Changes:
             """INSERT INTO outbox (event_id, event_type, partition_key, payload)
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
                ON CONFLICT (event_id) DO NOTHING""",
-            *_columns(self.outbox),
+            *tables.tuple_columns(self.outbox),
         )
 
     async def _inbox(self, conn: Conn) -> None:
@@ -123,10 +123,5 @@ class Changes:
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
                            $6::bigint[]) AS v(i, t, o, tp, p, off)
                ON CONFLICT (command_id) DO NOTHING""",
-            *_columns(self.inbox),
+            *tables.tuple_columns(self.inbox),
         )
-
-
-def _columns(rows: list[Any]) -> list[list[Any]]:
-    """Column arrays for `unnest` from rows of equal length."""
-    return [list(column) for column in zip(*rows, strict=True)]

@@ -68,6 +68,11 @@ def columns(rows: Sequence[Any], names: str) -> list[list[Any]]:
     return [[getattr(r, name) for r in rows] for name in names.split()]
 
 
+def tuple_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Column arrays for `unnest` from rows as tuples of equal length."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 def by_pair_or_grant_sql(table: str) -> str:
     """The lookup of `table`'s rows (one of ours, never input) by consumer
     pair ($2, $3) or by grant ($1): a per-key lateral index probe each,
@@ -214,7 +219,7 @@ async def update_reservation_ends(conn: Conn, ends: Sequence[tuple[Any, ...]]) -
                        $5::timestamptz[], $6::text[])
                 AS v(id, status, converted_at, order_id, ended_at, end_reason)
            WHERE r.id = v.id""",
-        *[list(column) for column in zip(*ends, strict=True)],
+        *tuple_columns(ends),
     )
 
 
