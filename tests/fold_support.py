@@ -34,7 +34,15 @@ ADMISSION_COLUMNS = [c for c in tables.ADMISSION_COLUMNS if c != "admission_gran
 RESERVATION_COLUMNS = [
     "grant" if c == "admission_grant" else c for c in tables.RESERVATION_COLUMNS if c != "id"
 ]
-ENDING_COLUMNS = ["experience_id", "consumer_id", "grant", "outcome", "reason", "ended_at"]
+ENDING_COLUMNS = [
+    "experience_id",
+    "consumer_id",
+    "grant",
+    "outcome",
+    "reason",
+    "ended_at",
+    "order_id",
+]
 
 
 def _pick(row: Any, columns: list[str]) -> tuple[Any, ...]:
@@ -136,7 +144,7 @@ class Tables:
             self.admissions[grant] = a
         for grant, close in c.admission_closes.items():
             a = self.admissions.get(grant)
-            if a is not None and a.status == "active":
+            if a is not None and (a.status == "active" or close.revision):
                 a.status, a.end_reason = close.status, close.end_reason
                 a.ended_at, a.order_id = close.ended_at, close.order_id
         for e in c.endings:

@@ -77,6 +77,7 @@ COUNTERS = frozenset(
         "fanfare_reservations_holds_converted_total",
         "fanfare_reservations_holds_released_total",
         "fanfare_reservations_holds_expired_total",
+        "fanfare_reservations_late_conversion_unfilled_total",
         "fanfare_reservations_outbox_published_total",
         "fanfare_reservations_expiries_published_total",
     }

@@ -8,36 +8,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from worker.domain import ids
-from worker.domain.admission import (
-    AdmissionDecision,
-    PriorAdmission,
-    RememberedEnding,
-    plan_admission,
-    wanted_units,
-)
+from worker.domain.admission import is_all_or_nothing, plan_holds, wanted_units
 from worker.domain.cart import ActiveHold, plan_cart_change
 from worker.domain.checkout import Hold, check_checkout
-from worker.domain.commands import AdmitConsumer, CommandSource, EndAdmission
-from worker.domain.endings import AdmissionState, EndDecision, decide_end
+from worker.domain.endings import OPEN, AdmissionStatus, Fact, Verdict, Visit, owner, verdicts
 from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus, Strategy
 
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 GRANT = ids.grant_digest("eyJ.grant.one")
 OTHER = ids.grant_digest("eyJ.grant.two")
-
-
-def admit(at: datetime = T0, grant: str = GRANT) -> AdmitConsumer:
-    return AdmitConsumer(
-        command_id=ids.command_id("fanfare", f"whk-{grant}-{at}"),
-        occurred_at=at,
-        received_at=at,
-        source=CommandSource(kind="fanfare", source_id="whk"),
-        experience_id="queue_1",
-        consumer_id="cons_1",
-        grant_digest=grant,
-        admitted_at=at,
-        experience_kind="queue",
-    )
 
 
 def line(product: str, qty: int, variant: str | None = None) -> CartLine:
@@ -52,46 +31,17 @@ def test_grant_digest_is_unkeyed_sha256_and_never_the_grant() -> None:
 
 
 def test_expires_at_is_admission_time_plus_window_and_buffer() -> None:
-    plan = plan_admission(admit(), ExperienceSettings(), [line("p", 1)], False, None)
-    assert plan.expires_at == T0 + timedelta(seconds=660)
+    assert ExperienceSettings().expires_at(T0) == T0 + timedelta(seconds=660)
 
 
 def test_admission_holds_each_row_once_summing_lines_on_the_same_row() -> None:
     cart = [line("shoe", 1, "42"), line("shoe", 2, "42"), line("cap", 1)]
-    plan = plan_admission(admit(), ExperienceSettings(), cart, False, None)
-    assert plan.decision is AdmissionDecision.HOLD
-    assert [(h.product_id, h.variant_id, h.quantity) for h in plan.holds] == [
+    holds = plan_holds(GRANT, cart, ExperienceSettings())
+    assert [(h.product_id, h.variant_id, h.quantity) for h in holds] == [
         ("cap", "", 1),
         ("shoe", "42", 3),
     ]
-    assert not plan.all_or_nothing
-
-
-def test_seen_grant_is_a_duplicate() -> None:
-    plan = plan_admission(admit(), ExperienceSettings(), [line("p", 1)], True, None)
-    assert plan.decision is AdmissionDecision.DUPLICATE
-    assert plan.holds == []
-
-
-def test_new_grant_supersedes_the_active_older_one() -> None:
-    prior = PriorAdmission(OTHER, T0 - timedelta(minutes=5), active=True)
-    plan = plan_admission(admit(), ExperienceSettings(), [line("p", 1)], False, prior)
-    assert plan.decision is AdmissionDecision.HOLD
-    assert plan.supersedes == OTHER
-
-
-def test_older_grant_arriving_late_is_superseded_without_holds() -> None:
-    prior = PriorAdmission(OTHER, T0 + timedelta(minutes=5), active=True)
-    plan = plan_admission(admit(), ExperienceSettings(), [line("p", 1)], False, prior)
-    assert plan.decision is AdmissionDecision.SUPERSEDED
-    assert plan.holds == []
-
-
-def test_ending_that_came_first_means_no_holds() -> None:
-    ending = RememberedEnding("expired", "admission_expired", T0 + timedelta(minutes=10))
-    plan = plan_admission(admit(), ExperienceSettings(), [line("p", 1)], False, None, ending)
-    assert plan.decision is AdmissionDecision.ENDED_EARLY
-    assert plan.holds == []
+    assert holds[0].reservation_id == ids.reservation_id(GRANT, "cap", None)
 
 
 @pytest.mark.parametrize(
@@ -109,8 +59,7 @@ def test_all_or_nothing_by_strategy_and_policy(
     settings = ExperienceSettings.model_validate(
         {"strategy": strategy, "multiItemPolicy": policy, "poolSize": 5}
     )
-    plan = plan_admission(admit(), settings, [line("p", 1)], False, None)
-    assert plan.all_or_nothing is expected
+    assert is_all_or_nothing(settings) is expected
 
 
 def test_pool_holds_one_unit_per_consumer_per_product() -> None:
@@ -140,34 +89,74 @@ def test_cart_change_with_same_rows_changes_nothing() -> None:
     )
 
 
-def end(reason: str = "left", at: datetime = T0, outcome: str = "released") -> EndAdmission:
-    return EndAdmission.model_validate(
-        {
-            "commandId": ids.command_id("fanfare", f"end-{reason}-{at}"),
-            "occurredAt": at,
-            "receivedAt": at,
-            "source": {"kind": "fanfare", "sourceId": "x"},
-            "experienceId": "queue_1",
-            "consumerId": "cons_1",
-            "grantDigest": GRANT,
-            "outcome": outcome,
-            "reason": reason,
-            "endedAt": at,
-        }
-    )
+def visit(grant: str = GRANT, at: datetime = T0) -> Visit:
+    return Visit(grant, at, ExperienceSettings().expires_at(at))
 
 
-def test_ending_decisions() -> None:
-    active = AdmissionState(GRANT, "active", T0 + timedelta(minutes=11))
-    assert decide_end(end(), None) is EndDecision.REMEMBER
-    assert decide_end(end(), active) is EndDecision.END
-    for final in ("converted", "released", "expired", "superseded"):
-        state = AdmissionState(GRANT, final, active.expires_at)
-        assert decide_end(end(), state) is EndDecision.ALREADY_ENDED
-    early = end("window_elapsed", T0, "expired")
-    assert decide_end(early, active) is EndDecision.NOT_YET_DUE
-    due = end("window_elapsed", active.expires_at, "expired")
-    assert decide_end(due, active) is EndDecision.END
+def fact(
+    at: datetime,
+    grant: str | None = None,
+    outcome: AdmissionStatus = AdmissionStatus.RELEASED,
+    reason: str = "left",
+    order: str | None = None,
+) -> Fact:
+    return Fact(uuid.uuid4(), grant, outcome, reason, at, order)
+
+
+def minutes(n: float) -> timedelta:
+    return timedelta(minutes=n)
+
+
+def test_open_admission_without_facts_is_active() -> None:
+    assert verdicts([visit()], []) == {GRANT: OPEN}
+
+
+def test_a_later_admission_supersedes_an_earlier_one_whatever_came_first() -> None:
+    result = verdicts([visit(OTHER, T0 + minutes(5)), visit()], [])
+    assert result[GRANT] == Verdict(AdmissionStatus.SUPERSEDED, "superseded", T0 + minutes(5))
+    assert result[OTHER] == OPEN
+
+
+def test_a_grantless_ending_belongs_to_the_latest_admission_at_or_before_it() -> None:
+    # A at t, `left` at t+3, B at t+5: the left ends A, never B.
+    left = fact(T0 + minutes(3))
+    result = verdicts([visit(GRANT, T0), visit(OTHER, T0 + minutes(5))], [left])
+    assert result[GRANT] == Verdict(AdmissionStatus.RELEASED, "left", T0 + minutes(3))
+    assert result[OTHER] == OPEN
+    assert owner([visit(GRANT, T0), visit(OTHER, T0 + minutes(5))], T0 + minutes(3)) == visit()
+    assert owner([visit(OTHER, T0 + minutes(5))], T0 + minutes(3)) is None
+
+
+def test_a_grantless_ending_before_any_admission_ends_none() -> None:
+    assert verdicts([visit(GRANT, T0)], [fact(T0 - minutes(1))]) == {GRANT: OPEN}
+
+
+def test_the_earliest_ending_wins() -> None:
+    expiry = fact(T0 + minutes(11), GRANT, AdmissionStatus.EXPIRED, "window_elapsed")
+    left = fact(T0 + minutes(4))
+    result = verdicts([visit()], [expiry, left])
+    assert result[GRANT].status is AdmissionStatus.RELEASED
+
+
+def test_an_expiry_for_an_earlier_window_does_not_end_it() -> None:
+    early = fact(T0 + minutes(1), GRANT, AdmissionStatus.EXPIRED, "window_elapsed")
+    assert verdicts([visit()], [early]) == {GRANT: OPEN}
+    due = fact(T0 + minutes(11), GRANT, AdmissionStatus.EXPIRED, "window_elapsed")
+    assert verdicts([visit()], [due])[GRANT].status is AdmissionStatus.EXPIRED
+
+
+def test_a_completion_wins_over_endings_and_keeps_its_order() -> None:
+    expiry = fact(T0 + minutes(11), GRANT, AdmissionStatus.EXPIRED, "window_elapsed")
+    completion = fact(T0 + minutes(12), None, AdmissionStatus.CONVERTED, "checkout", "o-1")
+    result = verdicts([visit()], [expiry, completion])
+    assert result[GRANT] == Verdict(AdmissionStatus.CONVERTED, "checkout", T0 + minutes(12), "o-1")
+
+
+def test_a_grantless_completion_after_the_next_admission_belongs_to_it() -> None:
+    completion = fact(T0 + minutes(6), None, AdmissionStatus.CONVERTED, "checkout", "o-1")
+    result = verdicts([visit(GRANT, T0), visit(OTHER, T0 + minutes(5))], [completion])
+    assert result[GRANT].status is AdmissionStatus.SUPERSEDED
+    assert result[OTHER].status is AdmissionStatus.CONVERTED
 
 
 def hold(

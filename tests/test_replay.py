@@ -165,6 +165,7 @@ def test_traffic_exercises_every_fact() -> None:
                 seen[f"rejected:{e.reason}"] += 1
             if isinstance(e, ReservationEnded):
                 seen[f"ended:{e.reason}"] += 1
+                seen[f"from:{e.previous_status}"] += 1
     expected = {
         "experience.configured",
         "stock.set",
@@ -173,6 +174,7 @@ def test_traffic_exercises_every_fact() -> None:
         "admission.recorded",
         "admission.ended",
         "admission.ending_remembered",
+        "admission.revised",
         "reservation.created",
         "reservation.rejected",
         "reservation.released",
@@ -180,7 +182,7 @@ def test_traffic_exercises_every_fact() -> None:
         "reservation.converted",
         "checkout.rejected",
         "recorded:active:False",
-        "recorded:superseded:False",
+        "recorded:superseded:True",
         "recorded:released:True",
         "rejected:INSUFFICIENT_STOCK",
         "rejected:POOL_EMPTY",
@@ -189,13 +191,15 @@ def test_traffic_exercises_every_fact() -> None:
         "ended:superseded",
         "ended:window_elapsed",
         "ended:checkout",
+        "from:released",
+        "reservation.late_conversion_unfilled",
     }
     assert expected <= set(seen), expected - set(seen)
 
 
 def test_admission_recorded_ended_takes_the_remembered_time() -> None:
-    """admission.recorded names the ending's reason, not its time: the fold
-    finds the ending the engine chose (the earliest remembered)."""
+    """An admission whose endings came first is recorded with the earliest
+    of them, reason and time, and the fold writes exactly that."""
     late = b.end("x", "c", "g", reason="left", at=T0 + timedelta(seconds=50))
     early = b.end("x", "c", "g", reason="denied", at=T0 + timedelta(seconds=20))
     uow, events = run_engine([late, early, b.admit("x", "c", "g", T0)])

@@ -111,6 +111,13 @@ HOLDS_EXPIRED = Counter(
     ["experience"],
     namespace=NAMESPACE,
 )
+LATE_CONVERSION_UNFILLED = Counter(
+    "late_conversion_unfilled",
+    "Order lines of a late completion (its holds had ended) that found no free units: "
+    "sold by the merchant, no longer on the shelf; per experience",
+    ["experience"],
+    namespace=NAMESPACE,
+)
 HOLD_DURATION = Histogram(
     "hold_duration_seconds",
     "From a hold being taken to its end, by how it ended",

@@ -40,6 +40,7 @@ class EndingRow:
     outcome: str
     reason: str
     ended_at: datetime
+    order_id: str | None = None
 
 
 @dataclass
@@ -115,6 +116,7 @@ def ending_rows(records: Iterable[Any]) -> list[EndingRow]:
             r["outcome"],
             r["reason"],
             r["ended_at"],
+            r["order_id"],
         )
         for r in unique
     ]
@@ -182,11 +184,13 @@ async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
         return
     await conn.execute(
         """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
-               admission_grant, outcome, reason, ended_at)
+               admission_grant, outcome, reason, ended_at, order_id)
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::text[], $7::timestamptz[])
+                                $6::text[], $7::timestamptz[], $8::text[])
            ON CONFLICT DO NOTHING""",
-        *columns(rows, "command_id experience_id consumer_id grant outcome reason ended_at"),
+        *columns(
+            rows, "command_id experience_id consumer_id grant outcome reason ended_at order_id"
+        ),
     )
 
 

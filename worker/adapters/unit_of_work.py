@@ -28,7 +28,7 @@ from worker.adapters import rows as tables
 from worker.adapters.changes import Changes
 from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
 from worker.adapters.store import Conn
-from worker.domain.admission import HoldRequest, PriorAdmission, RememberedEnding
+from worker.domain.admission import HoldRequest
 from worker.domain.cart import ActiveHold
 from worker.domain.checkout import Hold
 from worker.domain.commands import (
@@ -40,7 +40,7 @@ from worker.domain.commands import (
     PutCart,
     SetStock,
 )
-from worker.domain.endings import AdmissionState
+from worker.domain.endings import AdmissionState, AdmissionStatus, Fact, Verdict, Visit
 from worker.domain.events import EventBase, encode_event
 from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus
 
@@ -162,7 +162,8 @@ class UnitOfWork:
         self.reservations_by_grant: dict[str, list[TrackedReservation]] = defaultdict(list)
         self.reservations_by_pair: dict[Pair, list[TrackedReservation]] = defaultdict(list)
         self.carts: dict[Pair, CartRow] = {}
-        self.endings: list[EndingRow] = []
+        # Kept endings and completions, by consumer (experience, consumer).
+        self.endings: dict[Pair, list[EndingRow]] = defaultdict(list)
         self.new_endings: list[EndingRow] = []
         self.pools: dict[tuple[str, str, str], PoolRow] = {}
         self.outbox: list[EventBase] = []
@@ -179,9 +180,9 @@ class UnitOfWork:
         await self._load_reservations(conn, fp)
         for cart in self.carts.values():
             fp.stock.update((i.product_id, i.variant_column) for i in cart.items)
-        for r in self.reservations.values():
-            if r.status == "active":
-                fp.stock.add((r.product_id, r.variant_id))
+        # Ended and converted holds too: a late completion sells an ended hold
+        # again, and a sale can move to the admission it belonged to.
+        fp.stock.update((r.product_id, r.variant_id) for r in self.reservations.values())
         await self._lock_stock(conn, fp)
         await self._lock_pools(conn, fp.experiences)
 
@@ -240,7 +241,8 @@ class UnitOfWork:
             self.carts[(r["experience_id"], r["consumer_id"])] = CartRow(items, r["updated_at"])
 
     async def _load_endings(self, conn: Conn, fp: Footprint) -> None:
-        self.endings = tables.ending_rows(await _by_pair_or_grant(conn, "admission_endings", fp))
+        for row in tables.ending_rows(await _by_pair_or_grant(conn, "admission_endings", fp)):
+            self.endings[(row.experience_id, row.consumer_id)].append(row)
 
     async def _load_reservations(self, conn: Conn, fp: Footprint) -> None:
         rows = await _by_pair_or_grant(conn, "reservations", fp)
@@ -345,6 +347,11 @@ class UnitOfWork:
 
     # --- pools -------------------------------------------------------------------
 
+    def _pool_row(self, experience_id: str, product_id: str, variant_id: str) -> PoolRow:
+        row = self.pools.setdefault((experience_id, product_id, variant_id), PoolRow(0))
+        row.dirty = True
+        return row
+
     def take_pool(
         self, experience_id: str, product_id: str, variant_id: str, quantity: int, size: int
     ) -> bool:
@@ -354,6 +361,18 @@ class UnitOfWork:
         row.used += quantity
         row.dirty = True
         return True
+
+    def take_pool_unit(
+        self,
+        experience_id: str,
+        product_id: str,
+        variant_id: str,
+        quantity: int,
+        settings: ExperienceSettings,
+    ) -> None:
+        """A sale's pool units, counted without the cap: the order happened."""
+        if settings.strategy.value == "pool":
+            self._pool_row(experience_id, product_id, variant_id).used += quantity
 
     def give_back_pool(
         self, experience_id: str, product_id: str, variant_id: str, quantity: int
@@ -387,26 +406,25 @@ class UnitOfWork:
     def grant_seen(self, grant: str) -> bool:
         return grant in self.admissions
 
-    def _latest(
-        self, experience_id: str, consumer_id: str, *, skip_superseded: bool
-    ) -> TrackedAdmission | None:
-        rows = [
-            a
-            for a in self.admissions_by_pair.get((experience_id, consumer_id), [])
-            if not (skip_superseded and a.status == "superseded")
-        ]
-        return max(rows, key=lambda a: a.admitted_at) if rows else None
-
-    def latest_admission(self, experience_id: str, consumer_id: str) -> PriorAdmission | None:
-        row = self._latest(experience_id, consumer_id, skip_superseded=False)
-        if row is None:
-            return None
-        return PriorAdmission(row.grant, row.admitted_at, row.status == "active")
+    def _latest(self, experience_id: str, consumer_id: str) -> TrackedAdmission | None:
+        rows = self.admissions_by_pair.get((experience_id, consumer_id), [])
+        return max(rows, key=lambda a: (a.admitted_at, a.grant)) if rows else None
 
     def current_admission(self, experience_id: str, consumer_id: str) -> AdmissionState | None:
-        """The consumer's latest admission in the experience (not superseded)."""
-        row = self._latest(experience_id, consumer_id, skip_superseded=True)
+        """The consumer's latest admission in the experience."""
+        row = self._latest(experience_id, consumer_id)
         return AdmissionState(row.grant, row.status, row.expires_at) if row else None
+
+    def visits(self, experience_id: str, consumer_id: str) -> list[Visit]:
+        return [
+            Visit(a.grant, a.admitted_at, a.expires_at)
+            for a in self.admissions_by_pair.get((experience_id, consumer_id), [])
+        ]
+
+    def standing(self, grant: str) -> Verdict:
+        """How an admission stands as recorded."""
+        row = self.admissions[grant]
+        return Verdict(AdmissionStatus(row.status), row.end_reason, row.ended_at, row.order_id)
 
     def admission_state(self, grant: str) -> AdmissionState | None:
         row = self.admissions.get(grant)
@@ -461,6 +479,14 @@ class UnitOfWork:
             )
         )
 
+    def revise_admission(self, grant: str, verdict: Verdict) -> None:
+        """An ended admission that now stands otherwise (a fact that happened
+        earlier arrived late)."""
+        row = self.admissions[grant]
+        row.status, row.end_reason = verdict.status.value, verdict.reason
+        row.ended_at, row.order_id = verdict.at, verdict.order_id
+        row.dirty = True
+
     def close_admission(
         self, grant: str, status: str, reason: str, at: datetime, order_id: str | None = None
     ) -> None:
@@ -470,43 +496,53 @@ class UnitOfWork:
         row.status, row.end_reason, row.ended_at, row.order_id = status, reason, at, order_id
         row.dirty = True
 
-    # --- endings -------------------------------------------------------------------------
+    # --- endings and completions ------------------------------------------------------
 
-    def remember_ending(
-        self,
-        *,
-        command_id: UUID,
-        experience_id: str,
-        consumer_id: str,
-        grant: str | None,
-        outcome: str,
-        reason: str,
-        ended_at: datetime,
-    ) -> None:
-        row = EndingRow(command_id, experience_id, consumer_id, grant, outcome, reason, ended_at)
-        self.endings.append(row)
+    def keep_fact(self, fact: Fact, experience_id: str, consumer_id: str) -> None:
+        assert fact.command_id is not None
+        row = EndingRow(
+            fact.command_id,
+            experience_id,
+            consumer_id,
+            fact.grant_digest,
+            fact.outcome.value,
+            fact.reason,
+            fact.at,
+            fact.order_id,
+        )
+        self.endings[(experience_id, consumer_id)].append(row)
         self.new_endings.append(row)
 
-    def find_ending(
-        self, grant: str, experience_id: str, consumer_id: str, admitted_at: datetime
-    ) -> RememberedEnding | None:
-        """An ending for this grant, or a grant-less one for this consumer that
-        happened at or after this admission."""
-        matches = [
-            e
-            for e in self.endings
-            if e.grant == grant
-            or (
-                e.grant is None
-                and e.experience_id == experience_id
-                and e.consumer_id == consumer_id
-                and e.ended_at >= admitted_at
+    def facts(self, experience_id: str, consumer_id: str) -> list[Fact]:
+        """The consumer's kept endings and completions, and the end each of
+        its admissions was recorded with (a fact with a grant, from our
+        scheduler or checkout, is not kept once its admission is known)."""
+        kept = [
+            Fact(
+                e.command_id,
+                e.grant,
+                AdmissionStatus(e.outcome),
+                e.reason,
+                e.ended_at,
+                e.order_id,
             )
+            for e in self.endings.get((experience_id, consumer_id), [])
         ]
-        if not matches:
-            return None
-        first = min(matches, key=lambda e: e.ended_at)
-        return RememberedEnding(first.outcome, first.reason, first.ended_at)
+        known = {(f.grant_digest, f.reason, f.at) for f in kept}
+        for a in self.admissions_by_pair.get((experience_id, consumer_id), []):
+            if a.status in ("active", "superseded") or a.ended_at is None:
+                continue
+            assert a.end_reason is not None
+            if (None, a.end_reason, a.ended_at) in known or (
+                a.grant,
+                a.end_reason,
+                a.ended_at,
+            ) in known:
+                continue
+            kept.append(
+                Fact(None, a.grant, AdmissionStatus(a.status), a.end_reason, a.ended_at, a.order_id)
+            )
+        return kept
 
     # --- reservations ----------------------------------------------------------------------
 
@@ -573,6 +609,52 @@ class UnitOfWork:
             self._sell_units(r.product_id, r.variant_id, r.quantity)
             converted.append(r.held())
         return converted
+
+    def ended_holds(self, grant: str) -> list[TrackedReservation]:
+        """The holds that ended with their admission (not those a cart change
+        replaced), in key order: what a late completion takes back."""
+        rows = [
+            r
+            for r in self.reservations_by_grant.get(grant, [])
+            if r.status in ("released", "expired") and r.end_reason != "cart_changed"
+        ]
+        return sorted(rows, key=lambda r: (r.product_id, r.variant_id))
+
+    def has_reservations(self, grant: str) -> bool:
+        return bool(self.reservations_by_grant.get(grant))
+
+    def convert_ended(self, reservation_id: UUID, order_id: str, at: datetime) -> bool:
+        """Sell an ended hold again if its units are still free (never
+        oversells); a pooled hold takes its pool unit back with the sale."""
+        r = self.reservations[reservation_id]
+        row = self.stock.get((r.product_id, r.variant_id))
+        if row is None or row.on_hand - row.reserved - row.sold < r.quantity:
+            return False
+        row.sold += r.quantity
+        row.dirty = True
+        if r.strategy == "pool":
+            self._pool_row(r.experience_id, r.product_id, r.variant_id).used += r.quantity
+        r.status, r.converted_at, r.order_id = "converted", at, order_id
+        r.ended_at, r.end_reason, r.dirty = at, "checkout", True
+        return True
+
+    def unconvert(self, grant: str, status: str, reason: str, at: datetime) -> list[HeldRow]:
+        """Take back the sale of a grant's converted holds (it belonged to
+        another admission): the units go back to the shelf."""
+        undone = []
+        for r in sorted(
+            (r for r in self.reservations_by_grant.get(grant, []) if r.status == "converted"),
+            key=lambda r: (r.product_id, r.variant_id),
+        ):
+            stock = self.stock[(r.product_id, r.variant_id)]
+            stock.sold -= r.quantity
+            stock.dirty = True
+            if r.strategy == "pool":
+                self._pool_row(r.experience_id, r.product_id, r.variant_id).used -= r.quantity
+            r.status, r.converted_at, r.order_id = status, None, None
+            r.ended_at, r.end_reason, r.dirty = at, reason, True
+            undone.append(r.held())
+        return undone
 
     def release_replaced_holds(
         self, reservation_ids: list[UUID], reason: str, at: datetime

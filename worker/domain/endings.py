@@ -1,36 +1,158 @@
-"""How an admission ends before checkout: released (left, denied, lost,
-superseded) or expired (window elapsed, or Fanfare said so first)."""
+"""How a consumer's admissions end, decided by when things happened.
+
+Fanfare does not promise order and retries a delivery for about 44 hours, so
+an ending or a completion can arrive long after events that happened later,
+and an admission after its own ending. Every decision here depends only on
+the times Fanfare (or our scheduler, or checkout) gave, never on arrival:
+
+- An ending or completion that names a grant belongs to that admission.
+- One without a grant (Fanfare's `left`, `denied`, `lost`, completions and
+  order events) belongs to the consumer's latest admission admitted at or
+  before its time.
+- A completion wins over any ending: the order happened at the merchant, so a
+  completion for an admission that already ended converts what it can.
+- Otherwise the earliest of the admission's endings wins, and an admission
+  still open when the consumer's next admission came is superseded then.
+
+The engine keeps every grant-less ending and completion (a fact can change
+hands when an admission that came between arrives late) and asks `verdicts`
+again whenever a consumer's admissions or facts change.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from uuid import UUID
 
-from worker.domain.commands import EndAdmission
+
+class AdmissionStatus(StrEnum):
+    ACTIVE = "active"
+    CONVERTED = "converted"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
 
 
-class EndDecision(StrEnum):
-    END = "end"  # end the active holds now
-    REMEMBER = "remember"  # no admission yet: the late admission takes no holds
-    ALREADY_ENDED = "already_ended"  # final already: an explicit no-op
-    NOT_YET_DUE = "not_yet_due"  # an expiry before the admission's expires_at
+SUPERSEDED_REASON = "superseded"
+CHECKOUT_REASON = "checkout"
+# Our scheduler's expiry: its time is the expires_at it was computed for.
+WINDOW_ELAPSED = "window_elapsed"
 
 
 @dataclass(frozen=True)
 class AdmissionState:
+    """An admission as the cart and checkout see it."""
+
     grant_digest: str
-    status: str  # active | converted | released | expired | superseded
+    status: str  # an AdmissionStatus value
     expires_at: datetime
 
 
-def decide_end(command: EndAdmission, admission: AdmissionState | None) -> EndDecision:
-    if admission is None:
-        return EndDecision.REMEMBER
-    if admission.status != "active":
-        return EndDecision.ALREADY_ENDED
-    # Our own scheduler's expiry carries expires_at as its time; one computed
-    # for an older window (settings changed, clock skew) must not end early.
-    if command.reason == "window_elapsed" and command.ended_at < admission.expires_at:
-        return EndDecision.NOT_YET_DUE
-    return EndDecision.END
+@dataclass(frozen=True)
+class Visit:
+    """One admission of a consumer in an experience."""
+
+    grant_digest: str
+    admitted_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Fact:
+    """An ending (released, expired) or a completion (converted) as reported.
+    `command_id` is None for an end known only from the admission it closed."""
+
+    command_id: UUID | None
+    grant_digest: str | None
+    outcome: AdmissionStatus
+    reason: str
+    at: datetime
+    order_id: str | None = None
+
+    def sort_key(self) -> tuple[datetime, str, str]:
+        return (self.at, self.reason, str(self.command_id or ""))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How an admission stands once every known fact is weighed."""
+
+    status: AdmissionStatus
+    reason: str | None = None
+    at: datetime | None = None
+    order_id: str | None = None
+
+    @property
+    def over(self) -> bool:
+        return self.status is not AdmissionStatus.ACTIVE
+
+
+OPEN = Verdict(AdmissionStatus.ACTIVE)
+
+
+def in_time_order(visits: Iterable[Visit]) -> list[Visit]:
+    return sorted(visits, key=lambda v: (v.admitted_at, v.grant_digest))
+
+
+def owner(visits: Iterable[Visit], at: datetime) -> Visit | None:
+    """The admission a grant-less fact at `at` belongs to: the latest one
+    admitted at or before it."""
+    earlier = [v for v in visits if v.admitted_at <= at]
+    return in_time_order(earlier)[-1] if earlier else None
+
+
+def owner_of(fact: Fact, visits: Sequence[Visit]) -> Visit | None:
+    if fact.grant_digest is not None:
+        return next((v for v in visits if v.grant_digest == fact.grant_digest), None)
+    return owner(visits, fact.at)
+
+
+def counts_for(fact: Fact, visit: Visit) -> bool:
+    """Whether a fact that belongs to `visit` can end it: an expiry of ours
+    computed for an earlier window (settings changed, clock skew) cannot."""
+    return not (fact.reason == WINDOW_ELAPSED and fact.at < visit.expires_at)
+
+
+def verdicts(visits: Iterable[Visit], facts: Iterable[Fact]) -> dict[str, Verdict]:
+    """Each admission's standing, from its admissions and facts in time order."""
+    ordered = in_time_order(visits)
+    facts = list(facts)
+    result: dict[str, Verdict] = {}
+    for n, visit in enumerate(ordered):
+        following = ordered[n + 1] if n + 1 < len(ordered) else None
+        mine = [f for f in facts if _belongs(f, visit, following)]
+        result[visit.grant_digest] = _verdict(visit, following, mine)
+    return result
+
+
+def _belongs(fact: Fact, visit: Visit, following: Visit | None) -> bool:
+    if fact.grant_digest is not None:
+        return fact.grant_digest == visit.grant_digest
+    return visit.admitted_at <= fact.at and (following is None or fact.at < following.admitted_at)
+
+
+def _verdict(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict:
+    completions = [f for f in mine if f.outcome is AdmissionStatus.CONVERTED]
+    if completions:
+        first = min(completions, key=Fact.sort_key)
+        return Verdict(AdmissionStatus.CONVERTED, first.reason, first.at, first.order_id)
+    endings = [f for f in mine if counts_for(f, visit)]
+    ending = min(endings, key=Fact.sort_key) if endings else None
+    # An ending at the very time the next admission came counts first.
+    if following is not None and (ending is None or following.admitted_at < ending.at):
+        return Verdict(AdmissionStatus.SUPERSEDED, SUPERSEDED_REASON, following.admitted_at)
+    if ending is None:
+        return OPEN
+    return Verdict(ending.outcome, ending.reason, ending.at)
+
+
+def hold_status(verdict: Verdict) -> str:
+    """What the admission's holds become when it ends this way."""
+    if verdict.status is AdmissionStatus.EXPIRED:
+        return "expired"
+    if verdict.status is AdmissionStatus.CONVERTED:
+        return "converted"
+    return "released"

@@ -40,7 +40,7 @@ class AdmissionRecorded(ExperienceEvent):
     supersedes: str | None = None
     end_reason: str | None = None
     ended_at: AwareDatetime | None = Field(
-        default=None, description="When it ended, if its ending arrived before it"
+        default=None, description="When it ended, if it arrived already ended or superseded"
     )
     consumer_id: str
     grant_digest: str
@@ -98,6 +98,12 @@ class ReservationEnded(ExperienceEvent):
         default=None,
         description="The hold's strategy (pool holds give their unit back to the pool)",
     )
+    previous_status: ReservationStatus = Field(
+        default=ReservationStatus.ACTIVE,
+        description="The hold's status before: `active` for a hold that ends or converts; "
+        "`released` or `expired` for a late conversion, which takes the units back from the "
+        "shelf; `converted` for a sale moved to the admission it belonged to",
+    )
 
 
 class AdmissionEnded(ExperienceEvent):
@@ -113,15 +119,49 @@ class AdmissionEnded(ExperienceEvent):
 
 
 class EndingRemembered(ExperienceEvent):
-    """An ending arrived before its admission; the admission, when it comes,
-    is recorded ended and takes no holds."""
+    """An ending or completion kept for later: every one without a grant (it
+    belongs to the consumer's latest admission admitted at or before its time,
+    which may arrive later), and one with a grant whose admission has not
+    arrived yet."""
 
     type: Literal["admission.ending_remembered"] = "admission.ending_remembered"
     consumer_id: str
     grant_digest: str | None
-    outcome: Literal["released", "expired"]
+    outcome: Literal["released", "expired", "converted"]
     reason: str
     ended_at: AwareDatetime
+    order_id: str | None = Field(default=None, description="For a completion: its order")
+
+
+class AdmissionRevised(ExperienceEvent):
+    """An admission that had already ended now stands otherwise, because a fact
+    that happened earlier arrived late: an earlier ending, the admission that
+    superseded it, or the completion's move to the admission it belonged to."""
+
+    type: Literal["admission.revised"] = "admission.revised"
+    consumer_id: str
+    grant_digest: str
+    status: Literal["converted", "released", "expired", "superseded"]
+    previous_status: Literal["converted", "released", "expired", "superseded"]
+    reason: str
+    ended_at: AwareDatetime
+    order_id: str | None = None
+
+
+class LateConversionUnfilled(ExperienceEvent):
+    """A completion for an admission whose holds had ended found no free
+    units for this line: the merchant sold what is no longer on the shelf."""
+
+    type: Literal["reservation.late_conversion_unfilled"] = "reservation.late_conversion_unfilled"
+    consumer_id: str
+    grant_digest: str
+    order_id: str
+    product_id: str
+    variant_id: str | None
+    quantity: int
+    reservation_id: UUID | None = Field(
+        default=None, description="The ended hold it tried to take back, if there was one"
+    )
 
 
 class CheckoutRejected(ExperienceEvent):
@@ -177,6 +217,8 @@ Event = Annotated[
     | ReservationEnded
     | AdmissionEnded
     | EndingRemembered
+    | AdmissionRevised
+    | LateConversionUnfilled
     | CheckoutRejected
     | ExperienceConfigured
     | CartUpdated

@@ -122,9 +122,9 @@ def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSetting
         case ConfigureExperience():
             return configure_experience(uow, command)
         case EndAdmission():
-            return end_admission(uow, command)
+            return end_admission(uow, command, defaults)
         case CompleteCheckout():
-            return complete_checkout(uow, command)
+            return complete_checkout(uow, command, defaults)
 
 
 @dataclass(frozen=True)

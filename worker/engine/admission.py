@@ -1,22 +1,21 @@
 """Applying an admission: the holds for the consumer's cart, at most once per
-grant. The decision itself is worker.domain.admission.plan_admission."""
+grant. Whether it is open is worker.domain.endings' verdict (an earlier
+admission it supersedes, or an ending or completion that arrived first);
+what it holds is worker.domain.admission.plan_holds."""
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
 
 from worker.adapters.unit_of_work import UnitOfWork
-from worker.domain.admission import AdmissionDecision, AdmissionPlan, plan_admission
+from worker.domain.admission import is_all_or_nothing, plan_holds
 from worker.domain.commands import AdmitConsumer
-from worker.domain.events import (
-    AdmissionEnded,
-    AdmissionRecorded,
-    ReservationCreated,
-    ReservationRejected,
-)
+from worker.domain.endings import AdmissionStatus, Verdict
+from worker.domain.events import AdmissionRecorded, ReservationCreated, ReservationRejected
 from worker.domain.model import ExperienceSettings
 from worker.engine import holds
 from worker.engine.base import Applied, Events
+from worker.engine.settle import CONVERTED, close, settle
 
 
 def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> Applied:
@@ -25,65 +24,88 @@ def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> 
         # The grant dedupes forever: no second set of holds, whatever the event id.
         return Applied({"status": "duplicate_grant"})
     settings = uow.load_settings(cmd.experience_id) or defaults
-    prior = uow.latest_admission(cmd.experience_id, cmd.consumer_id)
-    ending = uow.find_ending(cmd.grant_digest, cmd.experience_id, cmd.consumer_id, cmd.admitted_at)
-    cart = uow.load_cart(cmd.experience_id, cmd.consumer_id)
-    plan = plan_admission(cmd, settings, cart, False, prior, ending)
-
-    if plan.supersedes is not None:
-        _supersede(uow, events, cmd, plan.supersedes)
-
-    status = _recorded_status(plan)
+    expires_at = settings.expires_at(cmd.admitted_at)
     uow.insert_admission(
         grant=cmd.grant_digest,
         experience_id=cmd.experience_id,
         consumer_id=cmd.consumer_id,
         admitted_at=cmd.admitted_at,
-        expires_at=plan.expires_at,
-        # An admission whose ending came first is closed right after, so
-        # the ending's reason and time are recorded like any other ending.
-        status="active" if plan.ending is not None else status,
+        expires_at=expires_at,
+        status="active",
         settings=settings,
         command_id=cmd.command_id,
     )
-    if plan.ending is not None:
-        uow.close_admission(cmd.grant_digest, status, plan.ending.reason, plan.ending.ended_at)
+    # Earlier admissions of the consumer end or change hands first.
+    settled = settle(
+        uow, events, cmd.experience_id, cmd.consumer_id, defaults, skip=cmd.grant_digest
+    )
+    verdict = settled.verdicts[cmd.grant_digest]
+    superseded = [g for g, before in settled.changed.items() if not before.over]
+    recorded = verdict.status if verdict.status is not CONVERTED else AdmissionStatus.ACTIVE
+    if recorded is not AdmissionStatus.ACTIVE:
+        # Superseded already, or its ending came first: recorded ended, no holds.
+        uow.close_admission(cmd.grant_digest, recorded.value, verdict.reason or "", _at(verdict))
     events.add(
         AdmissionRecorded(
             **events.common(),
             experience_id=cmd.experience_id,
-            status=status,
-            supersedes=plan.supersedes,
-            end_reason=plan.ending.reason if plan.ending else None,
-            ended_at=plan.ending.ended_at if plan.ending else None,
+            status=recorded.value,
+            supersedes=superseded[0] if superseded else None,
+            end_reason=verdict.reason if recorded is not AdmissionStatus.ACTIVE else None,
+            ended_at=verdict.at if recorded is not AdmissionStatus.ACTIVE else None,
             consumer_id=cmd.consumer_id,
             grant_digest=cmd.grant_digest,
             admitted_at=cmd.admitted_at,
-            expires_at=plan.expires_at,
+            expires_at=expires_at,
             strategy=settings.strategy,
             window_seconds=settings.window_seconds,
             buffer_seconds=settings.buffer_seconds,
         )
     )
-    if plan.decision is not AdmissionDecision.HOLD:
+    if recorded is not AdmissionStatus.ACTIVE:
         return Applied(
-            {"status": status, "held": 0, "expiresAt": plan.expires_at.isoformat()}, events.items
+            {"status": recorded.value, "held": 0, "expiresAt": expires_at.isoformat()},
+            events.items,
         )
+    applied = _hold(uow, events, cmd, settings, expires_at)
+    if verdict.status is CONVERTED:
+        # Its completion arrived first: the holds it just took are sold.
+        close(uow, events, (cmd.experience_id, cmd.consumer_id), cmd.grant_digest, verdict)
+        applied.outcome["status"] = CONVERTED.value
+        applied.outcome["orderId"] = verdict.order_id
+    return applied
 
-    wanted = {(h.product_id, h.variant_id): h.quantity for h in plan.holds}
-    results = holds.take(uow, cmd.experience_id, settings, wanted, plan.all_or_nothing)
-    taken = [h for h in plan.holds if results[(h.product_id, h.variant_id)] is None]
+
+def _at(verdict: Verdict) -> datetime:
+    assert verdict.at is not None
+    return verdict.at
+
+
+def _hold(
+    uow: UnitOfWork,
+    events: Events,
+    cmd: AdmitConsumer,
+    settings: ExperienceSettings,
+    expires_at: datetime,
+) -> Applied:
+    """Try the holds of the consumer's cart."""
+    requests = plan_holds(
+        cmd.grant_digest, uow.load_cart(cmd.experience_id, cmd.consumer_id), settings
+    )
+    wanted = {(h.product_id, h.variant_id): h.quantity for h in requests}
+    results = holds.take(uow, cmd.experience_id, settings, wanted, is_all_or_nothing(settings))
+    taken = [h for h in requests if results[(h.product_id, h.variant_id)] is None]
     uow.insert_reservations(
         holds=taken,
         experience_id=cmd.experience_id,
         consumer_id=cmd.consumer_id,
         grant=cmd.grant_digest,
         created_at=cmd.admitted_at,
-        expires_at=plan.expires_at,
+        expires_at=expires_at,
         settings=settings,
     )
     lines = []
-    for h in plan.holds:
+    for h in requests:
         reason = results[(h.product_id, h.variant_id)]
         lines.append(
             {
@@ -112,7 +134,7 @@ def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> 
                     window_seconds=settings.window_seconds,
                     buffer_seconds=settings.buffer_seconds,
                     created_at=cmd.admitted_at,
-                    expires_at=plan.expires_at,
+                    expires_at=expires_at,
                 )
             )
         else:
@@ -121,46 +143,9 @@ def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> 
         {
             "status": "active",
             "held": len(taken),
-            "rejected": len(plan.holds) - len(taken),
-            "expiresAt": plan.expires_at.isoformat(),
+            "rejected": len(requests) - len(taken),
+            "expiresAt": expires_at.isoformat(),
             "lines": lines,
         },
         events.items,
-    )
-
-
-def _recorded_status(
-    plan: AdmissionPlan,
-) -> Literal["active", "superseded", "released", "expired"]:
-    if plan.decision is AdmissionDecision.SUPERSEDED:
-        return "superseded"
-    if plan.ending is not None:
-        return "expired" if plan.ending.outcome == "expired" else "released"
-    return "active"
-
-
-def _supersede(uow: UnitOfWork, events: Events, cmd: AdmitConsumer, old_grant: str) -> None:
-    """A new grant for the same consumer and experience: the old holds go back."""
-    released = uow.end_active_reservations(old_grant, "released", "superseded", cmd.admitted_at)
-    uow.close_admission(old_grant, "superseded", "superseded", cmd.admitted_at)
-    for held in released:
-        events.hold_ended(
-            kind="reservation.released",
-            experience_id=cmd.experience_id,
-            consumer_id=cmd.consumer_id,
-            grant=old_grant,
-            held=held,
-            reason="superseded",
-            at=cmd.admitted_at,
-        )
-    events.add(
-        AdmissionEnded(
-            **events.common(),
-            experience_id=cmd.experience_id,
-            consumer_id=cmd.consumer_id,
-            grant_digest=old_grant,
-            status="superseded",
-            reason="superseded",
-            ended_at=cmd.admitted_at,
-        )
     )

@@ -50,6 +50,7 @@ class Events:
         reason: str,
         at: Any,
         order_id: str | None = None,
+        previous_status: str = "active",
     ) -> None:
         self.add(
             ReservationEnded(
@@ -67,5 +68,6 @@ class Events:
                 order_id=order_id,
                 created_at=held.created_at,
                 strategy=held.strategy,
+                previous_status=previous_status,
             )
         )

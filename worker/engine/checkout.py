@@ -1,14 +1,18 @@
-"""Applying a checkout completion: the admission's active holds become a sale,
+"""Applying a checkout completion: the admission's holds become a sale,
 exactly once per order id, from the checkout API or Fanfare's completion
-events, whichever comes first."""
+events, whichever comes first. The API's complete is checked against the
+holds as they stand; Fanfare's is decided by when it happened."""
 
 from __future__ import annotations
 
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.checkout import check_checkout
 from worker.domain.commands import CompleteCheckout
-from worker.domain.events import AdmissionEnded, CheckoutRejected
+from worker.domain.endings import CHECKOUT_REASON, AdmissionStatus, Fact, Verdict, owner_of
+from worker.domain.events import CheckoutRejected
+from worker.domain.model import ExperienceSettings
 from worker.engine.base import Applied, Events
+from worker.engine.settle import close, keep, settle
 from worker.logs import get_logger
 
 log = get_logger("worker.engine")
@@ -32,7 +36,69 @@ def _reject(events: Events, cmd: CompleteCheckout, code: str, status: int, messa
     )
 
 
-def complete_checkout(uow: UnitOfWork, cmd: CompleteCheckout) -> Applied:
+def complete_checkout(
+    uow: UnitOfWork, cmd: CompleteCheckout, defaults: ExperienceSettings
+) -> Applied:
+    if cmd.items is None:
+        return _completed_at_fanfare(uow, cmd, defaults)
+    return _checkout(uow, cmd)
+
+
+def _conflict(uow: UnitOfWork, events: Events, cmd: CompleteCheckout, grant: str) -> Applied:
+    order = uow.admission_order(grant)
+    if order == cmd.order_id:
+        return Applied({"status": "converted", "orderId": order, "duplicate": True})
+    log.warning(
+        "checkout_order_conflict",
+        command_id=str(cmd.command_id),
+        grant_digest=grant,
+        converted_order_id=order,
+        order_id=cmd.order_id,
+    )
+    return _reject(
+        events, cmd, "ORDER_CONFLICT", 409, f"holds were already converted by order {order}"
+    )
+
+
+def _completed_at_fanfare(
+    uow: UnitOfWork, cmd: CompleteCheckout, defaults: ExperienceSettings
+) -> Applied:
+    """Fanfare's completion or order event: the order happened, so it converts
+    the admission it belongs to by time whatever arrived before it, an ended
+    one included (worker.domain.endings)."""
+    events = Events(cmd)
+    pair = (cmd.experience_id, cmd.consumer_id)
+    fact = Fact(
+        cmd.command_id,
+        cmd.grant_digest,
+        AdmissionStatus.CONVERTED,
+        CHECKOUT_REASON,
+        cmd.occurred_at,
+        cmd.order_id,
+    )
+    visit = owner_of(fact, uow.visits(*pair))
+    if visit is not None and uow.standing(visit.grant_digest).status is AdmissionStatus.CONVERTED:
+        return _conflict(uow, events, cmd, visit.grant_digest)
+    if visit is None or fact.grant_digest is None:
+        keep(uow, events, *pair, fact)
+    if visit is None:
+        return Applied({"status": "remembered", "orderId": cmd.order_id}, events.items)
+    extra = fact if fact.grant_digest is not None else None
+    settled = settle(uow, events, *pair, defaults, extra=extra)
+    return Applied(
+        {
+            "status": settled.verdicts[visit.grant_digest].status.value,
+            "orderId": cmd.order_id,
+            "holdsConverted": settled.holds,
+            "unfilled": settled.unfilled,
+        },
+        events.items,
+    )
+
+
+def _checkout(uow: UnitOfWork, cmd: CompleteCheckout) -> Applied:
+    """The checkout API's complete: the guide's checks against the holds as
+    they stand, then the admission's active holds are sold."""
     events = Events(cmd)
     if cmd.grant_digest is not None:
         admission = uow.admission_state(cmd.grant_digest)
@@ -40,58 +106,18 @@ def complete_checkout(uow: UnitOfWork, cmd: CompleteCheckout) -> Applied:
         admission = uow.current_admission(cmd.experience_id, cmd.consumer_id)
 
     if admission is not None and admission.status == "converted":
-        order = uow.admission_order(admission.grant_digest)
-        if order == cmd.order_id:
-            return Applied({"status": "converted", "orderId": order, "duplicate": True})
-        log.warning(
-            "checkout_order_conflict",
-            command_id=str(cmd.command_id),
-            grant_digest=admission.grant_digest,
-            converted_order_id=order,
-            order_id=cmd.order_id,
-        )
-        return _reject(
-            events, cmd, "ORDER_CONFLICT", 409, f"holds were already converted by order {order}"
-        )
+        return _conflict(uow, events, cmd, admission.grant_digest)
 
     holds = uow.consumer_holds(cmd.experience_id, cmd.consumer_id)
-    if admission is not None and cmd.grant_digest is None:
-        # Fanfare's completion carries no grant: judge this admission's holds.
-        holds = [h for h in holds if h.grant_digest == admission.grant_digest]
     error = check_checkout(holds, cmd.grant_digest, cmd.items or [], cmd.occurred_at)
     if error is not None:
         return _reject(events, cmd, error.code, error.status, error.message)
     if admission is None or admission.status != "active":
         return _reject(events, cmd, "RESERVATION_MISSING", 400, "No active reservation")
 
-    converted = uow.convert_active_reservations(
-        admission.grant_digest, cmd.order_id, cmd.occurred_at
-    )
-    uow.close_admission(
-        admission.grant_digest, "converted", "checkout", cmd.occurred_at, cmd.order_id
-    )
-    for held in converted:
-        events.hold_ended(
-            kind="reservation.converted",
-            experience_id=cmd.experience_id,
-            consumer_id=cmd.consumer_id,
-            grant=admission.grant_digest,
-            held=held,
-            reason="checkout",
-            at=cmd.occurred_at,
-            order_id=cmd.order_id,
-        )
-    events.add(
-        AdmissionEnded(
-            **events.common(),
-            experience_id=cmd.experience_id,
-            consumer_id=cmd.consumer_id,
-            grant_digest=admission.grant_digest,
-            status="converted",
-            reason="checkout",
-            ended_at=cmd.occurred_at,
-            order_id=cmd.order_id,
-        )
+    verdict = Verdict(AdmissionStatus.CONVERTED, CHECKOUT_REASON, cmd.occurred_at, cmd.order_id)
+    converted = close(
+        uow, events, (cmd.experience_id, cmd.consumer_id), admission.grant_digest, verdict
     )
     return Applied(
         {

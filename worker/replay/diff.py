@@ -69,7 +69,15 @@ FACT_TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "admission_endings",
         ("command_id",),
-        ("experience_id", "consumer_id", "admission_grant", "outcome", "reason", "ended_at"),
+        (
+            "experience_id",
+            "consumer_id",
+            "admission_grant",
+            "outcome",
+            "reason",
+            "ended_at",
+            "order_id",
+        ),
     ),
     TableSpec("experience_pools", ("experience_id", "product_id", "variant_id"), ("used",)),
     TableSpec("reservations", ("id",), tuple(c for c in tables.RESERVATION_COLUMNS if c != "id")),

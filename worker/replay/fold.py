@@ -26,6 +26,7 @@ from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
 from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
+    AdmissionRevised,
     CartUpdated,
     EndingRemembered,
     Event,
@@ -35,7 +36,7 @@ from worker.domain.events import (
     ReservationRejected,
     StockSet,
 )
-from worker.domain.model import CartLine
+from worker.domain.model import CartLine, ReservationStatus
 
 StockKey = tuple[str, str]
 PoolKey = tuple[str, str, str]
@@ -82,6 +83,8 @@ class AdmissionClose:
     end_reason: str
     ended_at: datetime
     order_id: str | None
+    # A revision changes an admission that had ended; a close, only an open one.
+    revision: bool = False
 
 
 @dataclass
@@ -141,7 +144,7 @@ def needs(events: Iterable[Event]) -> Needs:
                 n.grants.add(e.grant_digest)
         elif type(e) is AdmissionRecorded:
             recorded.add(e.grant_digest)
-            if e.end_reason is not None:
+            if e.end_reason is not None and e.ended_at is None:
                 n.ending_grants.add(e.grant_digest)
                 n.ending_pairs.add((e.experience_id, e.consumer_id))
     return n
@@ -228,16 +231,15 @@ class _Fold:
         )
         if e.end_reason is not None:
             row.end_reason = e.end_reason
-            row.ended_at = self._recorded_end(e)
+            row.ended_at = e.ended_at or self._recorded_end(e)
         self.changes.admissions[row.grant] = row
         self.strategies[row.grant] = row.strategy
 
     def _recorded_end(self, e: AdmissionRecorded) -> datetime | None:
-        """When an admission whose ending came first ended. The event names
-        the reason but not the time, so this finds the remembered ending the
-        engine chose (worker.adapters.unit_of_work.UnitOfWork.find_ending):
-        the earliest one for this grant, or grant-less for this consumer at or
-        after the admission."""
+        """When an admission whose ending came first ended, for an event
+        that names the reason but not the time: the remembered ending the
+        engine chose then, the earliest one for this grant, or grant-less for
+        this consumer at or after the admission."""
         outcome = "released" if e.status == "superseded" else e.status
         matches = [
             x
@@ -277,6 +279,16 @@ class _Fold:
             e.status, e.reason, e.ended_at, e.order_id
         )
 
+    def _revised(self, e: AdmissionRevised) -> None:
+        new = self.changes.admissions.get(e.grant_digest)
+        if new is not None:
+            new.status, new.end_reason = e.status, e.reason
+            new.ended_at, new.order_id = e.ended_at, e.order_id
+            return
+        self.changes.admission_closes[e.grant_digest] = AdmissionClose(
+            e.status, e.reason, e.ended_at, e.order_id, revision=True
+        )
+
     def _remembered(self, e: EndingRemembered) -> None:
         row = EndingRow(
             command_id=e.command_id,
@@ -286,6 +298,7 @@ class _Fold:
             outcome=e.outcome,
             reason=e.reason,
             ended_at=e.ended_at,
+            order_id=e.order_id,
         )
         self.endings.append(row)
         self.changes.endings.append(row)
@@ -329,11 +342,18 @@ class _Fold:
         else:
             self.changes.reservation_ends[e.reservation_id] = end
         stock = self._stock(e.product_id, e.variant_id)
-        stock.reserved -= e.quantity
-        if converted:
-            stock.sold += e.quantity  # a sale keeps its pool unit
-        else:
-            key = (e.experience_id, e.product_id, _variant(e.variant_id))
+        key = (e.experience_id, e.product_id, _variant(e.variant_id))
+        if e.previous_status is ReservationStatus.ACTIVE:
+            stock.reserved -= e.quantity
+            if converted:
+                stock.sold += e.quantity  # a sale keeps its pool unit
+            else:
+                self._pool(e.grant_digest, key, -e.quantity)
+        elif converted:  # a late completion sold an ended hold again
+            stock.sold += e.quantity
+            self._pool(e.grant_digest, key, e.quantity)
+        else:  # a sale moved to the admission it belonged to
+            stock.sold -= e.quantity
             self._pool(e.grant_digest, key, -e.quantity)
 
     def _rejected(self, e: ReservationRejected) -> None:
@@ -347,6 +367,7 @@ _HANDLERS: dict[type, Callable[[_Fold, Any], None]] = {
     CartUpdated: _Fold._cart,
     AdmissionRecorded: _Fold._recorded,
     AdmissionEnded: _Fold._admission_ended,
+    AdmissionRevised: _Fold._revised,
     EndingRemembered: _Fold._remembered,
     ReservationCreated: _Fold._created,
     ReservationEnded: _Fold._ended,

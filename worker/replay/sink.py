@@ -257,15 +257,17 @@ async def _admissions(conn: Conn, c: Changes) -> None:
     if c.admission_closes:
         grants = sorted(c.admission_closes)
         closes = [c.admission_closes[g] for g in grants]
-        # Only an active admission ends, exactly as the engine closes it.
+        # Only an active admission ends, exactly as the engine closes it; a
+        # revision changes one that had ended.
         await conn.execute(
             """UPDATE admissions a SET status = v.status, ended_at = v.ended_at,
                    end_reason = v.end_reason, order_id = v.order_id
-               FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
-                    AS v(grant_, status, ended_at, end_reason, order_id)
-               WHERE a.admission_grant = v.grant_ AND a.status = 'active'""",
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                           $6::bool[])
+                    AS v(grant_, status, ended_at, end_reason, order_id, revision)
+               WHERE a.admission_grant = v.grant_ AND (a.status = 'active' OR v.revision)""",
             grants,
-            *tables.columns(closes, "status ended_at end_reason order_id"),
+            *tables.columns(closes, "status ended_at end_reason order_id revision"),
         )
 
 

@@ -317,6 +317,7 @@ HOLD_COUNTERS = {
     "reservation.converted": metrics.HOLDS_CONVERTED,
     "reservation.released": metrics.HOLDS_RELEASED,
     "reservation.expired": metrics.HOLDS_EXPIRED,
+    "reservation.late_conversion_unfilled": metrics.LATE_CONVERSION_UNFILLED,
 }
 
 
