@@ -92,6 +92,9 @@ def engine_rows(uow: UnitOfWork) -> Rows:
         },
         "admissions": {g: _pick(a, ADMISSION_COLUMNS) for g, a in uow.admissions.items()},
         "admission_endings": {e.command_id: _pick(e, ENDING_COLUMNS) for e in uow.new_endings},
+        "cart_versions": {
+            (e, c, u, i): (orjson.loads(items),) for e, c, u, i, items in uow.new_cart_versions
+        },
         "experience_pools": {k: (p.used,) for k, p in uow.pools.items() if p.dirty},
         "reservations": {i: _pick(r, RESERVATION_COLUMNS) for i, r in uow.reservations.items()},
     }
@@ -110,6 +113,7 @@ class Tables:
         self.carts: dict[tuple[str, str], CartRow] = {}
         self.admissions: dict[str, AdmissionRow] = {}
         self.endings: dict[UUID, EndingRow] = {}
+        self.cart_versions: dict[tuple[str, str, Any, UUID], str] = {}
         self.reservations: dict[UUID, ReservationRow] = {}
         self.pools: dict[PoolKey, int] = {}
 
@@ -139,6 +143,8 @@ class Tables:
             row[1] += s.reserved
             row[2] += s.sold
         self.carts.update(c.carts)
+        for e, cons, u, i, items in c.cart_versions:
+            self.cart_versions.setdefault((e, cons, u, i), items)
         for grant, a in c.admissions.items():
             assert grant not in self.admissions, "duplicate admission key"
             self.admissions[grant] = a
@@ -176,6 +182,7 @@ class Tables:
             "carts": {k: (orjson.loads(c.items_json), c.updated_at) for k, c in self.carts.items()},
             "admissions": {g: _pick(a, ADMISSION_COLUMNS) for g, a in self.admissions.items()},
             "admission_endings": {i: _pick(e, ENDING_COLUMNS) for i, e in self.endings.items()},
+            "cart_versions": {k: (orjson.loads(v),) for k, v in self.cart_versions.items()},
             "experience_pools": {k: (u,) for k, u in self.pools.items()},
             "reservations": {
                 i: _pick(r, RESERVATION_COLUMNS) for i, r in self.reservations.items()

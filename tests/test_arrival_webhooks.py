@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from tests import builders as b
 from tests.conftest import SECRET
 from tests.helpers import (
     ServiceProcess,
@@ -16,14 +17,12 @@ from tests.helpers import (
     now,
     post_webhook,
     produce_commands,
-    put_cart_command,
     set_stock_command,
     unique,
     wait_for,
 )
 from worker.config import Settings
 from worker.domain.ids import command_id, grant_digest
-from worker.domain.model import CartLine
 
 
 def _event(
@@ -46,15 +45,9 @@ class Drop:
         self.exp, self.cons, self.product = unique("queue"), unique("cons"), unique("prod")
 
     async def prepare(self, on_hand: int) -> None:
-        await produce_commands(
-            self.settings,
-            [
-                set_stock_command(self.product, on_hand),
-                put_cart_command(
-                    self.exp, self.cons, [CartLine(product_id=self.product, quantity=1)]
-                ),
-            ],
-        )
+        # The cart was filled in the waiting room, an hour before any story.
+        cart = b.cart(self.exp, self.cons, b.line(self.product, 1), at=now() - seconds(3600))
+        await produce_commands(self.settings, [set_stock_command(self.product, on_hand), cart])
         await wait_for(lambda: self.cart_stored())
 
     async def cart_stored(self) -> bool:

@@ -149,7 +149,15 @@ def test_a_completion_wins_over_endings_and_keeps_its_order() -> None:
     expiry = fact(T0 + minutes(11), GRANT, AdmissionStatus.EXPIRED, "window_elapsed")
     completion = fact(T0 + minutes(12), None, AdmissionStatus.CONVERTED, "checkout", "o-1")
     result = verdicts([visit()], [expiry, completion])
-    assert result[GRANT] == Verdict(AdmissionStatus.CONVERTED, "checkout", T0 + minutes(12), "o-1")
+    # It held until its expiry: the cart of then is what was sold.
+    assert result[GRANT] == Verdict(
+        AdmissionStatus.CONVERTED,
+        "checkout",
+        T0 + minutes(12),
+        "o-1",
+        T0 + minutes(11),
+        completion.command_id,
+    )
 
 
 def test_a_grantless_completion_after_the_next_admission_belongs_to_it() -> None:

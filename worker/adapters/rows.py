@@ -194,6 +194,22 @@ async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
     )
 
 
+async def insert_cart_versions(
+    conn: Conn, versions: Sequence[tuple[str, str, datetime, UUID, str]]
+) -> None:
+    """(experience_id, consumer_id, updated_at, command_id, items JSON) each."""
+    if not versions:
+        return
+    await conn.execute(
+        """INSERT INTO cart_versions (experience_id, consumer_id, updated_at, command_id, items)
+           SELECT e, c, u, i, t::jsonb
+           FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::uuid[], $5::text[])
+                AS v(e, c, u, i, t)
+           ON CONFLICT DO NOTHING""",
+        *tuple_columns(versions),
+    )
+
+
 def reservation_records(rows: Iterable[ReservationRow]) -> list[tuple[Any, ...]]:
     """The rows' values in RESERVATION_COLUMNS order, taken now."""
     return list(map(_RESERVATION_VALUES, rows))

@@ -95,6 +95,13 @@ class CartRow:
     dirty: bool = False
 
 
+@dataclass(frozen=True)
+class CartVersion:
+    updated_at: datetime
+    command_id: UUID
+    items: list[CartLine]
+
+
 @dataclass
 class PoolRow:
     used: int
@@ -110,6 +117,9 @@ class Footprint:
     grants: set[str] = field(default_factory=set)
     stock: set[StockKey] = field(default_factory=set)
     stock_to_create: set[StockKey] = field(default_factory=set)
+    # Consumers with a Fanfare completion in the batch: a sale may need the
+    # cart as it stood at an earlier time.
+    sales: set[Pair] = field(default_factory=set)
 
     @classmethod
     def of(cls, commands: Iterable[Command]) -> Footprint:
@@ -131,12 +141,17 @@ class Footprint:
                     fp.pairs.add((cmd.experience_id, cmd.consumer_id))
                     if cmd.grant_digest is not None:
                         fp.grants.add(cmd.grant_digest)
+                    if isinstance(cmd, CompleteCheckout) and cmd.items is None:
+                        fp.sales.add((cmd.experience_id, cmd.consumer_id))
         return fp
 
 
 CART_LOOKUP_SQL = """SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(e, c)
     CROSS JOIN LATERAL (SELECT experience_id, consumer_id, items, updated_at
         FROM carts WHERE experience_id = k.e AND consumer_id = k.c OFFSET 0) t"""
+CART_VERSIONS_SQL = """SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(e, c)
+    CROSS JOIN LATERAL (SELECT experience_id, consumer_id, updated_at, command_id, items
+        FROM cart_versions WHERE experience_id = k.e AND consumer_id = k.c OFFSET 0) t"""
 
 
 async def _by_pair_or_grant(conn: Conn, table: str, fp: Footprint) -> list[Any]:
@@ -162,6 +177,11 @@ class UnitOfWork:
         self.reservations_by_grant: dict[str, list[TrackedReservation]] = defaultdict(list)
         self.reservations_by_pair: dict[Pair, list[TrackedReservation]] = defaultdict(list)
         self.carts: dict[Pair, CartRow] = {}
+        # Carts by time, complete for the consumers whose sales may need them
+        # (`versions_read`; None: nothing was read, every row is in memory).
+        self.cart_versions: dict[Pair, list[CartVersion]] = defaultdict(list)
+        self.versions_read: set[Pair] | None = None
+        self.new_cart_versions: list[tuple[str, str, datetime, UUID, str]] = []
         # Kept endings and completions, by consumer (experience, consumer).
         self.endings: dict[Pair, list[EndingRow]] = defaultdict(list)
         self.new_endings: list[EndingRow] = []
@@ -177,6 +197,7 @@ class UnitOfWork:
         await self._load_admissions(conn, fp)
         await self._load_carts(conn, fp.pairs)
         await self._load_endings(conn, fp)
+        await self._load_cart_versions(conn, fp.sales | self._pairs_with_sales())
         await self._load_reservations(conn, fp)
         for cart in self.carts.values():
             fp.stock.update((i.product_id, i.variant_column) for i in cart.items)
@@ -239,6 +260,23 @@ class UnitOfWork:
         for r in rows:
             items = _CART_ITEMS.validate_json(r["items"])
             self.carts[(r["experience_id"], r["consumer_id"])] = CartRow(items, r["updated_at"])
+
+    def _pairs_with_sales(self) -> set[Pair]:
+        return {
+            pair
+            for pair, rows in self.endings.items()
+            if any(e.outcome == "converted" for e in rows)
+        }
+
+    async def _load_cart_versions(self, conn: Conn, pairs: set[Pair]) -> None:
+        self.versions_read = set(pairs)
+        if not pairs:
+            return
+        exps, cons = _unzip(pairs)
+        for r in await conn.fetch(CART_VERSIONS_SQL, exps, cons):
+            self.cart_versions[(r["experience_id"], r["consumer_id"])].append(
+                CartVersion(r["updated_at"], r["command_id"], _CART_ITEMS.validate_json(r["items"]))
+            )
 
     async def _load_endings(self, conn: Conn, fp: Footprint) -> None:
         for row in tables.ending_rows(await _by_pair_or_grant(conn, "admission_endings", fp)):
@@ -393,9 +431,35 @@ class UnitOfWork:
         self.experiences_dirty[experience_id] = at
 
     def put_cart(
-        self, experience_id: str, consumer_id: str, items: list[CartLine], at: datetime
+        self,
+        experience_id: str,
+        consumer_id: str,
+        items: list[CartLine],
+        at: datetime,
+        command_id: UUID,
     ) -> None:
-        self.carts[(experience_id, consumer_id)] = CartRow(list(items), at, dirty=True)
+        pair = (experience_id, consumer_id)
+        self.carts[pair] = CartRow(list(items), at, dirty=True)
+        self.cart_versions[pair].append(CartVersion(at, command_id, list(items)))
+        items_json = _CART_ITEMS.dump_json(items, by_alias=True).decode()
+        self.new_cart_versions.append((experience_id, consumer_id, at, command_id, items_json))
+
+    def cart_version_at(
+        self, experience_id: str, consumer_id: str, at: datetime
+    ) -> CartVersion | None:
+        """The consumer's cart as it stood at `at` (the last put at or before)."""
+        pair = (experience_id, consumer_id)
+        if self.versions_read is not None and pair not in self.versions_read:
+            raise RuntimeError(f"cart versions of {pair} were not read for this batch")
+        versions = self.cart_versions.get(pair, [])
+        earlier = [v for v in versions if v.updated_at <= at]
+        if not earlier:
+            return None
+        return max(earlier, key=lambda v: (v.updated_at, v.command_id))
+
+    def cart_at(self, experience_id: str, consumer_id: str, at: datetime) -> list[CartLine]:
+        version = self.cart_version_at(experience_id, consumer_id, at)
+        return list(version.items) if version is not None else []
 
     def load_cart(self, experience_id: str, consumer_id: str) -> list[CartLine]:
         cart = self.carts.get((experience_id, consumer_id))
@@ -591,37 +655,41 @@ class UnitOfWork:
         self, grant: str, status: str, reason: str, at: datetime
     ) -> list[HeldRow]:
         """End every active hold of a grant and give its units back."""
-        ended = []
-        for r in self._active_of(grant):
-            r.status, r.end_reason, r.ended_at, r.dirty = status, reason, at, True
-            self.give_back_units(r.product_id, r.variant_id, r.quantity)
-            if r.strategy == "pool":
-                self.give_back_pool(r.experience_id, r.product_id, r.variant_id, r.quantity)
-            ended.append(r.held())
-        return ended
+        return [self.end_reservation(r, status, reason, at) for r in self._active_of(grant)]
 
     def convert_active_reservations(self, grant: str, order_id: str, at: datetime) -> list[HeldRow]:
         """Move every active hold of a grant from reserved to sold."""
-        converted = []
-        for r in self._active_of(grant):
-            r.status, r.converted_at, r.order_id = "converted", at, order_id
-            r.ended_at, r.end_reason, r.dirty = at, "checkout", True
-            self._sell_units(r.product_id, r.variant_id, r.quantity)
-            converted.append(r.held())
-        return converted
+        return [self.convert_reservation(r, order_id, at) for r in self._active_of(grant)]
+
+    def active_reservations(self, grant: str) -> list[TrackedReservation]:
+        return self._active_of(grant)
 
     def ended_holds(self, grant: str) -> list[TrackedReservation]:
-        """The holds that ended with their admission (not those a cart change
-        replaced), in key order: what a late completion takes back."""
+        """A grant's released and expired holds, latest first: what a late
+        completion can sell again."""
         rows = [
             r
             for r in self.reservations_by_grant.get(grant, [])
-            if r.status in ("released", "expired") and r.end_reason != "cart_changed"
+            if r.status in ("released", "expired")
         ]
-        return sorted(rows, key=lambda r: (r.product_id, r.variant_id))
+        return sorted(rows, key=lambda r: (r.ended_at or r.created_at, r.id), reverse=True)
 
-    def has_reservations(self, grant: str) -> bool:
-        return bool(self.reservations_by_grant.get(grant))
+    def end_reservation(
+        self, r: TrackedReservation, status: str, reason: str, at: datetime
+    ) -> HeldRow:
+        """End one active hold and give its units back."""
+        r.status, r.end_reason, r.ended_at, r.dirty = status, reason, at, True
+        self.give_back_units(r.product_id, r.variant_id, r.quantity)
+        if r.strategy == "pool":
+            self.give_back_pool(r.experience_id, r.product_id, r.variant_id, r.quantity)
+        return r.held()
+
+    def convert_reservation(self, r: TrackedReservation, order_id: str, at: datetime) -> HeldRow:
+        """Sell one active hold: its units move from reserved to sold."""
+        r.status, r.converted_at, r.order_id = "converted", at, order_id
+        r.ended_at, r.end_reason, r.dirty = at, "checkout", True
+        self._sell_units(r.product_id, r.variant_id, r.quantity)
+        return r.held()
 
     def convert_ended(self, reservation_id: UUID, order_id: str, at: datetime) -> bool:
         """Sell an ended hold again if its units are still free (never
@@ -712,6 +780,7 @@ class UnitOfWork:
             experiences=self._take_experiences(),
             stock=self._take_stock(),
             carts=self._take_carts(),
+            cart_versions=self.new_cart_versions,
             new_endings=self.new_endings,
             pools=self._take_pools(),
             outbox=[
@@ -723,6 +792,7 @@ class UnitOfWork:
         self._take_admissions(changes)
         self._take_reservations(changes)
         self.new_endings, self.outbox, self.inbox = [], [], []
+        self.new_cart_versions = []
         return changes
 
     async def flush(self, conn: Conn) -> None:

@@ -84,6 +84,11 @@ class Verdict:
     reason: str | None = None
     at: datetime | None = None
     order_id: str | None = None
+    # A sale: when the admission stopped holding (its completion, or an
+    # earlier ending or supersession), so the cart sold is the one of then.
+    held_until: datetime | None = None
+    # The kept completion it comes from (None: checkout's own sale).
+    sale: UUID | None = None
 
     @property
     def over(self) -> bool:
@@ -135,15 +140,31 @@ def _belongs(fact: Fact, visit: Visit, following: Visit | None) -> bool:
 
 
 def _verdict(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict:
-    completions = [f for f in mine if f.outcome is AdmissionStatus.CONVERTED]
-    if completions:
-        first = min(completions, key=Fact.sort_key)
-        return Verdict(AdmissionStatus.CONVERTED, first.reason, first.at, first.order_id)
-    endings = [f for f in mine if counts_for(f, visit)]
+    endings = [
+        f for f in mine if f.outcome is not AdmissionStatus.CONVERTED and counts_for(f, visit)
+    ]
     ending = min(endings, key=Fact.sort_key) if endings else None
     # An ending at the very time the next admission came counts first.
     if following is not None and (ending is None or following.admitted_at < ending.at):
-        return Verdict(AdmissionStatus.SUPERSEDED, SUPERSEDED_REASON, following.admitted_at)
+        ending = Fact(
+            None,
+            visit.grant_digest,
+            AdmissionStatus.SUPERSEDED,
+            SUPERSEDED_REASON,
+            following.admitted_at,
+        )
+    completions = [f for f in mine if f.outcome is AdmissionStatus.CONVERTED]
+    if completions:
+        sale = min(completions, key=Fact.sort_key)
+        held_until = min(sale.at, ending.at) if ending is not None else sale.at
+        return Verdict(
+            AdmissionStatus.CONVERTED,
+            sale.reason,
+            sale.at,
+            sale.order_id,
+            max(held_until, visit.admitted_at),
+            sale.command_id,
+        )
     if ending is None:
         return OPEN
     return Verdict(ending.outcome, ending.reason, ending.at)

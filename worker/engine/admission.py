@@ -15,6 +15,7 @@ from worker.domain.events import AdmissionRecorded, ReservationCreated, Reservat
 from worker.domain.model import ExperienceSettings
 from worker.engine import holds
 from worker.engine.base import Applied, Events
+from worker.engine.sale import sell
 from worker.engine.settle import CONVERTED, close, settle
 
 
@@ -67,13 +68,16 @@ def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> 
             {"status": recorded.value, "held": 0, "expiresAt": expires_at.isoformat()},
             events.items,
         )
-    applied = _hold(uow, events, cmd, settings, expires_at)
     if verdict.status is CONVERTED:
-        # Its completion arrived first: the holds it just took are sold.
-        close(uow, events, (cmd.experience_id, cmd.consumer_id), cmd.grant_digest, verdict)
-        applied.outcome["status"] = CONVERTED.value
-        applied.outcome["orderId"] = verdict.order_id
-    return applied
+        # Its completion arrived first: the cart of then is sold at once.
+        pair = (cmd.experience_id, cmd.consumer_id)
+        sold = sell(uow, events, pair, cmd.grant_digest, verdict, defaults)
+        close(uow, events, pair, cmd.grant_digest, verdict)
+        return Applied(
+            {"status": CONVERTED.value, "orderId": verdict.order_id, "held": sold.holds},
+            events.items,
+        )
+    return _hold(uow, events, cmd, settings, expires_at)
 
 
 def _at(verdict: Verdict) -> datetime:

@@ -17,7 +17,7 @@ from worker.engine.base import Applied, Events
 
 def put_cart(uow: UnitOfWork, cmd: PutCart, defaults: ExperienceSettings) -> Applied:
     events = Events(cmd)
-    uow.put_cart(cmd.experience_id, cmd.consumer_id, cmd.items, cmd.occurred_at)
+    uow.put_cart(cmd.experience_id, cmd.consumer_id, cmd.items, cmd.occurred_at, cmd.command_id)
     events.add(
         CartUpdated(
             **events.common(),

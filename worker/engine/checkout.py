@@ -48,6 +48,12 @@ def _conflict(uow: UnitOfWork, events: Events, cmd: CompleteCheckout, grant: str
     order = uow.admission_order(grant)
     if order == cmd.order_id:
         return Applied({"status": "converted", "orderId": order, "duplicate": True})
+    return _reject_conflict(events, cmd, grant, order)
+
+
+def _reject_conflict(
+    events: Events, cmd: CompleteCheckout, grant: str, order: str | None
+) -> Applied:
     log.warning(
         "checkout_order_conflict",
         command_id=str(cmd.command_id),
@@ -77,17 +83,31 @@ def _completed_at_fanfare(
         cmd.order_id,
     )
     visit = owner_of(fact, uow.visits(*pair))
-    if visit is not None and uow.standing(visit.grant_digest).status is AdmissionStatus.CONVERTED:
-        return _conflict(uow, events, cmd, visit.grant_digest)
-    if visit is None or fact.grant_digest is None:
-        keep(uow, events, *pair, fact)
+    # Kept always: a sale that happened earlier, or an ending that arrives
+    # late, may decide the admission's sale again (worker.domain.endings).
+    keep(uow, events, *pair, fact)
     if visit is None:
         return Applied({"status": "remembered", "orderId": cmd.order_id}, events.items)
-    extra = fact if fact.grant_digest is not None else None
-    settled = settle(uow, events, *pair, defaults, extra=extra)
+    before = uow.standing(visit.grant_digest)
+    settled = settle(uow, events, *pair, defaults, new=fact)
+    now = settled.verdicts[visit.grant_digest]
+    if now.order_id != cmd.order_id:
+        return _reject_conflict(events, cmd, visit.grant_digest, now.order_id)
+    if before.order_id is not None and before.order_id != now.order_id:
+        log.warning(
+            "checkout_order_replaced",
+            command_id=str(cmd.command_id),
+            grant_digest=visit.grant_digest,
+            replaced_order_id=before.order_id,
+            order_id=cmd.order_id,
+        )
+    if visit.grant_digest not in settled.changed:
+        return Applied(
+            {"status": "converted", "orderId": cmd.order_id, "duplicate": True}, events.items
+        )
     return Applied(
         {
-            "status": settled.verdicts[visit.grant_digest].status.value,
+            "status": now.status.value,
             "orderId": cmd.order_id,
             "holdsConverted": settled.holds,
             "unfilled": settled.unfilled,

@@ -31,8 +31,7 @@ def end_admission(uow: UnitOfWork, cmd: EndAdmission, defaults: ExperienceSettin
         keep(uow, events, cmd.experience_id, cmd.consumer_id, fact)
     if visit is None:
         return Applied({"status": "remembered", "outcome": cmd.outcome}, events.items)
-    extra = fact if fact.grant_digest is not None else None
-    settled = settle(uow, events, cmd.experience_id, cmd.consumer_id, defaults, extra=extra)
+    settled = settle(uow, events, cmd.experience_id, cmd.consumer_id, defaults, new=fact)
     if visit.grant_digest not in settled.changed:
         before = uow.standing(visit.grant_digest)
         decision = "not_yet_due" if not counts_for(fact, visit) else "already_ended"

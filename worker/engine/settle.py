@@ -1,27 +1,20 @@
 """Bringing a consumer's admissions to their verdicts (worker.domain.endings)
 after an admission, an ending or a completion arrived: ending open holds,
-converting them, selling ended holds again for a late completion, moving a
-sale to the admission it belonged to, and revising how an ended admission
-stands. Units are freed before any are taken."""
+selling (worker.engine.sale), moving a sale to the admission it belonged to,
+and revising how an ended admission stands. Units are freed before any are
+taken."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from uuid import UUID
 
 from worker.adapters.unit_of_work import HeldRow, UnitOfWork
-from worker.domain.admission import plan_holds
 from worker.domain.endings import AdmissionStatus, Fact, Verdict, hold_status, verdicts
-from worker.domain.events import (
-    AdmissionEnded,
-    AdmissionRevised,
-    EndingRemembered,
-    LateConversionUnfilled,
-    ReservationCreated,
-)
+from worker.domain.events import AdmissionEnded, AdmissionRevised, EndingRemembered
 from worker.domain.model import ExperienceSettings
 from worker.engine.base import Events
+from worker.engine.sale import sell
 
 CONVERTED = AdmissionStatus.CONVERTED
 
@@ -44,26 +37,32 @@ def settle(
     consumer_id: str,
     defaults: ExperienceSettings,
     *,
-    extra: Fact | None = None,
+    new: Fact | None = None,
     skip: str | None = None,
 ) -> Settled:
-    """`extra`: a fact with a grant that is not kept (its admission is known).
+    """`new`: the ending or completion that just arrived (kept or not).
     `skip`: an admission just recorded, which its own handler settles."""
-    facts = uow.facts(experience_id, consumer_id)
-    if extra is not None:
-        facts.append(extra)
-    target = verdicts(uow.visits(experience_id, consumer_id), facts)
+    pair = (experience_id, consumer_id)
+    facts = uow.facts(*pair)
+    visits = uow.visits(*pair)
+    earlier = [f for f in facts if new is None or f.command_id != new.command_id]
+    if new is not None:
+        facts = [*earlier, new]
+    target = verdicts(visits, facts)
+    # What the rows were brought to before this arrival: a sale records
+    # neither when its admission stopped holding nor which cart it sold.
+    known = verdicts([v for v in visits if v.grant_digest != skip], earlier)
     result = Settled(target)
-    pending = [
-        (grant, uow.standing(grant), verdict)
-        for grant, verdict in sorted(target.items())
-        if grant != skip and _differs(uow.standing(grant), verdict)
-    ]
+    pending = []
+    for grant, verdict in sorted(target.items()):
+        before = uow.standing(grant)
+        if grant != skip and _differs(uow, pair, before, known.get(grant), verdict):
+            pending.append((grant, before, verdict))
     # Ends and moved sales first, so the units they free can be sold again.
     pending.sort(key=lambda p: p[2].status is CONVERTED)
     for grant, before, after in pending:
         result.changed[grant] = before
-        _apply(uow, events, result, (experience_id, consumer_id), grant, before, after, defaults)
+        _apply(uow, events, result, pair, grant, before, after, defaults)
     return result
 
 
@@ -85,13 +84,29 @@ def keep(uow: UnitOfWork, events: Events, experience_id: str, consumer_id: str, 
     )
 
 
-def _differs(before: Verdict, after: Verdict) -> bool:
+def _differs(
+    uow: UnitOfWork,
+    pair: tuple[str, str],
+    before: Verdict,
+    known: Verdict | None,
+    after: Verdict,
+) -> bool:
     if before.status is not after.status:
         return True
-    return after.over and (before.reason, before.at, before.order_id) != (
-        after.reason,
-        after.at,
-        after.order_id,
+    if not after.over:
+        return False
+    if (before.reason, before.at, before.order_id) != (after.reason, after.at, after.order_id):
+        return True
+    # The same sale, but the admission stopped holding earlier than known
+    # (an ending arrived late): the cart sold may be another one.
+    return (
+        after.status is CONVERTED
+        and after.sale is not None
+        and known is not None
+        and known.held_until is not None
+        and after.held_until is not None
+        and uow.cart_version_at(*pair, known.held_until)
+        != uow.cart_version_at(*pair, after.held_until)
     )
 
 
@@ -105,24 +120,22 @@ def _apply(
     after: Verdict,
     defaults: ExperienceSettings,
 ) -> None:
-    if before.status is AdmissionStatus.ACTIVE:
+    if after.status is CONVERTED:
+        if before.status is CONVERTED:
+            # An earlier order of this admission, or an earlier end of its
+            # holding, arrived late: the sale is made again from that.
+            _unsell(uow, events, pair, grant, "released", "sale_revised", _at(after))
+        sold = sell(uow, events, pair, grant, after, defaults)
+        result.holds += sold.holds
+        result.unfilled += sold.unfilled
+        if before.status is AdmissionStatus.ACTIVE:
+            _closed(uow, events, pair, grant, after)
+            return
+    elif before.status is AdmissionStatus.ACTIVE:
         result.holds += len(close(uow, events, pair, grant, after))
         return
-    if after.status is CONVERTED:
-        result.unfilled += _sell_late(uow, events, pair, grant, after, defaults)
     elif before.status is CONVERTED:
-        undone = uow.unconvert(grant, hold_status(after), after.reason or "", _at(after))
-        for held in undone:
-            events.hold_ended(
-                kind=f"reservation.{hold_status(after)}",
-                experience_id=pair[0],
-                consumer_id=pair[1],
-                grant=grant,
-                held=held,
-                reason=after.reason or "",
-                at=_at(after),
-                previous_status="converted",
-            )
+        _unsell(uow, events, pair, grant, hold_status(after), after.reason or "", _at(after))
     uow.revise_admission(grant, after)
     events.add(
         AdmissionRevised(
@@ -139,10 +152,34 @@ def _apply(
     )
 
 
+def _unsell(
+    uow: UnitOfWork,
+    events: Events,
+    pair: tuple[str, str],
+    grant: str,
+    status: str,
+    reason: str,
+    at: datetime,
+) -> None:
+    """A sale that was not this admission's: its units go back to the shelf."""
+    for held in uow.unconvert(grant, status, reason, at):
+        events.hold_ended(
+            kind=f"reservation.{status}",
+            experience_id=pair[0],
+            consumer_id=pair[1],
+            grant=grant,
+            held=held,
+            reason=reason,
+            at=at,
+            previous_status="converted",
+        )
+
+
 def close(
     uow: UnitOfWork, events: Events, pair: tuple[str, str], grant: str, after: Verdict
 ) -> list[HeldRow]:
-    """An open admission ends or converts: its active holds follow."""
+    """An open admission ends, or is sold whole (the checkout API): its
+    active holds follow."""
     at, reason = _at(after), after.reason or ""
     if after.status is CONVERTED:
         assert after.order_id is not None
@@ -160,6 +197,14 @@ def close(
             at=at,
             order_id=after.order_id,
         )
+    _closed(uow, events, pair, grant, after)
+    return held
+
+
+def _closed(
+    uow: UnitOfWork, events: Events, pair: tuple[str, str], grant: str, after: Verdict
+) -> None:
+    at, reason = _at(after), after.reason or ""
     uow.close_admission(grant, after.status.value, reason, at, after.order_id)
     events.add(
         AdmissionEnded(
@@ -171,120 +216,6 @@ def close(
             reason=reason,
             ended_at=at,
             order_id=after.order_id,
-        )
-    )
-    return held
-
-
-def _sell_late(
-    uow: UnitOfWork,
-    events: Events,
-    pair: tuple[str, str],
-    grant: str,
-    after: Verdict,
-    defaults: ExperienceSettings,
-) -> int:
-    """A completion for an admission that had ended: its ended holds are sold
-    again where their units are still free; an admission that never held
-    anything (it arrived already ended) sells its cart's lines the same way.
-    Returns the lines left unfilled, each published."""
-    assert after.order_id is not None
-    at, order = _at(after), after.order_id
-    unfilled = 0
-    ended = uow.ended_holds(grant)
-    if ended:
-        for r in ended:
-            previous = r.status
-            if uow.convert_ended(r.id, order, at):
-                events.hold_ended(
-                    kind="reservation.converted",
-                    experience_id=pair[0],
-                    consumer_id=pair[1],
-                    grant=grant,
-                    held=r.held(),
-                    reason=after.reason or "",
-                    at=at,
-                    order_id=order,
-                    previous_status=previous,
-                )
-            else:
-                unfilled += 1
-                _unfilled(events, pair, grant, order, r.product_id, r.variant_id, r.quantity, r.id)
-        return unfilled
-    if uow.has_reservations(grant):
-        return 0  # every hold it had was replaced or is sold already
-    settings = uow.admission_settings(grant) or defaults
-    taken = []
-    for h in plan_holds(grant, uow.load_cart(*pair), settings):
-        if uow.take_units(h.product_id, h.variant_id, h.quantity):
-            uow.take_pool_unit(pair[0], h.product_id, h.variant_id, h.quantity, settings)
-            taken.append(h)
-        else:
-            unfilled += 1
-            _unfilled(events, pair, grant, order, h.product_id, h.variant_id, h.quantity, None)
-    admission = uow.admissions[grant]
-    uow.insert_reservations(
-        holds=taken,
-        experience_id=pair[0],
-        consumer_id=pair[1],
-        grant=grant,
-        created_at=at,
-        expires_at=admission.expires_at,
-        settings=settings,
-    )
-    for h in taken:
-        events.add(
-            ReservationCreated(
-                **events.common(),
-                experience_id=pair[0],
-                consumer_id=pair[1],
-                grant_digest=grant,
-                product_id=h.product_id,
-                variant_id=h.variant_id or None,
-                quantity=h.quantity,
-                reservation_id=h.reservation_id,
-                strategy=settings.strategy,
-                window_seconds=settings.window_seconds,
-                buffer_seconds=settings.buffer_seconds,
-                created_at=at,
-                expires_at=admission.expires_at,
-            )
-        )
-    for held in uow.convert_active_reservations(grant, order, at):
-        events.hold_ended(
-            kind="reservation.converted",
-            experience_id=pair[0],
-            consumer_id=pair[1],
-            grant=grant,
-            held=held,
-            reason=after.reason or "",
-            at=at,
-            order_id=order,
-        )
-    return unfilled
-
-
-def _unfilled(
-    events: Events,
-    pair: tuple[str, str],
-    grant: str,
-    order: str,
-    product: str,
-    variant: str,
-    quantity: int,
-    reservation_id: UUID | None,
-) -> None:
-    events.add(
-        LateConversionUnfilled(
-            **events.common(),
-            experience_id=pair[0],
-            consumer_id=pair[1],
-            grant_digest=grant,
-            order_id=order,
-            product_id=product,
-            variant_id=variant or None,
-            quantity=quantity,
-            reservation_id=reservation_id,
         )
     )
 

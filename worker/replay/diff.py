@@ -34,12 +34,13 @@ class TableSpec:
         cols = [f"{exprs.get(c, c)} AS {c}" for c in (*self.key, *self.columns)]
         # "C" collation orders text by code point, as Python compares str,
         # so the two ordered streams merge correctly.
-        order = ", ".join(f'{k} COLLATE "C"' if k not in _UUID_KEYS else k for k in self.key)
+        order = ", ".join(f'{k} COLLATE "C"' if k not in _UNCOLLATED_KEYS else k for k in self.key)
         where = f" WHERE {self.experience_column} = ANY($1::text[])" if experiences else ""
         return f"SELECT {', '.join(cols)} FROM {self.name}{where} ORDER BY {order}"
 
 
-_UUID_KEYS = frozenset({"id", "command_id"})
+# Keys that are not text: ordered as they are (no collation).
+_UNCOLLATED_KEYS = frozenset({"id", "command_id", "updated_at"})
 
 FACT_TABLES: tuple[TableSpec, ...] = (
     TableSpec(
@@ -59,6 +60,12 @@ FACT_TABLES: tuple[TableSpec, ...] = (
         "carts",
         ("experience_id", "consumer_id"),
         ("items", "updated_at"),
+        (("items", "items::text"),),
+    ),
+    TableSpec(
+        "cart_versions",
+        ("experience_id", "consumer_id", "updated_at", "command_id"),
+        ("items",),
         (("items", "items::text"),),
     ),
     TableSpec(

@@ -122,6 +122,8 @@ class Changes:
     experiences: dict[str, ExperienceRow] = field(default_factory=dict)
     stock: dict[StockKey, StockChange] = field(default_factory=dict)
     carts: dict[Pair, CartRow] = field(default_factory=dict)
+    # (experience_id, consumer_id, updated_at, command_id, items JSON)
+    cart_versions: list[tuple[str, str, datetime, UUID, str]] = field(default_factory=list)
     admissions: dict[str, AdmissionRow] = field(default_factory=dict)
     admission_closes: dict[str, AdmissionClose] = field(default_factory=dict)
     endings: list[EndingRow] = field(default_factory=list)
@@ -212,8 +214,10 @@ class _Fold:
         row.on_hand, row.set_at = e.on_hand, e.occurred_at
 
     def _cart(self, e: CartUpdated) -> None:
-        self.changes.carts[(e.experience_id, e.consumer_id)] = CartRow(
-            _CART_ITEMS.dump_json(e.items, by_alias=True).decode(), e.occurred_at
+        items = _CART_ITEMS.dump_json(e.items, by_alias=True).decode()
+        self.changes.carts[(e.experience_id, e.consumer_id)] = CartRow(items, e.occurred_at)
+        self.changes.cart_versions.append(
+            (e.experience_id, e.consumer_id, e.occurred_at, e.command_id, items)
         )
 
     def _recorded(self, e: AdmissionRecorded) -> None:

@@ -188,6 +188,7 @@ async def write(conn: Conn, c: Changes) -> None:
     await _experiences(conn, c)
     await _stock(conn, c)
     await _carts(conn, c)
+    await tables.insert_cart_versions(conn, c.cart_versions)
     await _admissions(conn, c)
     await _endings(conn, c)
     await _reservations(conn, c)
