@@ -10,6 +10,8 @@ every other test's database with it."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -28,8 +30,6 @@ from tests.faults_support import (
 from tests.helpers import REPO, ServiceProcess, free_port, json_lines, wait_for
 from worker.config import Settings
 
-pytestmark = pytest.mark.integration
-
 ADMISSIONS = 150
 
 
@@ -41,6 +41,7 @@ def json_logs_postgres() -> Iterator[OwnPostgres]:
         yield server
 
 
+@pytest.mark.integration
 async def test_every_line_is_json_through_a_postgres_restart(
     json_logs_postgres: OwnPostgres, settings: Settings
 ) -> None:
@@ -114,3 +115,61 @@ FLOOR_WARNING = "Failed to restore the pool connection floor"
 def _text(proc: ServiceProcess) -> str:
     # The process's stdout and stderr, both in this one file.
     return proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+
+
+# Whatever Python itself would print, in one process configured as a role is.
+INTERPRETER_OUTPUT = """
+import asyncio, gc, logging, warnings
+from worker.logs import configure_logging, get_logger
+
+configure_logging("info", "json")
+get_logger("worker.test").info("ours", detail="a field")
+warnings.warn("a warning")
+logging.getLogger("aiokafka").error("foreign\\nwith a newline")
+try:
+    raise KeyError("inner")
+except KeyError:
+    logging.getLogger("asyncpg.pool").warning("foreign with a traceback", exc_info=True)
+
+async def fails() -> None:
+    raise RuntimeError("never retrieved")
+
+async def main() -> None:
+    task = asyncio.ensure_future(fails())
+    await asyncio.sleep(0.01)
+    del task
+    gc.collect()
+
+asyncio.run(main())
+
+class Finalizer:
+    def __del__(self) -> None:
+        raise ValueError("in a finalizer")
+
+Finalizer()
+gc.collect()
+raise SystemError("uncaught")
+"""
+
+
+def test_interpreter_and_library_output_is_json_lines() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", INTERPRETER_OUTPUT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    parsed, bad = json_lines(done.stdout + done.stderr)
+    assert not bad, bad
+    events = {str(e["event"]).split("\n")[0]: e for e in parsed}
+    assert events["ours"]["detail"] == "a field"
+    assert events["foreign"]["logger"] == "aiokafka"
+    assert "KeyError: 'inner'" in events["foreign with a traceback"]["exception"]
+    assert any("a warning" in str(e["event"]) and e["logger"] == "py.warnings" for e in parsed)
+    assert events["Task exception was never retrieved"]["logger"] == "asyncio"
+    assert "never retrieved" in events["Task exception was never retrieved"]["exception"]
+    assert "in a finalizer" in events["unraisable_exception"]["exception"]
+    assert "SystemError: uncaught" in events["uncaught_exception"]["exception"]
