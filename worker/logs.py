@@ -40,7 +40,13 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         # never raw lines a JSON-lines reader would choke on.
         finish = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
-        finish = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        # Plain tracebacks: the rich default prints each frame's locals,
+        # which may hold a request's body (grants) or a bearer key.
+        finish = [
+            structlog.dev.ConsoleRenderer(
+                colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     structlog.configure(
         processors=[*shared, *finish],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
