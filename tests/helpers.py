@@ -55,6 +55,26 @@ async def wait_for(
     return last
 
 
+def json_lines(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """A log's non-empty lines: those that are one JSON object each, parsed,
+    and the others as they are."""
+    parsed: list[dict[str, Any]] = []
+    other: list[str] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            other.append(line)
+            continue
+        if isinstance(entry, dict):
+            parsed.append(entry)
+        else:
+            other.append(line)
+    return parsed, other
+
+
 def admission_envelope(
     experience_id: str,
     consumer_id: str,

@@ -15,6 +15,7 @@ serve` on a database and topics of its own, attacked over loopback.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,7 +33,7 @@ from aiokafka import TopicPartition
 
 from tests.conftest import API_KEY, SECRET, service_env
 from tests.faults_support import log_events
-from tests.helpers import ServiceProcess, signed_headers, wait_for
+from tests.helpers import ServiceProcess, json_lines, signed_headers, wait_for
 from tests.isolated import isolated_settings
 from tests.receiver_support import end_offsets, read_since
 from tests.stack import Stack
@@ -760,6 +761,144 @@ async def test_slow_bodies_are_cut_off(target: Target) -> None:
 
 async def test_slow_headers_are_cut_off(target: Target) -> None:
     await _slow_clients(target, "headers")
+
+
+async def answered_then_closed(
+    port: int, head: bytes, step: bytes = b"", bound: float = 5.0
+) -> tuple[str, float]:
+    """Send `head`, then `step` every 0.25 s (a slow body) until the server
+    answers, then nothing more. Returns the answer's status line and the
+    seconds from the answer to the end of the connection (EOF or reset), or
+    `bound` if it was still open then. A raw socket, so data the kernel
+    already holds is read before a reset is seen."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, head)
+        waited_until = time.monotonic() + bound
+        answer = b""
+        while not answer:
+            if time.monotonic() > waited_until:
+                return "no answer", bound
+            try:
+                answer = await asyncio.wait_for(loop.sock_recv(sock, 65536), 0.25)
+            except TimeoutError:
+                if step:
+                    await loop.sock_sendall(sock, step)
+                continue
+            if not answer:
+                return "closed without an answer", 0.0
+        answered = time.monotonic()
+        status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+        while True:
+            left = answered + bound - time.monotonic()
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 65536), max(left, 0.0))
+            except TimeoutError:
+                return status, bound
+            except ConnectionError:
+                return status, time.monotonic() - answered
+            if not data:
+                return status, time.monotonic() - answered
+    finally:
+        sock.close()
+
+
+CLOSED_WITHIN_S = 1.0
+
+
+async def test_a_refused_body_ends_its_connection_with_the_answer(target: Target) -> None:
+    """408 and 413 close the connection as they are sent: no drain of the
+    rest of the body (aiohttp's lingering close would read it for another
+    10 s), no keep-alive."""
+    api_port = int(target.api.rsplit(":", 1)[1])
+    limit = target.settings.max_body_bytes
+    webhook_head = (
+        b"POST /webhooks/fanfare HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    )
+    api_head = (
+        b"PUT /v1/stock HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+    )
+    oversized = b"[" + b" " * limit + b"]"
+    cases = {
+        "receiver, slow body": (
+            target.proc.port,
+            webhook_head + b"Content-Length: 100000\r\n\r\n{",
+            b" ",
+            "408",
+        ),
+        "api, slow body": (api_port, api_head + b"Content-Length: 100000\r\n\r\n{", b" ", "408"),
+        # Answered from the header alone; the sender is still uploading.
+        "receiver, declared too large": (
+            target.proc.port,
+            webhook_head + f"Content-Length: {limit + 1}\r\n\r\n{{".encode(),
+            b"",
+            "413",
+        ),
+        "receiver, chunked too large": (
+            target.proc.port,
+            webhook_head
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + f"{len(oversized):x}\r\n".encode()
+            + oversized
+            + b"\r\n",
+            b"",
+            "413",
+        ),
+        "api, too large": (
+            api_port,
+            api_head + f"Content-Length: {len(oversized)}\r\n\r\n".encode() + oversized,
+            b"",
+            "413",
+        ),
+    }
+    results = await asyncio.gather(
+        *(answered_then_closed(port, head, step) for port, head, step, _ in cases.values())
+    )
+    for (name, (_, _, _, code)), (status, after) in zip(cases.items(), results, strict=True):
+        assert f" {code} " in status, (name, status)
+        assert after < CLOSED_WITHIN_S, f"{name}: connection still open {after:.2f} s after {code}"
+
+
+async def test_a_body_not_in_its_content_encoding_is_refused_in_json_lines_only(
+    target: Target,
+) -> None:
+    """A body that is not the gzip its header says: the receiver's 415 and
+    the API's 400, each logged as one structured line, and no traceback
+    from aiohttp's decoder (nothing drains the body after the answer)."""
+    start = target.proc.log_path.stat().st_size
+    api_port = int(target.api.rsplit(":", 1)[1])
+    not_gzip = b'{"id": "whk_not_gzip", "type": "queue.consumer.admitted"}'
+    framing = f"Content-Encoding: gzip\r\nContent-Length: {len(not_gzip)}\r\n\r\n".encode()
+    signed = "".join(f"{k}: {v}\r\n" for k, v in signed_headers(not_gzip, SECRET).items())
+    webhook_request = (
+        b"POST /webhooks/fanfare HTTP/1.1\r\nHost: x\r\n" + signed.encode() + framing + not_gzip
+    )
+    api_request = (
+        b"PUT /v1/stock HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + API_KEY.encode() + b"\r\n" + framing + not_gzip
+    )
+    # Raw requests, read until the server closes: aiohttp would log its
+    # traceback while draining the body, before closing.
+    webhook_answer, _ = await answered_then_closed(target.proc.port, webhook_request)
+    api_answer, _ = await answered_then_closed(api_port, api_request)
+    assert " 415 " in webhook_answer, webhook_answer
+    assert " 400 " in api_answer, api_answer
+    # Each line came before its answer: the log is complete.
+    with target.proc.log_path.open("rb") as log:
+        log.seek(start)
+        written = log.read().decode(errors="replace")
+    parsed, other = json_lines(written)
+    assert not other, f"lines that are not JSON: {other[:5]}"
+    lines = written.splitlines()
+    assert not [e for e in parsed if "exception" in e], lines
+    assert [e["outcome"] for e in parsed if e.get("event") == "webhook_rejected"] == [
+        "unsupported_media_type"
+    ], lines
+    assert any(e.get("error") == "INVALID_BODY" for e in parsed), lines
 
 
 # --- headers --------------------------------------------------------------------------

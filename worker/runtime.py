@@ -50,7 +50,14 @@ async def _serve_http(
 ) -> None:
     # aiohttp closes a connection idle (or still sending its headers) for
     # keepalive_timeout; its default (an hour) lets slow clients hold sockets.
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
+    # An answer sent before its request body arrived whole (a 408, a 413, a
+    # refusal that never reads the body) closes the connection when it is
+    # written: aiohttp would otherwise drain the rest of the body for up to
+    # lingering_time (10 s) even after response.force_close() (aiohttp issue
+    # #1800), holding the socket, and its drain logs a body that fails to
+    # decode (a bad gzip) as an unhandled traceback. A body read whole keeps
+    # the connection alive as before.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout, lingering_time=0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -471,10 +471,19 @@ async def _body(request: web.Request, model: type[M]) -> M:
     except TimeoutError:
         raise ApiError(408, "REQUEST_TIMEOUT", "body not received in time", close=True) from None
     except web.HTTPRequestEntityTooLarge:
+        # Closed with the answer: the rest of the body is not drained.
         raise ApiError(
             413,
             "BODY_TOO_LARGE",
             f"body exceeds {_state(request).settings.max_body_bytes} bytes",
+            close=True,
+        ) from None
+    except (web.RequestPayloadError, ConnectionResetError):
+        # A Content-Encoding the body does not match, or a body cut short
+        # (aiohttp: the connection lost): the client's fault, answered
+        # without a traceback.
+        raise ApiError(
+            400, "INVALID_BODY", "body could not be read (encoding or framing)", close=True
         ) from None
     try:
         return model.model_validate_json(raw)

@@ -98,6 +98,16 @@ def _rejected(status: int, code: str, message: str, outcome: str, **log_fields: 
     return _Reply(status, body, outcome, log_fields={"error": code, **log_fields})
 
 
+def _refused_unread(status: int, code: str, message: str, outcome: str) -> _Reply:
+    """A refusal whose body is not (or no longer) read: the connection ends
+    with the answer (`Connection: close`; the server does not drain the
+    rest, see runtime._serve_http), so a slow or oversized sender holds no
+    socket and the body is never decoded."""
+    reply = _rejected(status, code, message, outcome)
+    reply.close = True
+    return reply
+
+
 class _TooLarge(Exception):
     pass
 
@@ -205,14 +215,14 @@ class WebhookHandler:
             charset="utf-8",
         )
         if reply.close:
-            response.force_close()  # the rest of a slow body is not waited for
+            response.force_close()  # Connection: close, and no drain (runtime)
         return response
 
     async def _handle(self, request: web.Request, delivery_id: str | None) -> _Reply:
         limit = self.settings.max_body_bytes
         declared = request.content_length
         if declared is not None and declared > limit:
-            return _rejected(
+            return _refused_unread(
                 413, "PAYLOAD_TOO_LARGE", f"body larger than {limit} bytes", "too_large"
             )
         if request.headers.get("Content-Type") not in PLAIN_JSON and (
@@ -223,19 +233,28 @@ class WebhookHandler:
         # different text than the one Fanfare signed. Fanfare does not compress.
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            return _rejected(
+            # aiohttp already decodes the body as it arrives; one that is not
+            # what its header says must not be drained (nor logged) after this.
+            return _refused_unread(
                 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Encoding is not supported",
                 "unsupported_media_type",
             )  # fmt: skip
         try:
             body = await self._body(request, limit)
         except TimeoutError:
-            reply = _rejected(408, "REQUEST_TIMEOUT", "body not received in time", "body_timeout")
-            reply.close = True
-            return reply
+            return _refused_unread(
+                408, "REQUEST_TIMEOUT", "body not received in time", "body_timeout"
+            )
         except _TooLarge:
-            return _rejected(
+            return _refused_unread(
                 413, "PAYLOAD_TOO_LARGE", f"body larger than {limit} bytes", "too_large"
+            )
+        except (web.RequestPayloadError, ConnectionResetError):
+            # The sender hung up before its declared length (aiohttp: the
+            # connection lost) or framed the body wrongly: bad input, not a
+            # fault of ours, so no traceback; the answer may reach no one.
+            return _refused_unread(
+                400, "MALFORMED_BODY", "body cut short or badly framed", "body_incomplete"
             )
 
         received_at = self.clock.now()
@@ -605,9 +624,14 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         "400": _error_response(
-                            "Body is not JSON, or the envelope or event data is invalid; "
-                            "`field` names the failing path.",
-                            ["MALFORMED_JSON", "INVALID_ENVELOPE", "INVALID_EVENT_DATA"],
+                            "Body cut short or badly framed, not JSON, or the envelope or event "
+                            "data is invalid; `field` names the failing path.",
+                            [
+                                "MALFORMED_BODY",
+                                "MALFORMED_JSON",
+                                "INVALID_ENVELOPE",
+                                "INVALID_EVENT_DATA",
+                            ],
                         ),
                         "401": _error_response(
                             "Signature or timestamp refused.",
