@@ -41,7 +41,10 @@ class Stack:
             subprocess.run([str(LOCAL / script), "stop"], env=env, check=False, timeout=120)
         self.started.clear()
         for path in self.throwaway:
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         self.throwaway.clear()
 
 
@@ -72,7 +75,10 @@ def start_stack() -> Stack:
             pg_port = port("TEST_PG_PORT")
             env = dict(base, PG_PORT=pg_port, PG_FSYNC="off")
             if not os.environ.get("TEST_PG_PORT"):
-                stack.throwaway.append(TEST_STACK_DIR / f"pg-{pg_port}")
+                stack.throwaway += [
+                    TEST_STACK_DIR / f"pg-{pg_port}",
+                    TEST_STACK_DIR / f"pg-{pg_port}.initdb.log",
+                ]
             stack.started.append(("postgres.sh", env))
             stack.database_url = _run_script("postgres.sh", env)
         if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
