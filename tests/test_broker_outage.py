@@ -37,6 +37,7 @@ from tests.helpers import (
     unique,
     wait_for,
 )
+from tests.ports import port
 from worker.adapters import kafka
 from worker.config import Settings
 from worker.domain.ids import command_id
@@ -45,16 +46,21 @@ from worker.domain.model import CartLine
 pytestmark = pytest.mark.integration
 
 OUTAGE_DIR = REPO / ".stack" / "test-outage"
-OUTAGE_PORT = os.environ.get("TEST_OUTAGE_KAFKA_PORT", "29192")
 KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
 CONSUMERS = 5
 QTY = 2
 
 
+@functools.cache
+def _outage_port() -> str:
+    # Claimed once: the broker restarts on the port it was stopped on.
+    return port("TEST_OUTAGE_KAFKA_PORT", 2)
+
+
 def _kafka(action: str) -> str:
     done = subprocess.run(
         [str(KAFKA_SCRIPT), action],
-        env=dict(os.environ, STACK_DIR=str(OUTAGE_DIR), KAFKA_PORT=OUTAGE_PORT),
+        env=dict(os.environ, STACK_DIR=str(OUTAGE_DIR), KAFKA_PORT=_outage_port()),
         capture_output=True,
         text=True,
         timeout=300,

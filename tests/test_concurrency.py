@@ -16,6 +16,7 @@ from tests import builders as b
 from tests.conftest import service_env
 from tests.helpers import ServiceProcess, unique, wait_for
 from tests.isolated import isolated_settings, produce_bulk, read_all
+from tests.partitions import key_per_partition
 from tests.stack import Stack
 from tests.test_engine import assert_counters_match_rows
 from worker.config import Settings
@@ -23,12 +24,16 @@ from worker.domain.commands import CommandBase
 from worker.domain.events import decode_event
 
 ADMISSIONS = 20_000
-EXPERIENCES = 6
+# One experience per partition: whatever share of the six partitions each
+# of the three consumers is assigned, every one of them has admissions to
+# apply (random ids left a consumer idle in about one run of four).
+PARTITIONS = 6
+EXPERIENCES = PARTITIONS
 
 
 def _workload(big: str, small: str) -> tuple[list[CommandBase], int]:
     rng = random.Random(7)
-    experiences = [unique("queue") for _ in range(EXPERIENCES)]
+    experiences = key_per_partition(unique("queue"), PARTITIONS)
     t0 = datetime.now(UTC)
     carts: list[CommandBase] = []
     admissions: list[CommandBase] = []
@@ -63,7 +68,7 @@ def _latest_assignment(proc: ServiceProcess) -> list[int]:
 async def test_three_consumers_never_oversell_and_publish_every_outcome(
     stack: Stack, settings: Settings
 ) -> None:
-    async with isolated_settings(stack, settings, partitions=6) as iso:
+    async with isolated_settings(stack, settings, partitions=PARTITIONS) as iso:
         db = await asyncpg.create_pool(iso.database_url, min_size=1, max_size=3)
         assert db is not None
         big, small = unique("prod"), unique("prod")

@@ -14,7 +14,6 @@ scenarios themselves live in tests/faults_support.py, shared with the soak
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +31,7 @@ from tests.faults_support import (
     record,
 )
 from tests.helpers import REPO
+from tests.ports import port
 from tests.stack import Stack
 from worker.config import Settings
 
@@ -39,14 +39,13 @@ pytestmark = pytest.mark.integration
 
 SIZE = Size(admissions=300, rate=40.0)
 FAULTS_PG_DIR = REPO / ".stack" / "test-faults"
-FAULTS_PG_PORT = os.environ.get("TEST_FAULTS_PG_PORT", "25592")
 
 
 @pytest.fixture(scope="module")
 def faults_postgres() -> Iterator[OwnPostgres]:
     """A PostgreSQL server of this module's own: stopping or crashing the
     session's would take every other test's database with it."""
-    with own_postgres_server(FAULTS_PG_DIR, FAULTS_PG_PORT) as server:
+    with own_postgres_server(FAULTS_PG_DIR, port("TEST_FAULTS_PG_PORT")) as server:
         yield server
 
 

@@ -13,7 +13,6 @@ tests/faults_support.py, shared with the soak.)
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 from collections.abc import Iterator
 
@@ -21,14 +20,23 @@ import pytest
 
 from tests.faults_support import Size, assert_clean, broker_sigkill, kafka_cluster, record
 from tests.helpers import REPO
+from tests.ports import port
 from tests.stack import Stack
 from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 
 CLUSTER_DIR = REPO / ".stack" / "test-cluster"
-CLUSTER_PORT = os.environ.get("TEST_CLUSTER_KAFKA_PORT", "29300")
-cluster_cmd = functools.partial(kafka_cluster, stack_dir=CLUSTER_DIR, port=CLUSTER_PORT)
+
+
+@functools.cache
+def _cluster_port() -> str:
+    # Claimed once: a node is killed and addressed again on the same ports.
+    return port("TEST_CLUSTER_KAFKA_PORT", 6)
+
+
+def cluster_cmd(*args: str) -> str:
+    return kafka_cluster(*args, stack_dir=CLUSTER_DIR, port=_cluster_port())
 
 
 @pytest.fixture(scope="module")

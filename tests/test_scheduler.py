@@ -9,40 +9,17 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
 
 from tests import builders as b
 from tests.conftest import service_env
 from tests.helpers import REPO, ServiceProcess, produce_commands, unique, wait_for
+from tests.isolated import read_all
 from worker.adapters import kafka
 from worker.clock import ManualClock
 from worker.config import Settings
 from worker.domain.commands import decode_command
 from worker.domain.events import decode_event
 from worker.roles.scheduler import ExpiryScheduler
-
-
-async def _read_topic(settings: Settings, topic: str, until: int) -> list[bytes]:
-    """Everything on a topic from the beginning, until `until` messages match."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            fresh = [m.value for recs in batch.values() for m in recs if m.value is not None]
-            values.extend(fresh)
-            if not fresh and len(values) >= until:
-                return values
-            if not fresh and not batch:
-                return values
-    finally:
-        await consumer.stop()
 
 
 async def test_two_scheduler_replicas_expire_every_hold_exactly_once(
@@ -89,7 +66,7 @@ async def test_two_scheduler_replicas_expire_every_hold_exactly_once(
         }
 
         async def expired_events() -> Counter[str] | None:
-            raw = await _read_topic(settings, settings.events_topic, 0)
+            raw = await read_all(settings, settings.events_topic)
             per_hold: dict[str, set[str]] = {}
             for value in raw:
                 event = decode_event(value)
@@ -148,7 +125,7 @@ async def test_scheduler_publishes_only_what_is_due_on_its_clock(
         await scheduler.publish(mine, clock.now())  # a second replica's duplicate
     finally:
         await producer.stop()
-    raw = await _read_topic(topic_settings, topic_settings.commands_topic, 2)
+    raw = await read_all(topic_settings, topic_settings.commands_topic, expect_at_least=2)
     commands = [decode_command(v) for v in raw]
     mine_cmds = [c for c in commands if getattr(c, "experience_id", None) == exp]
     assert len(mine_cmds) == 2
