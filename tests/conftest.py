@@ -17,6 +17,7 @@ from tests.helpers import ServiceProcess, free_port
 from tests.stack import Stack, StackError, start_stack
 from worker.adapters import kafka, postgres
 from worker.config import Settings, load_settings, settings_env
+from worker.replay.scratch import scratch_database
 
 SECRET = "whsec_test_current_0123456789"
 OLD_SECRET = "whsec_test_previous_9876543210"
@@ -83,6 +84,18 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await postgres.create_pool(database_url, max_size=5)
     yield pool
     await pool.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engine_db(stack: Stack, run_id: str) -> AsyncIterator[asyncpg.Pool]:
+    """A database only the tests that apply commands themselves write to.
+    The session's service runs a scheduler on the session database: it would
+    expire their holds, which carry fixed times in the past, between two
+    commands of a test."""
+    async with scratch_database(stack.database_url, f"engine_{run_id}") as url:
+        pool = await postgres.create_pool(url, max_size=5)
+        yield pool
+        await pool.close()
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:

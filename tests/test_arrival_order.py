@@ -22,10 +22,10 @@ def minutes(n: float) -> timedelta:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def engine(db: asyncpg.Pool) -> AsyncIterator[Engine]:
-    e = Engine(db)
+async def engine(engine_db: asyncpg.Pool) -> AsyncIterator[Engine]:
+    e = Engine(engine_db)
     yield e
-    await assert_counters_match_rows(db)
+    await assert_counters_match_rows(engine_db)
 
 
 class Story:

@@ -79,10 +79,10 @@ async def assert_counters_match_rows(pool: asyncpg.Pool) -> None:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def engine(db: asyncpg.Pool) -> AsyncIterator[Engine]:
-    e = Engine(db)
+async def engine(engine_db: asyncpg.Pool) -> AsyncIterator[Engine]:
+    e = Engine(engine_db)
     yield e
-    await assert_counters_match_rows(db)
+    await assert_counters_match_rows(engine_db)
 
 
 @pytest.fixture

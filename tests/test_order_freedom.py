@@ -73,7 +73,7 @@ from worker.domain.events import decode_event
 from worker.domain.model import ExperienceSettings, Strategy
 from worker.engine import Coordinates, apply_batch, not_yet_applied
 from worker.replay.diff import FACT_TABLES, compare, compare_table
-from worker.replay.scratch import scratch_database, with_database
+from worker.replay.scratch import scratch_database
 from worker.replay.sink import Planner, write_planned
 
 T = TypeVar("T")
@@ -125,8 +125,9 @@ def harness(stack: Stack) -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     exits = contextlib.AsyncExitStack()
     try:
-        live = loop.run_until_complete(_create_database(stack.database_url))
-        exits.push_async_callback(_drop_database, stack.database_url, live)
+        live = loop.run_until_complete(
+            exits.enter_async_context(scratch_database(stack.database_url, "order_freedom"))
+        )
         scratch = loop.run_until_complete(
             exits.enter_async_context(scratch_database(live, "order_rebuild"))
         )
@@ -140,27 +141,6 @@ def harness(stack: Stack) -> Iterator[Harness]:
     finally:
         loop.run_until_complete(exits.aclose())
         loop.close()
-
-
-async def _create_database(server_dsn: str) -> str:
-    name = f"order_freedom_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(server_dsn, name)
-    await postgres.migrate(dsn)
-    return dsn
-
-
-async def _drop_database(server_dsn: str, dsn: str) -> None:
-    name = dsn.rpartition("/")[2]
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 # --- applying a scenario -------------------------------------------------------------------

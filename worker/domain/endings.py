@@ -154,8 +154,11 @@ def _verdict(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict
             following.admitted_at,
         )
     completions = [f for f in mine if f.outcome is AdmissionStatus.CONVERTED]
-    if completions:
-        sale = min(completions, key=Fact.sort_key)
+    # A sale the checkout API made stands: it sold the holds it named and
+    # told the storefront so. Otherwise the earliest completion is the sale.
+    checkout = [f for f in completions if f.command_id is None]
+    if checkout or completions:
+        sale = min(checkout or completions, key=Fact.sort_key)
         held_until = min(sale.at, ending.at) if ending is not None else sale.at
         return Verdict(
             AdmissionStatus.CONVERTED,

@@ -95,16 +95,18 @@ def _differs(
         return True
     if not after.over:
         return False
-    if (before.reason, before.at, before.order_id) != (after.reason, after.at, after.order_id):
+    if after.status is not CONVERTED:
+        return (before.reason, before.at) != (after.reason, after.at)
+    if before.order_id != after.order_id:
         return True
-    # The same sale, but the admission stopped holding earlier than known
-    # (an ending arrived late): the cart sold may be another one.
+    # The same order reported again, or an ending that arrives late: the
+    # sale is made again only if the cart it sells is another one.
     return (
-        after.status is CONVERTED
-        and after.sale is not None
+        after.sale is not None
         and known is not None
         and known.held_until is not None
         and after.held_until is not None
+        and known.held_until != after.held_until
         and uow.cart_version_at(*pair, known.held_until)
         != uow.cart_version_at(*pair, after.held_until)
     )
