@@ -207,3 +207,20 @@ async def test_a_sale_moves_to_the_admission_it_belonged_to(engine: Engine) -> N
     assert await s.holds(a) == [(1, "released")]
     assert await s.holds(b_) == [(1, "converted")]
     assert await engine.stock(s.p) == (1, 0, 1)
+
+
+async def test_an_admission_arriving_after_its_sale_and_a_later_cart_sells_the_cart_of_then(
+    engine: Engine,
+) -> None:
+    """Cart p at t+0, admitted at t+1, sold at t+15 (Fanfare's completion),
+    cart emptied at t+16; the admission arrives last, in a batch of its own."""
+    s = Story(engine)
+    await engine(b.stock(s.p, 5))
+    g = s.grant()
+    await engine(b.cart(s.exp, s.cons, b.line(s.p, 1), at=T0))
+    await engine(b.complete(s.exp, s.cons, None, "order-3", at=T0 + minutes(15)))
+    await engine(b.cart(s.exp, s.cons, at=T0 + minutes(16)))
+    admitted = await engine(b.admit(s.exp, s.cons, g, T0 + minutes(1)))
+    assert admitted["status"] == "converted"
+    assert await s.holds(g) == [(1, "converted")]
+    assert await engine.stock(s.p) == (5, 0, 1)

@@ -201,6 +201,10 @@ class UnitOfWork:
         await self._load_reservations(conn, fp)
         for cart in self.carts.values():
             fp.stock.update((i.product_id, i.variant_column) for i in cart.items)
+        # A sale may sell an earlier cart than the current one.
+        for versions in self.cart_versions.values():
+            for version in versions:
+                fp.stock.update((i.product_id, i.variant_column) for i in version.items)
         # Ended and converted holds too: a late completion sells an ended hold
         # again, and a sale can move to the admission it belonged to.
         fp.stock.update((r.product_id, r.variant_id) for r in self.reservations.values())
@@ -577,31 +581,35 @@ class UnitOfWork:
         self.endings[(experience_id, consumer_id)].append(row)
         self.new_endings.append(row)
 
+    def kept_facts(self, experience_id: str, consumer_id: str) -> list[EndingRow]:
+        return self.endings.get((experience_id, consumer_id), [])
+
     def facts(self, experience_id: str, consumer_id: str) -> list[Fact]:
         """The consumer's kept endings and completions, and the end each of
         its admissions was recorded with (a fact with a grant, from our
         scheduler or checkout, is not kept once its admission is known)."""
+        pair = (experience_id, consumer_id)
+        ended = [
+            a
+            for a in self.admissions_by_pair.get(pair, [])
+            if a.ended_at is not None and a.status not in ("active", "superseded")
+        ]
+        rows = self.endings.get(pair)
+        if not rows and not ended:
+            return []
         kept = [
             Fact(
-                e.command_id,
-                e.grant,
-                AdmissionStatus(e.outcome),
-                e.reason,
-                e.ended_at,
-                e.order_id,
+                e.command_id, e.grant, AdmissionStatus(e.outcome), e.reason, e.ended_at, e.order_id
             )
-            for e in self.endings.get((experience_id, consumer_id), [])
+            for e in rows or ()
         ]
         known = {(f.grant_digest, f.reason, f.at) for f in kept}
-        for a in self.admissions_by_pair.get((experience_id, consumer_id), []):
-            if a.status in ("active", "superseded") or a.ended_at is None:
-                continue
+        for a in ended:
             assert a.end_reason is not None
-            if (None, a.end_reason, a.ended_at) in known or (
-                a.grant,
-                a.end_reason,
-                a.ended_at,
-            ) in known:
+            assert a.ended_at is not None
+            if (None, a.end_reason, a.ended_at) in known:
+                continue
+            if (a.grant, a.end_reason, a.ended_at) in known:
                 continue
             kept.append(
                 Fact(None, a.grant, AdmissionStatus(a.status), a.end_reason, a.ended_at, a.order_id)

@@ -131,6 +131,11 @@ class EndingRemembered(ExperienceEvent):
     reason: str
     ended_at: AwareDatetime
     order_id: str | None = Field(default=None, description="For a completion: its order")
+    ending_id: UUID | None = Field(
+        default=None,
+        description="The id it is kept under when that is not `commandId`: how an "
+        "admission had ended, kept when a late sale took its place",
+    )
 
 
 class AdmissionRevised(ExperienceEvent):

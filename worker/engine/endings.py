@@ -25,9 +25,14 @@ def end_admission(uow: UnitOfWork, cmd: EndAdmission, defaults: ExperienceSettin
         cmd.ended_at,
     )
     visit = owner_of(fact, uow.visits(cmd.experience_id, cmd.consumer_id))
-    if visit is None or fact.grant_digest is None:
-        # Kept: its admission may arrive later, or (without a grant) one
-        # admitted between may arrive and take it.
+    if (
+        visit is None
+        or fact.grant_digest is None
+        or uow.standing(visit.grant_digest).status is AdmissionStatus.CONVERTED
+    ):
+        # Kept: its admission may arrive later; one admitted between may
+        # arrive and take it (without a grant); or the sale that outranks it
+        # may move to such an admission, and then this is how it ended.
         keep(uow, events, cmd.experience_id, cmd.consumer_id, fact)
     if visit is None:
         return Applied({"status": "remembered", "outcome": cmd.outcome}, events.items)

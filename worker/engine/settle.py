@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from worker.adapters.unit_of_work import HeldRow, UnitOfWork
-from worker.domain.endings import AdmissionStatus, Fact, Verdict, hold_status, verdicts
+from worker.domain import ids
+from worker.domain.endings import OPEN, AdmissionStatus, Fact, Verdict, hold_status, verdicts
 from worker.domain.events import AdmissionEnded, AdmissionRevised, EndingRemembered
 from worker.domain.model import ExperienceSettings
 from worker.engine.base import Events
@@ -45,19 +46,29 @@ def settle(
     pair = (experience_id, consumer_id)
     facts = uow.facts(*pair)
     visits = uow.visits(*pair)
+    if new is None and not facts and len(visits) == 1:
+        # A first admission with nothing reported about it (most of a drop).
+        return Settled({visits[0].grant_digest: OPEN})
     earlier = [f for f in facts if new is None or f.command_id != new.command_id]
     if new is not None:
         facts = [*earlier, new]
     target = verdicts(visits, facts)
-    # What the rows were brought to before this arrival: a sale records
-    # neither when its admission stopped holding nor which cart it sold.
-    known = verdicts([v for v in visits if v.grant_digest != skip], earlier)
     result = Settled(target)
+    known: dict[str, Verdict] | None = None
     pending = []
     for grant, verdict in sorted(target.items()):
         before = uow.standing(grant)
-        if grant != skip and _differs(uow, pair, before, known.get(grant), verdict):
-            pending.append((grant, before, verdict))
+        if grant == skip or not _differs(before, verdict):
+            continue
+        if _same_sale(before, verdict):
+            # What the rows were brought to before this arrival: a sale
+            # records neither when its admission stopped holding nor which
+            # cart it sold.
+            if known is None:
+                known = verdicts([v for v in visits if v.grant_digest != skip], earlier)
+            if not _sells_another_cart(uow, pair, known.get(grant), verdict):
+                continue
+        pending.append((grant, before, verdict))
     # Ends and moved sales first, so the units they free can be sold again.
     pending.sort(key=lambda p: p[2].status is CONVERTED)
     for grant, before, after in pending:
@@ -70,6 +81,7 @@ def keep(uow: UnitOfWork, events: Events, experience_id: str, consumer_id: str, 
     """Keep an ending or completion that may still change hands, published so
     a rebuild keeps it too."""
     uow.keep_fact(fact, experience_id, consumer_id)
+    own = fact.command_id == events.command.command_id
     events.add(
         EndingRemembered(
             **events.common(),
@@ -80,30 +92,47 @@ def keep(uow: UnitOfWork, events: Events, experience_id: str, consumer_id: str, 
             reason=fact.reason,
             ended_at=fact.at,
             order_id=fact.order_id,
+            ending_id=None if own else fact.command_id,
         )
     )
 
 
-def _differs(
-    uow: UnitOfWork,
-    pair: tuple[str, str],
-    before: Verdict,
-    known: Verdict | None,
-    after: Verdict,
-) -> bool:
+def _keep_end(
+    uow: UnitOfWork, events: Events, pair: tuple[str, str], grant: str, end: Verdict
+) -> None:
+    """A late sale takes the place of how the admission had ended; that end is
+    kept, since the sale may yet move to an admission admitted between."""
+    assert end.reason is not None
+    at = _at(end)
+    if any(f.ended_at == at and f.reason == end.reason for f in uow.kept_facts(*pair)):
+        return
+    ending_id = ids.uuid5(f"ending:{grant}:{end.reason}:{at.isoformat()}")
+    keep(uow, events, *pair, Fact(ending_id, grant, end.status, end.reason, at))
+
+
+def _differs(before: Verdict, after: Verdict) -> bool:
     if before.status is not after.status:
         return True
     if not after.over:
         return False
     if after.status is not CONVERTED:
         return (before.reason, before.at) != (after.reason, after.at)
-    if before.order_id != after.order_id:
-        return True
-    # The same order reported again, or an ending that arrives late: the
-    # sale is made again only if the cart it sells is another one.
+    # A Fanfare sale may have to be made again even for the same order (see
+    # _sells_another_cart); a checkout API sale stands.
+    return before.order_id != after.order_id or after.sale is not None
+
+
+def _same_sale(before: Verdict, after: Verdict) -> bool:
+    return before.status is CONVERTED and before.order_id == after.order_id
+
+
+def _sells_another_cart(
+    uow: UnitOfWork, pair: tuple[str, str], known: Verdict | None, after: Verdict
+) -> bool:
+    """The same order reported again, or an ending that arrived late: the
+    sale is made again only if the cart it sells is another one."""
     return (
-        after.sale is not None
-        and known is not None
+        known is not None
         and known.held_until is not None
         and after.held_until is not None
         and known.held_until != after.held_until
@@ -123,6 +152,8 @@ def _apply(
     defaults: ExperienceSettings,
 ) -> None:
     if after.status is CONVERTED:
+        if before.status in (AdmissionStatus.RELEASED, AdmissionStatus.EXPIRED):
+            _keep_end(uow, events, pair, grant, before)
         if before.status is CONVERTED:
             # An earlier order of this admission, or an earlier end of its
             # holding, arrived late: the sale is made again from that.

@@ -295,7 +295,7 @@ class _Fold:
 
     def _remembered(self, e: EndingRemembered) -> None:
         row = EndingRow(
-            command_id=e.command_id,
+            command_id=e.ending_id or e.command_id,
             experience_id=e.experience_id,
             consumer_id=e.consumer_id,
             grant=e.grant_digest,
