@@ -67,6 +67,11 @@ class Sizes:
     expiry_holds: int
     expiry_spread_seconds: float
     rebuild_events: int
+    failover_rate: float
+    failover_seconds: float
+    failover_kill_at: float
+    failover_restart_after: float
+    failover_term_at: float
 
 
 FULL = Sizes(
@@ -83,6 +88,11 @@ FULL = Sizes(
     expiry_holds=10_000,
     expiry_spread_seconds=60,
     rebuild_events=1_000_000,
+    failover_rate=500,
+    failover_seconds=60,
+    failover_kill_at=20,
+    failover_restart_after=2,
+    failover_term_at=40,
 )
 SMOKE = Sizes(
     ingest_seconds=2,
@@ -98,6 +108,11 @@ SMOKE = Sizes(
     expiry_holds=500,
     expiry_spread_seconds=5,
     rebuild_events=5_000,
+    failover_rate=100,
+    failover_seconds=12,
+    failover_kill_at=3,
+    failover_restart_after=1,
+    failover_term_at=8,
 )
 
 
