@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -489,3 +489,52 @@ def _settle(sending: _Round, error: BaseException | None, acknowledged: bool = F
 def _key_hash(key: bytes) -> int:
     # Keys are experience ids, few and repeated; murmur2 is pure Python.
     return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_of(key: bytes, partitions: list[int]) -> int:
+    """The partition aiokafka's default partitioner picks for `key` among
+    the topic's partitions (sorted by id), as every producer here does."""
+    return partitions[_key_hash(key) % len(partitions)]
+
+
+async def last_header_values(
+    settings: Settings, topic: str, partitions: list[int], header: str, timeout: float
+) -> dict[int, bytes]:
+    """The `header` of the last record of each partition that has one: one
+    ListOffsets and one fetch per partition, no consumer group."""
+    consumer = AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="fanfare-reservations-tail",
+        fetch_max_wait_ms=10,
+    )
+    found: dict[int, bytes] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            await consumer.start()
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            starts = await consumer.beginning_offsets(tps)
+            ends = await consumer.end_offsets(tps)
+            last = {tp: ends[tp] - 1 for tp in tps if ends[tp] > starts[tp]}
+            idle = [tp for tp in tps if tp not in last]
+            if idle:
+                consumer.pause(*idle)
+            for tp, offset in last.items():
+                consumer.seek(tp, offset)
+            waiting = set(last)
+            while waiting:
+                fetched = await consumer.getmany(*waiting, timeout_ms=100)
+                for tp, records in fetched.items():
+                    for record in records:
+                        if record.offset < last[tp]:
+                            continue
+                        value = dict(record.headers or ()).get(header)
+                        if value is not None:
+                            found[tp.partition] = value
+                        waiting.discard(tp)
+                        consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return found

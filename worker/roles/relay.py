@@ -1,6 +1,16 @@
 """Outbox relay: publishes committed events to the events topic, in commit
-order per key, at least once (a crash after the send and before marking
-re-sends the same event ids; subscribers dedupe on them)."""
+order per key, at least once.
+
+A publish that ends without every acknowledgement (a broker failure
+mid-publish, a timeout, a database error after the sends) leaves its
+outcome unknown: some events may be on their partition already. Before the
+next publish, and once when the relay starts (its predecessor may have died
+between sending and marking), the relay reads the `outbox-seq` of each
+partition's last record and marks what is there as published instead of
+sending it again. Events reach a partition in sequence order (one relay
+at a time, the idempotent producer keeps order within a session), so
+everything up to that sequence is there. Subscribers still dedupe on the
+event id: README, "Events as a contract", says when a re-send remains."""
 
 from __future__ import annotations
 
@@ -11,7 +21,12 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from worker import metrics
-from worker.adapters.kafka import ProducerSlot, producer_from
+from worker.adapters.kafka import (
+    ProducerSlot,
+    last_header_values,
+    partition_of,
+    producer_from,
+)
 from worker.config import Settings
 from worker.logs import get_logger
 
@@ -35,6 +50,14 @@ class OutboxRelay:
         self.producers = producers
         self.batch = batch
         self.published = 0
+        # Events found on Kafka after an unknown outcome, marked without a re-send.
+        self.skipped = 0
+        # True until a publish completed cleanly: the next one first looks
+        # at what already reached the partitions.
+        self.in_doubt = True
+        # The sends of a publish that failed: aiokafka may still be retrying
+        # them, and a look at the partitions means nothing until they settle.
+        self._unsettled: list[asyncio.Future[object]] = []
 
     async def run(self, stop: asyncio.Event, idle_s: float = 0.05) -> None:
         delay = idle_s
@@ -64,6 +87,13 @@ class OutboxRelay:
                     await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def publish_once(self) -> int:
+        try:
+            return await self._publish()
+        except BaseException:
+            self.in_doubt = True
+            raise
+
+    async def _publish(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY):
                 return 0
@@ -74,24 +104,62 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            # Sends are pipelined; the idempotent producer keeps their order
-            # per partition, and we wait for every acknowledgement.
+            topic = self.settings.events_topic
             timeout = self.settings.produce_timeout_seconds * 2
             async with producer_from(self.producers, timeout) as producer:
+                partitions = sorted(await producer.partitions_for(topic))
+                placed = [
+                    (r, partition_of(r["partition_key"].encode("utf-8"), partitions)) for r in rows
+                ]
+                if self.in_doubt:
+                    placed = await self._not_yet_on_kafka(placed, partitions, timeout)
+                # Sends are pipelined; the idempotent producer keeps their
+                # order per partition, and we wait for every acknowledgement.
                 futures = [
                     await producer.send(
-                        self.settings.events_topic,
+                        topic,
                         bytes(r["payload"]),
                         key=r["partition_key"].encode("utf-8"),
+                        partition=partition,
                         headers=[(SEQ_HEADER, str(r["seq"]).encode("ascii"))],
                     )
-                    for r in rows
+                    for r, partition in placed
                 ]
+                self._unsettled = futures
                 await asyncio.wait_for(asyncio.gather(*futures), timeout=timeout)
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
                 [r["seq"] for r in rows],
             )
+        self._unsettled = []
+        self.in_doubt = False
+        # Counted as marked: the events found on Kafka were published by
+        # the publish whose outcome was unknown.
         self.published += len(rows)
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
+
+    async def _not_yet_on_kafka(
+        self,
+        placed: list[tuple[asyncpg.Record, int]],
+        partitions: list[int],
+        timeout: float,
+    ) -> list[tuple[asyncpg.Record, int]]:
+        """The rows whose event is not on its partition yet. Raises (and the
+        relay retries later) while the failed publish's sends are still in
+        aiokafka's hands: one landing after the look would be sent twice."""
+        if self._unsettled:
+            _, pending = await asyncio.wait(self._unsettled, timeout=timeout)
+            if pending:
+                raise TimeoutError(f"{len(pending)} earlier sends still unsettled")
+            self._unsettled = []
+        last = await last_header_values(
+            self.settings, self.settings.events_topic, partitions, SEQ_HEADER, timeout
+        )
+        there = {p: int(v) for p, v in last.items()}
+        missing = [(r, p) for r, p in placed if r["seq"] > there.get(p, 0)]
+        found = len(placed) - len(missing)
+        if found:
+            self.skipped += found
+            log.warning("relay_found_published", events=found, first_seq=placed[0][0]["seq"])
+        return missing
