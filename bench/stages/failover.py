@@ -266,7 +266,7 @@ async def _run_variant(ctx: Context, variant: Variant) -> dict[str, Any]:
                 else "min(extract(epoch FROM i.applied_at))"
             )
             rows = await pool.fetch(
-                f"SELECT r.admission_grant, {applied}::float8 AS committed "  # noqa: S608
+                f"SELECT r.admission_grant, {applied}::float8 AS committed "
                 "FROM reservations r JOIN admissions a USING (admission_grant) "
                 "JOIN inbox i ON i.command_id = a.command_id "
                 "WHERE r.admission_grant = ANY($1::text[]) GROUP BY r.admission_grant",
