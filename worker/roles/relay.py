@@ -27,13 +27,15 @@ from worker.adapters.kafka import (
     partition_of,
     producer_from,
 )
+from worker.adapters.store import Conn
 from worker.config import Settings
 from worker.logs import get_logger
 
 log = get_logger("worker.relay")
 
 # One relay publishes at a time, whatever the replica count: concurrent
-# relays would interleave batches and break per-key order.
+# relays would interleave batches and break per-key order. Held as a
+# session lock by the publishing replica; the others wait for it.
 RELAY_LOCK_KEY = 0x52454C4159  # "RELAY"
 # The outbox sequence number: the global commit order of the events. Each
 # partition carries increasing values (the relay publishes in order), so a
@@ -60,43 +62,63 @@ class OutboxRelay:
         self._unsettled: list[asyncio.Future[object]] = []
 
     async def run(self, stop: asyncio.Event, idle_s: float = 0.05) -> None:
-        delay = idle_s
         while not stop.is_set():
             try:
-                sent = await self.publish_once()
-                if sent < self.batch:
-                    # Caught up (or nearly): the backlog is what arrived since.
-                    metrics.OUTBOX_BACKLOG.set(
-                        await self.pool.fetchval(
-                            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-                        )
-                    )
-                delay = idle_s if sent else min(delay * 2, 0.5)
+                async with self.pool.acquire() as lock_conn:
+                    await self._lead_while_locked(lock_conn, stop, idle_s)
             except (
-                KafkaError,
-                TimeoutError,
                 OSError,
                 asyncpg.PostgresError,
                 asyncpg.InterfaceError,
                 asyncpg.InternalClientError,
             ) as exc:
                 log.warning("relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
-                delay = 1.0
-            if delay:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await _sleep(stop, 1.0)
 
-    async def publish_once(self) -> int:
+    async def _lead_while_locked(self, conn: Conn, stop: asyncio.Event, idle_s: float) -> None:
+        # A session-level lock held for as long as we publish: the publisher
+        # is one process at a time (not one per round), so its memory of a
+        # publish it could not finish is never lost to another replica; if
+        # it dies, its connection closes and a standby leads, in doubt.
+        while not stop.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                break
+            await _sleep(stop, 1.0)
+        else:
+            return
+        # Whoever published before us may have stopped mid-publish.
+        self.in_doubt = True
+        log.info("relay_leading")
         try:
-            return await self._publish()
+            delay = idle_s
+            while not stop.is_set():
+                try:
+                    sent = await self.publish_once(conn)
+                    if sent < self.batch:
+                        # Caught up (or nearly): the backlog is what arrived since.
+                        metrics.OUTBOX_BACKLOG.set(
+                            await conn.fetchval(
+                                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+                            )
+                        )
+                    delay = idle_s if sent else min(delay * 2, 0.5)
+                except (KafkaError, TimeoutError) as exc:
+                    log.warning("relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
+                    delay = 1.0
+                await _sleep(stop, delay)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+
+    async def publish_once(self, conn: Conn) -> int:
+        try:
+            return await self._publish(conn)
         except BaseException:
             self.in_doubt = True
             raise
 
-    async def _publish(self) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY):
-                return 0
+    async def _publish(self, conn: Conn) -> int:
+        async with conn.transaction():
             rows = await conn.fetch(
                 """SELECT seq, partition_key, payload FROM outbox
                    WHERE published_at IS NULL ORDER BY seq LIMIT $1""",
@@ -163,3 +185,8 @@ class OutboxRelay:
             self.skipped += found
             log.warning("relay_found_published", events=found, first_seq=placed[0][0]["seq"])
         return missing
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
