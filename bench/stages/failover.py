@@ -119,10 +119,12 @@ async def run(ctx: Context, result: StageResult) -> None:
             baseline=baseline,
             baseline_name=BASELINE.name if base else None,
             ratio=(baseline / value) if baseline and value else None,
-            target=f"<= {TARGET_S:.0f} s" if target else "about one batch",
+            target=f"<= {TARGET_S:.0f} s" if target else "one batch (steady stall)",
+            # A clean restart should cost no more than a partition waits in
+            # steady state for its next batch.
             meets=(value is not None and value <= TARGET_S)
             if target
-            else (value is not None and value <= ours["steady"]["longest_stall_s"] * 2),
+            else (value is not None and value <= ours["steady"]["longest_stall_s"]),
         )
 
     result.figures += [
@@ -152,7 +154,8 @@ async def _run_variant(ctx: Context, variant: Variant) -> dict[str, Any]:
     partition_of = [_key_hash(exp.encode()) % ctx.partitions for exp, _, _ in plan]
     check_valid(setup)
     label = "static" if variant.static else "dynamic"
-    log_dir = ctx.log_dir(f"{NAME}-{label}")
+    # One folder per run: with --repeat every run's figures.json is kept.
+    log_dir = ctx.log_dir(f"{NAME}-{label}-{time.strftime('%H%M%S')}")
     plan_path = log_dir / "plan.json"
     plan_path.write_bytes(orjson.dumps(plan))
     out_path = log_dir / "loadgen.json"
@@ -291,6 +294,8 @@ async def _run_variant(ctx: Context, variant: Variant) -> dict[str, Any]:
         achieved_rate=_rate(sent["rows"]),
         timeline={k: round(v - start_at, 3) for k, v in timeline.items()},
         rebalances=_rebalances(log_dir),
+        sigkill_restart=_startup(log_dir / "consumer-a-2.log", timeline["sigkill_restart"]),
+        sigterm_restart=_startup(log_dir / "consumer-b-2.log", timeline["sigterm_exited"]),
         method="commit timestamp" if ctx.commit_timestamps else "inbox applied_at",
     )
     (log_dir / "figures.json").write_text(json.dumps(figures, indent=2))
@@ -361,6 +366,30 @@ def _rate(rows: list[list[Any]]) -> float | None:
         return None
     span = max(r[3] for r in rows) - min(r[2] for r in rows)
     return round(len(rows) / span, 1) if span else None
+
+
+def _startup(path: Path, spawned: float) -> dict[str, float | None]:
+    """Seconds from spawning a restarted consumer to its roles running, to
+    its first assignment and to its first applied batch: where a restart's
+    stall goes."""
+    marks: dict[str, float | None] = {
+        "roles_started": None,
+        "partitions_assigned": None,
+        "batch_applied": None,
+    }
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            event = entry.get("event") if isinstance(entry, dict) else None
+            if event in marks and marks[event] is None:
+                if event == "partitions_assigned" and not entry.get("partitions"):
+                    continue
+                at = datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00"))
+                marks[event] = round(at.timestamp() - spawned, 3)
+    return marks
 
 
 def _rebalances(log_dir: Path) -> dict[str, int]:
