@@ -72,6 +72,7 @@ class Sizes:
     failover_kill_at: float
     failover_restart_after: float
     failover_term_at: float
+    failover_gone_at: float
 
 
 FULL = Sizes(
@@ -89,10 +90,11 @@ FULL = Sizes(
     expiry_spread_seconds=60,
     rebuild_events=1_000_000,
     failover_rate=500,
-    failover_seconds=60,
+    failover_seconds=80,
     failover_kill_at=20,
     failover_restart_after=2,
     failover_term_at=40,
+    failover_gone_at=60,
 )
 SMOKE = Sizes(
     ingest_seconds=2,
@@ -109,10 +111,11 @@ SMOKE = Sizes(
     expiry_spread_seconds=5,
     rebuild_events=5_000,
     failover_rate=100,
-    failover_seconds=12,
+    failover_seconds=14,
     failover_kill_at=3,
     failover_restart_after=1,
-    failover_term_at=8,
+    failover_term_at=7,
+    failover_gone_at=11,
 )
 
 

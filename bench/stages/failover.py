@@ -2,14 +2,16 @@
 receiver and two consumer processes; at `kill_at` one consumer is SIGKILLed
 and started again `restart_after` seconds later under the same instance id
 (what a crashed container in its pod does); at `term_at` the other one is
-stopped with SIGTERM and started again at once (a clean restart). Run twice
+stopped with SIGTERM and started again at once (a clean restart); at
+`gone_at` the first one is SIGKILLed for good (a lost node). Run twice
 in the same invocation: with the service's settings (static membership,
 1 s heartbeats, a clean stop leaves the group) and, as the baseline, with
 what the consumers ran before (dynamic membership, aiokafka's 3 s
 heartbeats), so the figures compare on the same machine and load.
 
 The figures, for each fault, over the admissions acknowledged in its
-window (from 2 s before the fault to 18 s after it):
+window (from 2 s before the fault to 18 s after it, or to 2 s before the
+next fault if that comes sooner):
 
 - *longest partition stall*: for each partition, the longest time during
   which an acknowledged admission on it waited while nothing on that
@@ -95,6 +97,7 @@ async def run(ctx: Context, result: StageResult) -> None:
         kill_at_s=s.failover_kill_at,
         restart_after_s=s.failover_restart_after,
         term_at_s=s.failover_term_at,
+        gone_at_s=s.failover_gone_at,
         window_s=[-WINDOW_BEFORE_S, WINDOW_AFTER_S],
         variants=runs,
     )
@@ -130,6 +133,7 @@ async def run(ctx: Context, result: StageResult) -> None:
     result.figures += [
         fig("SIGKILL: longest partition stall", "sigkill", "longest_stall_s", True),
         fig("SIGKILL: 2xx to applied p99", "sigkill", "p99_s", True),
+        fig("SIGKILL, no restart: longest partition stall", "gone", "longest_stall_s", True),
         fig("SIGTERM: longest partition stall", "sigterm", "longest_stall_s", False),
         fig("SIGTERM: 2xx to applied p99", "sigterm", "p99_s", False),
         Figure("steady: longest partition stall", ours["steady"]["longest_stall_s"], "s"),
@@ -242,6 +246,11 @@ async def _run_variant(ctx: Context, variant: Variant) -> dict[str, Any]:
             await bb.stop(grace=30)
             timeline["sigterm_exited"] = time.time()
             bb = start_consumer("b", 2)
+            await _sleep_until(start_at + s.failover_gone_at)
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGKILL)
+            timeline["gone"] = time.time()
+            await a.wait_exit(30)
             code = await loadgen.wait_exit(s.failover_seconds + 120)
             if code != 0:
                 raise RuntimeError(f"loadgen failed ({code}):\n{loadgen.tail()}")
@@ -327,8 +336,11 @@ def analyse(
             if after > waited_from:
                 stalls.append((waited_from, after - waited_from, p))
 
-    def window(at: float) -> dict[str, Any]:
+    def window(at: float, next_fault: float | None = None) -> dict[str, Any]:
+        # Up to 18 s after the fault, never into the next one's window.
         lo, hi = at - WINDOW_BEFORE_S, at + WINDOW_AFTER_S
+        if next_fault is not None:
+            hi = min(hi, next_fault - WINDOW_BEFORE_S)
         latencies = sorted(c - a for _, a, c in samples if lo <= a < hi)
         inside = [st for st in stalls if lo <= st[0] < hi]
         worst = max(inside, default=None, key=lambda st: st[1])
@@ -356,8 +368,9 @@ def analyse(
             "longest_stall_s": round(max(steady_stalls, default=0.0), 3),
             "latency_s": {k: round(v, 4) for k, v in summary(steady_lat).items()},
         },
-        "sigkill": window(timeline["sigkill"]),
-        "sigterm": window(timeline["sigterm"]),
+        "sigkill": window(timeline["sigkill"], timeline["sigterm"]),
+        "sigterm": window(timeline["sigterm"], timeline["gone"]),
+        "gone": window(timeline["gone"]),
     }
 
 
