@@ -216,3 +216,60 @@ async def _published_at_least(pool: asyncpg.Pool, n: int) -> bool:
 
 async def _written_at_least(pool: asyncpg.Pool, n: int) -> bool:
     return bool(await pool.fetchval("SELECT count(*) >= $1 FROM outbox", n))
+
+
+async def test_relay_sigkilled_between_send_and_mark_its_successor_sends_nothing_twice(
+    relay_settings: Settings,
+) -> None:
+    """A relay SIGKILLed after Kafka acknowledged its publish and before it
+    marked the rows (a testing hook kills it there, at its first publish).
+    The next relay to lead looks at the partitions first: the events the
+    dead one published are marked, not sent again."""
+    iso = relay_settings
+    pool = await asyncpg.create_pool(iso.database_url, min_size=1, max_size=3)
+    assert pool is not None
+    env = {"OPS_PORT": "0", "PRODUCE_TIMEOUT_SECONDS": "2"}
+    dying = ServiceProcess(
+        ["relay"], service_env(iso, **env, WORKER_TEST_CRASH_POINT="relay_after_send")
+    )
+    successor = ServiceProcess(["relay"], service_env(iso, **env))
+    stop = asyncio.Event()
+    feeder: asyncio.Task[int] | None = None
+    try:
+        feeder = asyncio.create_task(_feed(pool, stop))
+        await wait_for(lambda: _written_at_least(pool, 1000), timeout=60, interval=0.05)
+        await dying.start()
+        assert dying.proc is not None
+        assert await asyncio.to_thread(dying.proc.wait, 60) == -signal.SIGKILL, dying.tail()
+        assert await _published(pool) == 0  # it never marked anything
+        await successor.start()
+        await wait_for(lambda: _published_at_least(pool, 3000), timeout=60, interval=0.05)
+        stop.set()
+        written = await feeder
+
+        async def all_published() -> bool:
+            return await _published(pool) == written
+
+        await wait_for(all_published, timeout=120, interval=0.2)
+        seqs = await _read_topic(iso, iso.events_topic)
+    finally:
+        stop.set()
+        if feeder is not None and not feeder.done():
+            feeder.cancel()
+        await dying.stop()
+        await successor.stop()
+        await pool.close()
+
+    on_topic = Counter(s for per in seqs.values() for s in per)
+    found = sum(int(e.get("events", 0)) for e in log_events(successor, "relay_found_published"))
+    figures = {
+        "fault": "relay SIGKILL between send and mark, successor leads",
+        "written": written,
+        "duplicates": sum(n - 1 for n in on_topic.values()),
+        "found_on_kafka_not_resent": found,
+    }
+    _record(figures)
+    assert found > 0, figures  # the dead relay's publish was on Kafka
+    assert set(on_topic) == set(range(1, written + 1)), figures
+    assert figures["duplicates"] == 0, figures
+    assert all(b < a for per in seqs.values() for b, a in itertools.pairwise(per)), figures

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -30,6 +32,7 @@ from worker.adapters.kafka import (
 from worker.adapters.store import Conn
 from worker.config import Settings
 from worker.logs import get_logger
+from worker.roles.consumer import CRASH_POINT_ENV
 
 log = get_logger("worker.relay")
 
@@ -149,6 +152,7 @@ class OutboxRelay:
                 ]
                 self._unsettled = futures
                 await asyncio.wait_for(asyncio.gather(*futures), timeout=timeout)
+            _crash_hook("relay_after_send")
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
                 [r["seq"] for r in rows],
@@ -190,3 +194,10 @@ class OutboxRelay:
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _crash_hook(point: str) -> None:
+    """Testing hook, as the consumer's: SIGKILL this process at a named
+    point when WORKER_TEST_CRASH_POINT names it."""
+    if os.environ.get(CRASH_POINT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
