@@ -4,8 +4,8 @@ order per key, at least once.
 A publish that ends without every acknowledgement (a broker failure
 mid-publish, a timeout, a database error after the sends) leaves its
 outcome unknown: some events may be on their partition already. Before the
-next publish, and once when the relay starts (its predecessor may have died
-between sending and marking), the relay reads the `outbox-seq` of each
+next publish, and whenever a relay starts leading (the one before may have
+died between sending and marking), the relay reads the `outbox-seq` of each
 partition's last record and marks what is there as published instead of
 sending it again. Events reach a partition in sequence order (one relay
 at a time, the idempotent producer keeps order within a session), so
