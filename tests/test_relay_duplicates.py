@@ -13,6 +13,7 @@ independent fault run saw). The figures of each run go to
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -34,6 +35,7 @@ from tests.conftest import service_env
 from tests.faults_support import log_events
 from tests.helpers import REPO, ServiceProcess, wait_for
 from tests.isolated import isolated_settings
+from tests.ports import port
 from tests.stack import Stack
 from worker.config import Settings
 from worker.roles.relay import SEQ_HEADER
@@ -41,7 +43,6 @@ from worker.roles.relay import SEQ_HEADER
 pytestmark = pytest.mark.integration
 
 RELAY_DIR = REPO / ".stack" / "test-relay"
-RELAY_PORT = os.environ.get("TEST_RELAY_KAFKA_PORT", "29252")
 KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
 SUMMARY = REPO / ".stack" / "test" / "relay-duplicates.json"
 PARTITIONS = 6
@@ -50,10 +51,16 @@ TICK_S = 0.02
 AFTER_RESTART = 4000  # rows written once the broker is back
 
 
+@functools.cache
+def _relay_port() -> str:
+    # Claimed once: the broker restarts on the port it was killed on.
+    return port("TEST_RELAY_KAFKA_PORT", 2)
+
+
 def _kafka(action: str) -> str:
     done = subprocess.run(
         [str(KAFKA_SCRIPT), action],
-        env=dict(os.environ, STACK_DIR=str(RELAY_DIR), KAFKA_PORT=RELAY_PORT),
+        env=dict(os.environ, STACK_DIR=str(RELAY_DIR), KAFKA_PORT=_relay_port()),
         capture_output=True,
         text=True,
         timeout=300,
@@ -65,7 +72,7 @@ def _kafka(action: str) -> str:
 
 
 def _broker_pid() -> int:
-    return int((RELAY_DIR / f"kafka-{RELAY_PORT}" / "broker.pid").read_text().strip())
+    return int((RELAY_DIR / f"kafka-{_relay_port()}" / "broker.pid").read_text().strip())
 
 
 @pytest.fixture(scope="module")
