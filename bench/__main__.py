@@ -22,7 +22,7 @@ from bench.core import FULL, SMOKE, Context, StageResult
 from bench.procs import REPO, SECRET, stop_all_sync
 from bench.snapshot import snapshot
 from bench.stack import BenchStack, start_stack
-from bench.stages import apply, e2e, expiry, hot_sku, ingest, rebuild
+from bench.stages import apply, e2e, expiry, failover, hot_sku, ingest, rebuild
 from worker.config import load_settings
 from worker.logs import configure_logging
 
@@ -33,6 +33,7 @@ STAGES: dict[str, Any] = {
     "e2e": e2e,
     "expiry": expiry,
     "rebuild": rebuild,
+    "failover": failover,
 }
 
 

@@ -67,6 +67,12 @@ class Sizes:
     expiry_holds: int
     expiry_spread_seconds: float
     rebuild_events: int
+    failover_rate: float
+    failover_seconds: float
+    failover_kill_at: float
+    failover_restart_after: float
+    failover_term_at: float
+    failover_gone_at: float
 
 
 FULL = Sizes(
@@ -83,6 +89,12 @@ FULL = Sizes(
     expiry_holds=10_000,
     expiry_spread_seconds=60,
     rebuild_events=1_000_000,
+    failover_rate=500,
+    failover_seconds=80,
+    failover_kill_at=20,
+    failover_restart_after=2,
+    failover_term_at=40,
+    failover_gone_at=60,
 )
 SMOKE = Sizes(
     ingest_seconds=2,
@@ -98,6 +110,12 @@ SMOKE = Sizes(
     expiry_holds=500,
     expiry_spread_seconds=5,
     rebuild_events=5_000,
+    failover_rate=100,
+    failover_seconds=14,
+    failover_kill_at=3,
+    failover_restart_after=1,
+    failover_term_at=7,
+    failover_gone_at=11,
 )
 
 

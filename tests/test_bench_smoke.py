@@ -18,7 +18,7 @@ from tests.stack import Stack
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "apply", "hot_sku", "e2e", "expiry", "rebuild")
+STAGES = ("ingest", "apply", "hot_sku", "e2e", "expiry", "rebuild", "failover")
 
 
 @pytest.mark.timeout(300)

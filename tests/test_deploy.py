@@ -65,6 +65,8 @@ PORT_DEFAULTS = {"LISTEN_PORT": 8080, "API_PORT": 8081, "OPS_PORT": 9090}
 # other name the deploy files set must be a Settings field.
 CONTRACT_ONLY_ENV: frozenset[str] = frozenset()
 SETTINGS_ENV = frozenset(name.upper() for name in Settings.model_fields) | CONTRACT_ONLY_ENV
+# Settings a pod takes from the downward API instead of a secret.
+POD_FIELD_ENV = frozenset({"CONSUMER_INSTANCE_ID"})
 
 COUNTERS = frozenset(
     {
@@ -341,9 +343,30 @@ def test_k8s_env_is_settings_and_secret_refs_exist() -> None:
             assert names <= SETTINGS_ENV
             assert {"DATABASE_URL", "FANFARE_WEBHOOK_SECRET"} <= names
             for entry in container["env"]:
+                if "fieldRef" in entry["valueFrom"]:
+                    # The downward API, for what is the pod's own.
+                    assert entry["name"] in POD_FIELD_ENV, entry
+                    assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+                    continue
                 ref = entry["valueFrom"]["secretKeyRef"]
                 assert ref["name"] == secret["metadata"]["name"]
                 assert ref["key"] in secret["stringData"]
+
+
+def test_k8s_consumers_are_static_members_named_by_their_pod() -> None:
+    """A crashed consumer container restarts in its pod, under its name: the
+    instance id must be that name, unique per replica and stable across
+    container restarts (README, Consumer failover)."""
+    (consumer,) = [w for w in _workloads() if w["metadata"]["name"] == "fanfare-consumer"]
+    (container,) = _pod_spec(consumer)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CONSUMER_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # Only consumers join the group; nothing else may carry an instance id.
+    for workload in _workloads():
+        if workload["metadata"]["name"] == "fanfare-consumer":
+            continue
+        for other in _pod_spec(workload)["containers"]:
+            assert "CONSUMER_INSTANCE_ID" not in {e["name"] for e in other.get("env", [])}
 
 
 # --- Compose ---------------------------------------------------------------------

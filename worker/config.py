@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -65,6 +65,22 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=12, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)
     consumer_group: str = "reservation-consumers"
+    consumer_instance_id: str | None = Field(
+        default=None,
+        description="Static group membership (KIP-345): unique per consumer process and stable "
+        "across its restarts (the pod name); unset or empty: dynamic membership",
+    )
+    consumer_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        description="A member silent this long is dropped and its partitions reassigned; also "
+        "how long a rebalance waits for a member still finishing its batch",
+    )
+    consumer_heartbeat_interval_ms: int = Field(
+        default=1_000,
+        ge=100,
+        description="How often a member heartbeats: how soon it learns of a rebalance",
+    )
 
     reservation_window_seconds: int = Field(default=600, ge=1)
     reservation_buffer_seconds: int = Field(default=60, ge=0)
@@ -87,6 +103,20 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop", description="uvloop, or the standard library's loop to compare"
     )
+
+    @field_validator("consumer_instance_id")
+    @classmethod
+    def _empty_instance_id_is_dynamic(cls, value: str | None) -> str | None:
+        # An empty downward-API value must not make every process one member.
+        return value.strip() or None if value is not None else None
+
+    @field_validator("consumer_heartbeat_interval_ms")
+    @classmethod
+    def _heartbeat_within_session(cls, value: int, info: ValidationInfo) -> int:
+        session = info.data.get("consumer_session_timeout_ms")
+        if session is not None and value * 3 > session:
+            raise ValueError("must be at most a third of CONSUMER_SESSION_TIMEOUT_MS")
+        return value
 
     @field_validator("fanfare_webhook_secret", "reservation_api_keys", mode="before")
     @classmethod

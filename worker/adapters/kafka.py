@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -25,6 +25,8 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from worker import metrics
 from worker.config import Settings
@@ -89,9 +91,92 @@ def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
         # (default 500 ms) would hold back the refetch of the busy one.
         "fetch_max_wait_ms": 10,
         "client_id": "fanfare-reservations-consumer",
+        # Static membership: a process restarted under the same id (a
+        # crashed container keeps its pod name) takes its partitions back
+        # without a rebalance, instead of the group waiting out the dead
+        # member's session and then rebalancing everyone.
+        "group_instance_id": settings.consumer_instance_id,
+        "session_timeout_ms": settings.consumer_session_timeout_ms,
+        # A survivor learns of a rebalance from its next heartbeat; the
+        # dead member's partitions wait that long on top of the session.
+        "heartbeat_interval_ms": settings.consumer_heartbeat_interval_ms,
     }
     options.update(overrides)
     return AIOKafkaConsumer(**options)
+
+
+class _LeaveGroupResponseV3(Response):  # type: ignore[misc]
+    API_KEY = 13
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        (
+            "members",
+            Array(
+                ("member_id", String("utf-8")),
+                ("group_instance_id", String("utf-8")),
+                ("error_code", Int16),
+            ),
+        ),
+    )
+
+
+class _LeaveGroupRequestV3(RequestStruct):  # type: ignore[misc]
+    API_KEY = 13
+    API_VERSION = 3
+    RESPONSE_TYPE = _LeaveGroupResponseV3
+    SCHEMA = Schema(
+        ("group_id", String("utf-8")),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
+    )
+
+
+class _StaticLeave(Request[_LeaveGroupRequestV3]):  # type: ignore[misc]
+    """LeaveGroup v3 (KIP-345) naming a static member by its instance id,
+    as Kafka's admin "remove members from consumer group" sends it; aiokafka
+    only speaks v0-v1, which cannot name a static member."""
+
+    API_KEY = 13
+
+    def __init__(self, group: str, instance_id: str) -> None:
+        self.group = group
+        self.instance_id = instance_id
+
+    def build(self, request_struct_class: type[_LeaveGroupRequestV3]) -> _LeaveGroupRequestV3:
+        # An unknown member id: the broker finds the member by instance id.
+        return request_struct_class(self.group, [("", self.instance_id)])
+
+
+async def leave_group_static(settings: Settings, timeout: float = 5.0) -> bool:
+    """Take this process's static member out of the group now, after its
+    consumer stopped: Kafka keeps a static member that closes (the point of
+    static membership), so without this its partitions would wait a whole
+    session timeout after every clean stop, and a Deployment's replacement
+    pod has another name and never reclaims them. True if the broker removed it."""
+    instance_id = settings.consumer_instance_id
+    if instance_id is None:
+        return False  # aiokafka sent LeaveGroup itself for a dynamic member
+    admin = admin_client(settings)
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            node = await admin.find_coordinator(settings.consumer_group)
+            response = await admin._send_request_to_node(
+                node, _StaticLeave(settings.consumer_group, instance_id)
+            )
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("group_leave_failed", instance_id=instance_id, error=type(exc).__name__)
+        return False
+    finally:
+        await admin.close()
+    codes = [response.error_code, *(m[2] for m in response.members)]
+    if any(codes):
+        # UNKNOWN_MEMBER_ID (25): already gone (its session ran out).
+        log.warning("group_leave_refused", instance_id=instance_id, error_codes=codes)
+        return False
+    log.info("group_left", instance_id=instance_id)
+    return True
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -404,3 +489,52 @@ def _settle(sending: _Round, error: BaseException | None, acknowledged: bool = F
 def _key_hash(key: bytes) -> int:
     # Keys are experience ids, few and repeated; murmur2 is pure Python.
     return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_of(key: bytes, partitions: list[int]) -> int:
+    """The partition aiokafka's default partitioner picks for `key` among
+    the topic's partitions (sorted by id), as every producer here does."""
+    return partitions[_key_hash(key) % len(partitions)]
+
+
+async def last_header_values(
+    settings: Settings, topic: str, partitions: list[int], header: str, timeout: float
+) -> dict[int, bytes]:
+    """The `header` of the last record of each partition that has one: one
+    ListOffsets and one fetch per partition, no consumer group."""
+    consumer = AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="fanfare-reservations-tail",
+        fetch_max_wait_ms=10,
+    )
+    found: dict[int, bytes] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            await consumer.start()
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            starts = await consumer.beginning_offsets(tps)
+            ends = await consumer.end_offsets(tps)
+            last = {tp: ends[tp] - 1 for tp in tps if ends[tp] > starts[tp]}
+            idle = [tp for tp in tps if tp not in last]
+            if idle:
+                consumer.pause(*idle)
+            for tp, offset in last.items():
+                consumer.seek(tp, offset)
+            waiting = set(last)
+            while waiting:
+                fetched = await consumer.getmany(*waiting, timeout_ms=100)
+                for tp, records in fetched.items():
+                    for record in records:
+                        if record.offset < last[tp]:
+                            continue
+                        value = dict(record.headers or ()).get(header)
+                        if value is not None:
+                            found[tp.partition] = value
+                        waiting.discard(tp)
+                        consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return found

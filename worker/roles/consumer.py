@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from worker import metrics
 from worker.adapters import store
-from worker.adapters.kafka import ProducerSlot, producer_from
+from worker.adapters.kafka import ProducerSlot, leave_group_static, producer_from
 from worker.config import Settings
 from worker.domain.commands import Command, decode_command
 from worker.domain.events import ReservationEnded
@@ -135,6 +135,10 @@ class CommandConsumer:
             if self._committing is not None:
                 await self._committing
             await self.consumer.stop()
+            # A clean stop hands the partitions over at once (the batch in
+            # flight is done); a crash leaves the static member for its
+            # restart to reclaim.
+            await leave_group_static(self.settings)
 
     async def _next_batch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         """Wait for records, then take whatever else is already fetched, up to
