@@ -113,12 +113,23 @@ class _TooLarge(Exception):
 
 
 def _media_type_rejected(request: web.Request) -> _Reply | None:
-    if request.content_type != "application/json":
+    try:
+        media_type, charset = request.content_type, request.charset
+    except (ValueError, IndexError):
+        # The standard library's header parser fails on some malformed
+        # parameters (`application/json;b*`: IndexError) instead of saying so.
+        return _rejected(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Content-Type could not be parsed",
+            "unsupported_media_type",
+        )
+    if media_type != "application/json":
         return _rejected(
             415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json",
             "unsupported_media_type",
         )  # fmt: skip
-    if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+    if (charset or "utf-8").lower() not in ("utf-8", "utf8"):
         return _rejected(
             415, "UNSUPPORTED_MEDIA_TYPE", "JSON bodies must be UTF-8", "unsupported_media_type"
         )
