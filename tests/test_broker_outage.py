@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +25,6 @@ import pytest_asyncio
 
 from tests.conftest import SECRET, service_env
 from tests.helpers import (
-    REPO,
     ServiceProcess,
     admission_envelope,
     produce_commands,
@@ -37,7 +34,7 @@ from tests.helpers import (
     unique,
     wait_for,
 )
-from tests.ports import port
+from tests.own_broker import OwnBroker
 from worker.adapters import kafka
 from worker.config import Settings
 from worker.domain.ids import command_id
@@ -45,40 +42,19 @@ from worker.domain.model import CartLine
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_DIR = REPO / ".stack" / "test-outage"
-KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
+BROKER = OwnBroker("test-outage", "TEST_OUTAGE_KAFKA_PORT")
 CONSUMERS = 5
 QTY = 2
 
 
-@functools.cache
-def _outage_port() -> str:
-    # Claimed once: the broker restarts on the port it was stopped on.
-    return port("TEST_OUTAGE_KAFKA_PORT", 2)
-
-
-def _kafka(action: str) -> str:
-    done = subprocess.run(
-        [str(KAFKA_SCRIPT), action],
-        env=dict(os.environ, STACK_DIR=str(OUTAGE_DIR), KAFKA_PORT=_outage_port()),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"kafka.sh {action} failed: {done.stderr[-2000:]}", pytrace=False)
-    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-
-
 @pytest.fixture(scope="module")
 def outage_broker() -> Iterator[str]:
-    bootstrap = _kafka("start")
+    bootstrap = BROKER.run("start")
     try:
         yield bootstrap
     finally:
-        _kafka("stop")
-        shutil.rmtree(OUTAGE_DIR, ignore_errors=True)
+        BROKER.run("stop")
+        shutil.rmtree(BROKER.stack_dir, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -185,7 +161,7 @@ async def test_webhooks_during_a_broker_outage_are_503_then_all_applied(
         await wait_for(lambda: _applied(db, first.envelope["id"]))
         assert await _ready_status(session, outage_service) == 200
 
-        await asyncio.to_thread(_kafka, "stop")
+        await asyncio.to_thread(BROKER.run, "stop")
 
         during = [
             FanfareDelivery(admission_envelope(experience, c, unique("eyJg")))
@@ -213,7 +189,7 @@ async def test_webhooks_during_a_broker_outage_are_503_then_all_applied(
             assert not any(t.done() for t in tasks), [d.statuses for d in during]
             assert await _ready_status(session, outage_service) == 503
         finally:
-            await asyncio.to_thread(_kafka, "start")
+            await asyncio.to_thread(BROKER.run, "start")
         await asyncio.gather(*tasks)
 
     for d in during:

@@ -13,13 +13,11 @@ independent fault run saw). The figures of each run go to
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -35,15 +33,14 @@ from tests.conftest import service_env
 from tests.faults_support import log_events
 from tests.helpers import REPO, ServiceProcess, wait_for
 from tests.isolated import isolated_settings
-from tests.ports import port
+from tests.own_broker import OwnBroker
 from tests.stack import Stack
 from worker.config import Settings
 from worker.roles.relay import SEQ_HEADER
 
 pytestmark = pytest.mark.integration
 
-RELAY_DIR = REPO / ".stack" / "test-relay"
-KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
+BROKER = OwnBroker("test-relay", "TEST_RELAY_KAFKA_PORT")
 SUMMARY = REPO / ".stack" / "test" / "relay-duplicates.json"
 PARTITIONS = 6
 ROWS_PER_TICK = 100
@@ -51,38 +48,14 @@ TICK_S = 0.02
 AFTER_RESTART = 4000  # rows written once the broker is back
 
 
-@functools.cache
-def _relay_port() -> str:
-    # Claimed once: the broker restarts on the port it was killed on.
-    return port("TEST_RELAY_KAFKA_PORT", 2)
-
-
-def _kafka(action: str) -> str:
-    done = subprocess.run(
-        [str(KAFKA_SCRIPT), action],
-        env=dict(os.environ, STACK_DIR=str(RELAY_DIR), KAFKA_PORT=_relay_port()),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"kafka.sh {action} failed: {done.stderr[-2000:]}", pytrace=False)
-    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-
-
-def _broker_pid() -> int:
-    return int((RELAY_DIR / f"kafka-{_relay_port()}" / "broker.pid").read_text().strip())
-
-
 @pytest.fixture(scope="module")
 def relay_broker() -> Iterator[str]:
-    bootstrap = _kafka("start")
+    bootstrap = BROKER.run("start")
     try:
         yield bootstrap
     finally:
-        _kafka("stop")
-        shutil.rmtree(RELAY_DIR, ignore_errors=True)
+        BROKER.run("stop")
+        shutil.rmtree(BROKER.stack_dir, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -160,7 +133,7 @@ async def test_broker_sigkill_mid_publish_sends_no_event_twice(relay_settings: S
         feeder = asyncio.create_task(_feed(pool, stop))
         await wait_for(lambda: _published_at_least(pool, 3000), timeout=60, interval=0.05)
 
-        os.kill(_broker_pid(), signal.SIGKILL)  # mid-publish: the stream never pauses
+        os.kill(BROKER.pid(), signal.SIGKILL)  # mid-publish: the stream never pauses
         killed_at = time.monotonic()
         published_at_kill = await _published(pool)
 
@@ -168,7 +141,7 @@ async def test_broker_sigkill_mid_publish_sends_no_event_twice(relay_settings: S
             return bool(log_events(relay, "relay_retry"))
 
         await wait_for(noticed, timeout=60, interval=0.1)
-        await asyncio.to_thread(_kafka, "start")
+        await asyncio.to_thread(BROKER.run, "start")
         restarted_after = time.monotonic() - killed_at
         written_at_restart = int(await pool.fetchval("SELECT count(*) FROM outbox"))
         await wait_for(
