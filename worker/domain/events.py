@@ -164,9 +164,6 @@ class LateConversionUnfilled(ExperienceEvent):
     product_id: str
     variant_id: str | None
     quantity: int
-    reservation_id: UUID | None = Field(
-        default=None, description="The ended hold it tried to take back, if there was one"
-    )
 
 
 class CheckoutRejected(ExperienceEvent):
