@@ -3,9 +3,12 @@ kill and start again on the same port (the session's broker is shared)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,13 @@ class OwnBroker:
 
     def pid(self) -> int:
         return int((self.data_dir / "broker.pid").read_text().strip())
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[str]:
+        """Started for a module, its bootstrap address; stopped and removed after."""
+        bootstrap = self.run("start")
+        try:
+            yield bootstrap
+        finally:
+            self.run("stop")
+            shutil.rmtree(self.stack_dir, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -49,12 +48,8 @@ QTY = 2
 
 @pytest.fixture(scope="module")
 def outage_broker() -> Iterator[str]:
-    bootstrap = BROKER.run("start")
-    try:
+    with BROKER.running() as bootstrap:
         yield bootstrap
-    finally:
-        BROKER.run("stop")
-        shutil.rmtree(BROKER.stack_dir, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

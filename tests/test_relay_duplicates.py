@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import signal
 import time
 from collections import Counter
@@ -50,12 +49,8 @@ AFTER_RESTART = 4000  # rows written once the broker is back
 
 @pytest.fixture(scope="module")
 def relay_broker() -> Iterator[str]:
-    bootstrap = BROKER.run("start")
-    try:
+    with BROKER.running() as bootstrap:
         yield bootstrap
-    finally:
-        BROKER.run("stop")
-        shutil.rmtree(BROKER.stack_dir, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
