@@ -31,8 +31,6 @@ from worker.domain.events import (
 )
 from worker.domain.model import CartLine, MultiItemPolicy, Strategy
 
-SEQ_HEADER = "outbox-seq"
-
 
 @dataclass
 class Expected:

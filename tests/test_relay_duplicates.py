@@ -34,8 +34,8 @@ from tests.helpers import REPO, ServiceProcess, wait_for
 from tests.isolated import isolated_settings
 from tests.own_broker import OwnBroker
 from tests.stack import Stack
+from worker.adapters.kafka import SEQ_HEADER
 from worker.config import Settings
-from worker.roles.relay import SEQ_HEADER
 
 pytestmark = pytest.mark.integration
 

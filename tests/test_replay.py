@@ -30,6 +30,7 @@ from tests.isolated import isolated_settings, produce_bulk
 from tests.stack import Stack
 from tests.traffic import ROWS, T0, stock_levels, traffic
 from worker.adapters import kafka
+from worker.adapters.kafka import SEQ_HEADER
 from worker.config import Settings
 from worker.domain.events import (
     AdmissionRecorded,
@@ -43,7 +44,6 @@ from worker.replay.fold import Known, Needs, fold, needs
 from worker.replay.rebuild import ReplayError, _decode_all
 from worker.replay.sink import Planned, Planner
 from worker.replay.source import Start
-from worker.roles.relay import SEQ_HEADER
 
 # --- the pure fold ---------------------------------------------------------------
 

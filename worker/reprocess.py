@@ -25,6 +25,7 @@ import asyncpg
 import orjson
 from pydantic import ValidationError
 
+from worker.adapters import kafka, postgres
 from worker.config import Settings
 from worker.domain.commands import Command, ExperienceCommand, SetStock, decode_command
 from worker.domain.model import ExperienceSettings
@@ -33,7 +34,6 @@ from worker.replay.diff import TABLES_BY_NAME, RowDiff, compare_table
 from worker.replay.progress import Progress
 from worker.replay.scratch import scratch_database
 from worker.replay.source import Record, TopicLog
-from worker.roles.consumer import TRANSIENT_ERRORS
 
 BATCH_COMMANDS = 500
 
@@ -127,7 +127,7 @@ class _Applier:
             if not todo:
                 return
             applied, refused = await apply_isolating(
-                self.conn, todo, self.defaults, TRANSIENT_ERRORS
+                self.conn, todo, self.defaults, (*postgres.RETRYABLE, *kafka.UNREACHABLE)
             )
             self.result.applied += len(applied)
             self.result.parked += len(refused)

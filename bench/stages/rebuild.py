@@ -19,9 +19,10 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bench.core import Context, Figure, StageResult, connect, extra_database, fresh_namespace
-from bench.eventlog import SEQ_HEADER, generate
+from bench.eventlog import generate
 from bench.procs import service_env, worker_role
 from worker.adapters import postgres
+from worker.adapters.kafka import SEQ_HEADER
 
 NAME = "rebuild"
 TITLE = "Rebuild: events/s folding the event log into an empty database"

@@ -34,6 +34,12 @@ from worker.logs import get_logger
 
 log = get_logger(__name__)
 
+# The relay's header on every published event: its outbox sequence number,
+# which orders events across partitions for subscribers and for replay.
+SEQ_HEADER = "outbox-seq"
+# The broker, or the road to it, is away: try again later.
+UNREACHABLE: tuple[type[BaseException], ...] = (KafkaError, TimeoutError)
+
 
 def connection_options(settings: Settings) -> dict[str, Any]:
     """Where and how every client (producer, consumer, admin) connects: one

@@ -16,6 +16,30 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 # queue on this lock instead of racing on DDL.
 MIGRATION_LOCK_KEY = 0x46414E46415245  # "FANFARE"
 
+# PostgreSQL, or the road to it, is away: nothing about the request or the
+# command is wrong, so callers answer 503 or pause and try again.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+# Worth running the same transaction again: the server is away, or it chose
+# this transaction as the victim of a deadlock or a serialization conflict.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    *UNREACHABLE,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+# Anything the database can fail with: a leader loop (scheduler, relay) steps
+# down and starts over rather than dying on a failed statement.
+FAILURES: tuple[type[BaseException], ...] = (*UNREACHABLE, asyncpg.PostgresError)
+
 
 async def create_pool(dsn: str, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=60)

@@ -22,8 +22,8 @@ from typing import Any, TypeAlias, cast
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from worker.adapters import kafka
+from worker.adapters.kafka import SEQ_HEADER
 from worker.config import Settings
-from worker.roles.relay import SEQ_HEADER
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 # A record's place in the merged order; None: emit it as soon as it heads its

@@ -33,12 +33,11 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from worker.adapters import store
+from worker.adapters import kafka, postgres, store
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.domain import ids
@@ -74,18 +73,6 @@ POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.2
 PENDING_REMEMBERED = 100_000
 IDEMPOTENCY_KEY = re.compile(r"^[ -~]{1,255}$")
-# Failures that say "PostgreSQL is unreachable", not "the request is bad".
-DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.AdminShutdownError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
 
 REQUESTS = Counter(
     "api_requests",
@@ -549,7 +536,7 @@ def _as_api_error(request: web.Request, exc: Exception) -> ApiError:
         return ApiError(404, "NOT_FOUND", "no such route")
     if isinstance(exc, web.HTTPException):
         return ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.text or "")
-    if isinstance(exc, DB_UNAVAILABLE):
+    if isinstance(exc, postgres.UNREACHABLE):
         log.error("api_database_unavailable", path=request.path, error=type(exc).__name__)
         return ApiError(
             503,
@@ -644,7 +631,7 @@ async def _wait_applied(state: ApiState, command_id: UUID) -> asyncpg.Record | N
             while True:
                 try:
                     row = await _inbox_row(state.pool, command_id)
-                except DB_UNAVAILABLE as exc:
+                except postgres.UNREACHABLE as exc:
                     # The command is durable in Kafka already: the truthful
                     # answer is "pending", not an error.
                     log.warning(
@@ -691,7 +678,7 @@ async def _write(request: web.Request, command: CommandBase, idempotent: bool) -
         # A retry of a write already applied: answer it without producing again.
         try:
             row = await _inbox_row(state.pool, command_id)
-        except DB_UNAVAILABLE:
+        except postgres.UNREACHABLE:
             row = None
         if row is not None:
             return _answer(command_id, _outcome(row))
@@ -704,7 +691,7 @@ async def _write(request: web.Request, command: CommandBase, idempotent: bool) -
             ),
             timeout=state.settings.produce_timeout_seconds,
         )
-    except (TimeoutError, KafkaError) as exc:
+    except kafka.UNREACHABLE as exc:
         log.error("api_not_durable", command_id=str(command_id), error=type(exc).__name__)
         raise ApiError(
             503,

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from worker import metrics
-from worker.adapters import store
+from worker.adapters import kafka, postgres, store
 from worker.adapters.kafka import ProducerSlot, leave_group_static, producer_from
 from worker.config import Settings
 from worker.domain.commands import Command, decode_command
@@ -37,20 +36,7 @@ log = get_logger("worker.consumer")
 
 # Failures that say nothing about the command (the database or the broker,
 # for parking, is away): pause and retry, never park.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.AdminShutdownError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-    KafkaError,
-)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*postgres.RETRYABLE, *kafka.UNREACHABLE)
 
 CRASH_POINT_ENV = "WORKER_TEST_CRASH_POINT"
 

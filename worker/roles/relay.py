@@ -20,10 +20,11 @@ import os
 import signal
 
 import asyncpg
-from aiokafka.errors import KafkaError
 
 from worker import metrics
+from worker.adapters import kafka, postgres
 from worker.adapters.kafka import (
+    SEQ_HEADER,
     ProducerSlot,
     last_header_values,
     partition_of,
@@ -43,7 +44,6 @@ RELAY_LOCK_KEY = 0x52454C4159  # "RELAY"
 # The outbox sequence number: the global commit order of the events. Each
 # partition carries increasing values (the relay publishes in order), so a
 # rebuild merges partitions by it and folds in exactly the committed order.
-SEQ_HEADER = "outbox-seq"
 
 
 class OutboxRelay:
@@ -69,12 +69,7 @@ class OutboxRelay:
             try:
                 async with self.pool.acquire() as lock_conn:
                     await self._lead_while_locked(lock_conn, stop, idle_s)
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-            ) as exc:
+            except postgres.FAILURES as exc:
                 log.warning("relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
                 await _sleep(stop, 1.0)
 
@@ -105,7 +100,7 @@ class OutboxRelay:
                             )
                         )
                     delay = idle_s if sent else min(delay * 2, 0.5)
-                except (KafkaError, TimeoutError) as exc:
+                except kafka.UNREACHABLE as exc:
                     log.warning("relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
                     delay = 1.0
                 await _sleep(stop, delay)

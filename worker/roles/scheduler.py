@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from worker import metrics
+from worker.adapters import postgres
 from worker.adapters.kafka import ProducerSlot, producer_from
 from worker.adapters.store import Conn
 from worker.clock import Clock, SystemClock
@@ -87,12 +88,7 @@ class ExpiryScheduler:
             try:
                 async with self.pool.acquire() as lock_conn:
                     await self._lead_while_locked(lock_conn, stop)
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-            ) as exc:
+            except postgres.FAILURES as exc:
                 log.warning("scheduler_retry", error=type(exc).__name__, detail=str(exc)[:200])
                 self.leader = False
                 await self._sleep(stop, 1.0)
