@@ -14,7 +14,7 @@ from tests import builders as b
 from tests.conftest import service_env
 from tests.helpers import REPO, ServiceProcess, produce_commands, unique, wait_for
 from tests.isolated import read_all
-from worker.adapters import kafka
+from worker.adapters import kafka, kafka_sender
 from worker.clock import ManualClock
 from worker.config import Settings
 from worker.domain.commands import decode_command
@@ -113,7 +113,7 @@ async def test_scheduler_publishes_only_what_is_due_on_its_clock(
     await producer.start()
     try:
         scheduler = ExpiryScheduler(
-            topic_settings, db, kafka.ProducerSlot(producer, None), clock=clock
+            topic_settings, db, kafka_sender.ProducerSlot(producer, None), clock=clock
         )
         mine = [d for d in await scheduler.due(clock.now()) if d.experience_id == exp]
         assert mine == []
