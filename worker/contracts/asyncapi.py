@@ -309,46 +309,47 @@ def _operation(
 
 def _operations(names: dict[str, list[str]]) -> JsonObject:
     commands, events = COMMANDS.channel, EVENTS.channel
-    apply = _operation(
+    return {
+        "produceCommand": _operation(
+            "send",
+            commands,
+            "Produce a command",
+            "The receiver, the API and the scheduler write commands (acks=all, "
+            "idempotent producer) and acknowledge their caller only after the write.",
+            names[commands],
+        ),
+        "applyCommands": _apply_commands(names[commands]),
+        "publishEvents": _operation(
+            "send",
+            events,
+            "Publish events",
+            "The outbox relay publishes committed events, in order per key.",
+            names[events],
+        ),
+        "parkPoisonCommand": _operation(
+            "send",
+            DEAD_LETTER_CHANNEL,
+            "Park a poison command",
+            "The consumer parks a command it can never apply, then moves on.",
+            names[DEAD_LETTER_CHANNEL],
+        ),
+    }
+
+
+def _apply_commands(names: Sequence[str]) -> JsonObject:
+    operation = _operation(
         "receive",
-        commands,
+        COMMANDS.channel,
         "Apply commands",
         "The consumers read commands in batches, apply each batch in one "
         "PostgreSQL transaction (state, inbox, outbox and consumed position), "
         "then commit offsets.",
-        names[commands],
+        names,
     )
-    apply["bindings"] = {
+    operation["bindings"] = {
         "kafka": {
             "groupId": {"type": "string", "enum": [default("consumer_group")]},
             "bindingVersion": KAFKA_BINDING_VERSION,
         }
     }
-    produce = _operation(
-        "send",
-        commands,
-        "Produce a command",
-        "The receiver, the API and the scheduler write commands (acks=all, "
-        "idempotent producer) and acknowledge their caller only after the write.",
-        names[commands],
-    )
-    publish = _operation(
-        "send",
-        events,
-        "Publish events",
-        "The outbox relay publishes committed events, in order per key.",
-        names[events],
-    )
-    park = _operation(
-        "send",
-        DEAD_LETTER_CHANNEL,
-        "Park a poison command",
-        "The consumer parks a command it can never apply, then moves on.",
-        names[DEAD_LETTER_CHANNEL],
-    )
-    return {
-        "produceCommand": produce,
-        "applyCommands": apply,
-        "publishEvents": publish,
-        "parkPoisonCommand": park,
-    }
+    return operation
