@@ -95,9 +95,9 @@ async def test_scheduler_publishes_only_what_is_due_on_its_clock(
 ) -> None:
     """In-process with a manual clock: nothing before expires_at, then one
     deterministic expiry command per admission."""
-    from tests.test_engine import Engine
+    from tests.engine_backends import PostgresEngine
 
-    engine = Engine(db)
+    engine = PostgresEngine(db)
     exp, cons, product = unique("queue"), unique("cons"), unique("prod")
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)  # far from any other test's holds
     await engine(b.stock(product, 5))
@@ -148,9 +148,9 @@ def _reconcile(settings: Settings, *args: str) -> subprocess.CompletedProcess[st
 async def test_reconcile_reports_repairs_and_then_is_clean(
     settings: Settings, db: asyncpg.Pool
 ) -> None:
-    from tests.test_engine import Engine
+    from tests.engine_backends import PostgresEngine
 
-    engine = Engine(db)
+    engine = PostgresEngine(db)
     exp, cons, product = unique("queue"), unique("cons"), unique("prod")
     await engine(b.stock(product, 10))
     await engine(b.cart(exp, cons, b.line(product, 3)))
