@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from tests.engine_backends import Engine, MemoryEngine, PostgresEngine
 from tests.helpers import ServiceProcess, free_port
 from tests.stack import Stack, StackError, start_stack
 from worker.adapters import kafka, postgres
@@ -96,6 +97,15 @@ async def engine_db(stack: Stack, run_id: str) -> AsyncIterator[asyncpg.Pool]:
         pool = await postgres.create_pool(url, max_size=5)
         yield pool
         await pool.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("postgresql", marks=pytest.mark.integration)])
+def engine_backend(request: pytest.FixtureRequest) -> Engine:
+    """The engine test helper, once in memory (no database: a unit test)
+    and once on PostgreSQL (`engine_db`: an integration test)."""
+    if request.param == "memory":
+        return MemoryEngine()
+    return PostgresEngine(request.getfixturevalue("engine_db"))
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:

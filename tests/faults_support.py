@@ -33,10 +33,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests import builders as b
 from tests.conftest import SECRET, service_env
+from tests.engine_backends import assert_counters_match_rows
 from tests.helpers import REPO, ServiceProcess, signed_headers, wait_for
 from tests.isolated import isolated_settings, produce_bulk
 from tests.stack import Stack
-from tests.test_engine import assert_counters_match_rows
 from worker.adapters import kafka, postgres
 from worker.config import Settings
 from worker.domain import ids

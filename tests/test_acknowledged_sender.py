@@ -1,4 +1,4 @@
-"""The receiver's Kafka sender (kafka.AcknowledgedSender): one aiokafka batch
+"""The receiver's Kafka sender (kafka_sender.AcknowledgedSender): one aiokafka batch
 per partition for concurrent records, answered when Kafka acknowledged it,
 failed with the producer's error or at the deadline. The unit tests use a
 stand-in producer with aiokafka's real batch builder; the last test checks
@@ -16,7 +16,7 @@ from aiokafka.errors import OutOfOrderSequenceNumber
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from tests.receiver_support import end_offsets, read_since, with_topic
-from worker.adapters import kafka
+from worker.adapters import kafka, kafka_sender
 from worker.config import Settings
 
 TOPIC = "commands"
@@ -83,7 +83,7 @@ async def _settled(sends: list[asyncio.Task[None]]) -> list[BaseException | None
 
 async def test_concurrent_records_go_out_as_one_batch_per_partition_and_wait_for_the_ack() -> None:
     producer = FakeProducer(partitions=4)
-    sender = kafka.AcknowledgedSender(timeout=5)
+    sender = kafka_sender.AcknowledgedSender(timeout=5)
     keys = [f"experience-{i % 6}".encode() for i in range(60)]
     sends = [asyncio.create_task(sender.send(producer, TOPIC, key, b"value")) for key in keys]
     await asyncio.sleep(0.01)
@@ -97,7 +97,7 @@ async def test_concurrent_records_go_out_as_one_batch_per_partition_and_wait_for
 
 async def test_a_key_always_lands_on_the_same_partition() -> None:
     producer = FakeProducer(partitions=12)
-    sender = kafka.AcknowledgedSender(timeout=5)
+    sender = kafka_sender.AcknowledgedSender(timeout=5)
     for _ in range(3):
         send = asyncio.create_task(sender.send(producer, TOPIC, b"queue_x", b"v"))
         await asyncio.sleep(0.01)
@@ -108,7 +108,7 @@ async def test_a_key_always_lands_on_the_same_partition() -> None:
 
 async def test_partitions_follow_the_producers_metadata() -> None:
     producer = FakeProducer(partitions=1)
-    sender = kafka.AcknowledgedSender(timeout=5)
+    sender = kafka_sender.AcknowledgedSender(timeout=5)
     keys = [f"experience-{i}".encode() for i in range(20)]
 
     async def send_all() -> set[int]:
@@ -126,7 +126,7 @@ async def test_partitions_follow_the_producers_metadata() -> None:
 
 async def test_records_arriving_while_a_batch_waits_form_the_next_batch() -> None:
     producer = FakeProducer(partitions=1)
-    sender = kafka.AcknowledgedSender(timeout=5)
+    sender = kafka_sender.AcknowledgedSender(timeout=5)
     first = [asyncio.create_task(sender.send(producer, TOPIC, b"k", b"1")) for _ in range(3)]
     await asyncio.sleep(0.01)
     later = [asyncio.create_task(sender.send(producer, TOPIC, b"k", b"2")) for _ in range(2)]
@@ -141,19 +141,19 @@ async def test_records_arriving_while_a_batch_waits_form_the_next_batch() -> Non
 
 async def test_a_failed_batch_fails_each_of_its_waiters_with_its_own_copy() -> None:
     producer = FakeProducer(partitions=1)
-    sender = kafka.AcknowledgedSender(timeout=5)
+    sender = kafka_sender.AcknowledgedSender(timeout=5)
     sends = [asyncio.create_task(sender.send(producer, TOPIC, b"k", b"v")) for _ in range(3)]
     await asyncio.sleep(0.01)
     producer.submitted[0][2].set_exception(OutOfOrderSequenceNumber())
     errors = await _settled(sends)
     assert all(isinstance(e, OutOfOrderSequenceNumber) for e in errors)
     assert len({id(e) for e in errors}) == 3
-    assert all(kafka.is_fatal(e) for e in errors if e is not None)
+    assert all(kafka_sender.is_fatal(e) for e in errors if e is not None)
 
 
 async def test_no_acknowledgement_by_the_deadline_is_a_timeout() -> None:
     producer = FakeProducer(partitions=2)
-    sender = kafka.AcknowledgedSender(timeout=0.2)
+    sender = kafka_sender.AcknowledgedSender(timeout=0.2)
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         await sender.send(producer, TOPIC, b"k", b"v")
@@ -163,7 +163,7 @@ async def test_no_acknowledgement_by_the_deadline_is_a_timeout() -> None:
 async def test_a_batch_past_its_deadline_is_never_handed_to_the_producer() -> None:
     producer = FakeProducer(partitions=1)
     producer.slot_free = asyncio.Event()
-    sender = kafka.AcknowledgedSender(timeout=0.2)
+    sender = kafka_sender.AcknowledgedSender(timeout=0.2)
     # The first batch is being handed over (aiokafka waits for a free slot);
     # the second one forms meanwhile, and both run out of time.
     first = asyncio.create_task(sender.send(producer, TOPIC, b"k", b"1"))
@@ -179,7 +179,7 @@ async def test_a_batch_past_its_deadline_is_never_handed_to_the_producer() -> No
 async def test_a_record_gets_most_of_its_own_deadline_even_when_kafka_stalls() -> None:
     producer = FakeProducer(partitions=1)
     producer.slot_free = asyncio.Event()  # Kafka takes nothing
-    sender = kafka.AcknowledgedSender(timeout=0.5)
+    sender = kafka_sender.AcknowledgedSender(timeout=0.5)
     early = asyncio.create_task(sender.send(producer, TOPIC, b"k", b"1"))
     await asyncio.sleep(0.01)
     held = asyncio.create_task(sender.send(producer, TOPIC, b"k", b"2"))
@@ -190,18 +190,18 @@ async def test_a_record_gets_most_of_its_own_deadline_even_when_kafka_stalls() -
     assert not late.done(), "failed with an older batch's deadline"
     with pytest.raises(TimeoutError):
         await late
-    assert time.monotonic() - late_started >= 0.5 * (1 - kafka.JOIN_WINDOW) - 0.02
+    assert time.monotonic() - late_started >= 0.5 * (1 - kafka_sender.JOIN_WINDOW) - 0.02
 
 
 async def test_unknown_topic_metadata_is_bounded_by_the_deadline() -> None:
-    sender = kafka.AcknowledgedSender(timeout=0.2)
+    sender = kafka_sender.AcknowledgedSender(timeout=0.2)
     with pytest.raises(TimeoutError):
         await sender.send(FakeProducer(), "no-such-topic", b"k", b"v")
 
 
 async def test_a_cancelled_caller_leaves_the_others_of_its_batch_alone() -> None:
     producer = FakeProducer(partitions=1)
-    sender = kafka.AcknowledgedSender(timeout=5)
+    sender = kafka_sender.AcknowledgedSender(timeout=5)
     sends = [asyncio.create_task(sender.send(producer, TOPIC, b"k", b"v")) for _ in range(3)]
     await asyncio.sleep(0.01)
     sends[0].cancel()
@@ -216,7 +216,7 @@ async def test_against_kafka_keys_land_where_aiokafka_puts_them(settings: Settin
     private = await with_topic(settings, f"{settings.commands_topic}.acksender")
     producer: AIOKafkaProducer = kafka.durable_producer(private)
     await producer.start()
-    sender = kafka.AcknowledgedSender(timeout=10)
+    sender = kafka_sender.AcknowledgedSender(timeout=10)
     try:
         keys = [f"experience-{i}".encode() for i in range(40)]
         before = await end_offsets(private)

@@ -1,20 +1,19 @@
-"""Late and early deliveries, one story each, through the engine on the real
-PostgreSQL: what each does is decided by when it happened, never by when it
-arrived (README, "Arrival order"). After every test the counters equal the
-row sums."""
+"""Late and early deliveries, one story each, through the engine, in memory
+and on the real PostgreSQL: what each does is decided by when it happened,
+never by when it arrived (README, "Arrival order"). After every test the
+counters equal the row sums."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import asyncpg
 import pytest_asyncio
 
 from tests import builders as b
+from tests.engine_backends import Engine
 from tests.helpers import unique
-from tests.test_engine import T0, Engine, assert_counters_match_rows
-from worker.domain import ids
+from tests.test_engine import T0
 
 
 def minutes(n: float) -> timedelta:
@@ -22,10 +21,9 @@ def minutes(n: float) -> timedelta:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def engine(engine_db: asyncpg.Pool) -> AsyncIterator[Engine]:
-    e = Engine(engine_db)
-    yield e
-    await assert_counters_match_rows(engine_db)
+async def engine(engine_backend: Engine) -> AsyncIterator[Engine]:
+    yield engine_backend
+    await engine_backend.assert_counters_match_rows()
 
 
 class Story:
@@ -45,20 +43,10 @@ class Story:
         )
 
     async def admission(self, grant: str) -> tuple[str, str | None]:
-        row = await self.engine.pool.fetchrow(
-            "SELECT status, end_reason FROM admissions WHERE admission_grant = $1",
-            ids.grant_digest(grant),
-        )
-        assert row is not None
-        return row["status"], row["end_reason"]
+        return await self.engine.admission(grant)
 
     async def holds(self, grant: str) -> list[tuple[int, str]]:
-        rows = await self.engine.pool.fetch(
-            """SELECT quantity, status FROM reservations WHERE admission_grant = $1
-               ORDER BY status""",
-            ids.grant_digest(grant),
-        )
-        return [(r["quantity"], r["status"]) for r in rows]
+        return await self.engine.holds(grant)
 
     def events(self, kind: str) -> list[object]:
         return [e for e in self.engine.events if getattr(e, "type", "") == kind]

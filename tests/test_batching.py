@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 
 from tests import builders as b
+from tests.engine_backends import DEFAULTS, assert_counters_match_rows
 from tests.isolated import isolated_settings
 from tests.stack import Stack
 from tests.test_crash import SNAPSHOT, _snapshot, _workload
-from tests.test_engine import DEFAULTS, assert_counters_match_rows
 from worker import engine
 from worker.config import Settings
 from worker.domain.commands import CommandBase

@@ -14,11 +14,11 @@ import orjson
 
 from tests import builders as b
 from tests.conftest import service_env
+from tests.engine_backends import assert_counters_match_rows
 from tests.helpers import ServiceProcess, unique, wait_for
 from tests.isolated import isolated_settings, produce_bulk, read_all
 from tests.partitions import key_per_partition
 from tests.stack import Stack
-from tests.test_engine import assert_counters_match_rows
 from worker.config import Settings
 from worker.domain.commands import CommandBase
 from worker.domain.events import decode_event

@@ -12,7 +12,8 @@ import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from worker import contracts
+from worker.contracts import files, topics
+from worker.contracts.__main__ import main as contracts_main
 from worker.domain.commands import (
     AdmitConsumer,
     CommandBase,
@@ -27,7 +28,7 @@ from worker.domain.ids import command_id, event_id, grant_digest
 from worker.domain.model import CartLine
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-SCHEMAS = contracts.SCHEMAS_DIR
+SCHEMAS = files.SCHEMAS_DIR
 REGENERATE = "run make schemas (python -m worker.contracts)"
 
 
@@ -41,7 +42,7 @@ def _load(relative: str) -> Any:
 def test_schema_files_match_the_models() -> None:
     """Every generated file is in schemas/ with exactly the generated text."""
     stale = []
-    for relative, text in contracts.generate().items():
+    for relative, text in files.generate().items():
         path = SCHEMAS / relative
         if not path.is_file():
             stale.append(f"{relative} (missing)")
@@ -51,7 +52,7 @@ def test_schema_files_match_the_models() -> None:
 
 
 def test_no_leftover_message_schemas() -> None:
-    stale = contracts.stale_files(SCHEMAS)
+    stale = files.stale_files(SCHEMAS)
     assert not stale, f"schemas/ is stale, {REGENERATE}: " + "; ".join(stale)
 
 
@@ -60,14 +61,14 @@ def test_check_mode_lists_stale_files_and_ignores_foreign_ones(
 ) -> None:
     foreign = tmp_path / "openapi-api.json"
     foreign.write_text('{"not": "ours"}\n')
-    assert contracts.main(["--dir", str(tmp_path)]) == 0
-    assert contracts.main(["--check", "--dir", str(tmp_path)]) == 0
+    assert contracts_main(["--dir", str(tmp_path)]) == 0
+    assert contracts_main(["--check", "--dir", str(tmp_path)]) == 0
 
     (tmp_path / "commands" / "SetStock.schema.json").write_text("{}\n")
     (tmp_path / "events" / "Gone.schema.json").write_text("{}\n")
     (tmp_path / "asyncapi.json").unlink()
     capsys.readouterr()
-    assert contracts.main(["--check", "--dir", str(tmp_path)]) == 1
+    assert contracts_main(["--check", "--dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "commands/SetStock.schema.json: differs" in err
     assert "events/Gone.schema.json: no longer generated" in err
@@ -75,31 +76,31 @@ def test_check_mode_lists_stale_files_and_ignores_foreign_ones(
     assert "openapi" not in err
     assert "make schemas" in err
 
-    assert contracts.main(["--dir", str(tmp_path)]) == 0
-    assert contracts.main(["--check", "--dir", str(tmp_path)]) == 0
+    assert contracts_main(["--dir", str(tmp_path)]) == 0
+    assert contracts_main(["--check", "--dir", str(tmp_path)]) == 0
     assert not (tmp_path / "events" / "Gone.schema.json").exists()
     assert foreign.read_text() == '{"not": "ours"}\n'  # never touched
 
 
 def test_generation_is_deterministic() -> None:
-    first = contracts.generate()
-    assert first == contracts.generate()
+    first = files.generate()
+    assert first == files.generate()
     for relative, text in first.items():
         assert text.endswith("}\n"), relative
-        assert text == contracts.render_json(json.loads(text)), f"{relative}: keys not sorted"
+        assert text == files.render_json(json.loads(text)), f"{relative}: keys not sorted"
 
 
 # --- completeness -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("topic", contracts.TOPICS, ids=lambda t: t.channel)
-def test_every_union_member_is_described(topic: contracts.Topic) -> None:
-    models = contracts.message_types(topic.union)
+@pytest.mark.parametrize("topic", topics.TOPICS, ids=lambda t: t.channel)
+def test_every_union_member_is_described(topic: topics.Topic) -> None:
+    models = topics.message_types(topic.union)
     union = _load(topic.union_file)
     assert len(union["oneOf"]) == len(models)
     assert union["discriminator"]["propertyName"] == "type"
 
-    doc = _load(contracts.ASYNCAPI_FILE)
+    doc = _load(files.ASYNCAPI_FILE)
     channel = doc["channels"][topic.channel]
     assert channel["address"] == topic.address
     assert set(channel["messages"]) == {model.__name__ for model in models}
@@ -110,12 +111,12 @@ def test_every_union_member_is_described(topic: contracts.Topic) -> None:
         payload_ref = message["payload"]["schema"]["$ref"]
         assert (SCHEMAS / payload_ref).is_file(), payload_ref
         key = message["bindings"]["kafka"]["key"]
-        assert f"`{contracts.key_field(model)}`" in key["description"]
+        assert f"`{topics.key_field(model)}`" in key["description"]
         assert key["type"] == "string"
 
 
 def test_internal_references_of_the_asyncapi_document_resolve() -> None:
-    doc = _load(contracts.ASYNCAPI_FILE)
+    doc = _load(files.ASYNCAPI_FILE)
 
     def refs(node: Any) -> list[str]:
         if isinstance(node, dict):
@@ -136,9 +137,9 @@ def test_internal_references_of_the_asyncapi_document_resolve() -> None:
 
 
 def test_dead_letter_channel_documents_its_headers() -> None:
-    doc = _load(contracts.ASYNCAPI_FILE)
-    channel = doc["channels"][contracts.DEAD_LETTER_CHANNEL]
-    assert channel["address"] == contracts._default("dead_letter_topic")
+    doc = _load(files.ASYNCAPI_FILE)
+    channel = doc["channels"][topics.DEAD_LETTER_CHANNEL]
+    assert channel["address"] == topics.default("dead_letter_topic")
     (ref,) = channel["messages"].values()
     message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
     assert set(message["headers"]["required"]) == {
@@ -237,13 +238,13 @@ def _wire(message: BaseModel) -> Any:
 
 @pytest.mark.parametrize("message", [*_commands(), *_events()], ids=lambda m: type(m).__name__)
 def test_real_messages_validate(message: BaseModel, validator: Any) -> None:
-    topic = contracts.COMMANDS if isinstance(message, CommandBase) else contracts.EVENTS
+    topic = topics.COMMANDS if isinstance(message, CommandBase) else topics.EVENTS
     wire = _wire(message)
     assert "schemaVersion" in wire  # camelCase, as on the wire
     validator(topic.union_file).validate(wire)
     validator(topic.message_file(type(message))).validate(wire)
     # The key the contract names is the key the service produces with.
-    key = contracts.key_field(type(message))
+    key = topics.key_field(type(message))
     assert wire[key] == message.partition_key()  # type: ignore[attr-defined]
 
 
@@ -266,7 +267,7 @@ def _admit_wire() -> dict[str, Any]:
 def test_invalid_commands_fail_validation(case: str, mutate: Any, validator: Any) -> None:
     wire = _admit_wire()
     mutate(wire)
-    union = validator(contracts.COMMANDS.union_file)
+    union = validator(topics.COMMANDS.union_file)
     assert not union.is_valid(wire), case
     # The schema and the consumer agree: this is parked, never applied.
     with pytest.raises(ValidationError):
@@ -278,12 +279,12 @@ def test_schema_states_the_canonical_form(validator: Any) -> None:
     contract admits only the camelCase wire form producers must write."""
     wire = _admit_wire()
     wire["consumer_id"] = wire.pop("consumerId")
-    assert not validator(contracts.COMMANDS.union_file).is_valid(wire)
+    assert not validator(topics.COMMANDS.union_file).is_valid(wire)
     assert isinstance(decode_command(orjson.dumps(wire)), AdmitConsumer)
 
 
 def test_invalid_event_fails_validation(validator: Any) -> None:
     wire = _wire(_events()[1])
     wire["onHand"] = "ten"
-    assert not validator(contracts.EVENTS.union_file).is_valid(wire)
-    assert not validator(contracts.EVENTS.message_file(StockSet)).is_valid(wire)
+    assert not validator(topics.EVENTS.union_file).is_valid(wire)
+    assert not validator(topics.EVENTS.message_file(StockSet)).is_valid(wire)

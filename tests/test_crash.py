@@ -16,10 +16,10 @@ import pytest
 
 from tests import builders as b
 from tests.conftest import service_env
+from tests.engine_backends import assert_counters_match_rows
 from tests.helpers import ServiceProcess, wait_for
 from tests.isolated import isolated_settings, produce_bulk
 from tests.stack import Stack
-from tests.test_engine import assert_counters_match_rows
 from worker.config import Settings
 from worker.domain.commands import CommandBase
 

@@ -24,8 +24,8 @@ from tests.isolated import isolated_settings, produce_bulk, read_all
 from tests.stack import Stack
 from worker.adapters import kafka
 from worker.config import Settings
-from worker.dlq import COLUMNS
 from worker.domain import ids
+from worker.tools.dlq import COLUMNS
 
 
 def _cells(line: str) -> list[str]:

@@ -1,88 +1,27 @@
-"""Every transition applied by the engine against the real PostgreSQL
-(commands applied directly, without Kafka, so each rule is checked alone).
-After every test the counters must equal the row sums (guarantee 2)."""
+"""Every transition applied by the engine (commands applied directly,
+without Kafka, so each rule is checked alone), each test twice: in memory
+and against the real PostgreSQL (tests/engine_backends.py). After every
+test the counters must equal the row sums (guarantee 2)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
 from tests import builders as b
+from tests.engine_backends import Engine
 from tests.helpers import unique
-from worker.domain.commands import Command
-from worker.domain.model import ExperienceSettings
-from worker.engine import Coordinates, apply_batch
 
-DEFAULTS = ExperienceSettings()
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 
 
-class Engine:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.events: list[Any] = []
-
-    async def __call__(self, command: Command) -> dict[str, Any]:
-        """One command as a batch of one: load, apply, flush, commit."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            [applied] = await apply_batch(conn, [(command, Coordinates("test", 0, 0))], DEFAULTS)
-        self.events.extend(applied.events)
-        return applied.outcome
-
-    async def stock(self, product: str, variant: str = "") -> tuple[int, int, int]:
-        row = await self.pool.fetchrow(
-            "SELECT on_hand, reserved, sold FROM stock WHERE product_id=$1 AND variant_id=$2",
-            product,
-            variant,
-        )
-        assert row is not None
-        return row["on_hand"], row["reserved"], row["sold"]
-
-    async def statuses(self, experience: str, consumer: str) -> list[tuple[str, int, str]]:
-        rows = await self.pool.fetch(
-            """SELECT product_id, quantity, status FROM reservations
-               WHERE experience_id=$1 AND consumer_id=$2 ORDER BY product_id, created_at, status""",
-            experience,
-            consumer,
-        )
-        return [(r["product_id"], r["quantity"], r["status"]) for r in rows]
-
-
-async def assert_counters_match_rows(pool: asyncpg.Pool) -> None:
-    drift = await pool.fetch(
-        """SELECT s.product_id, s.variant_id, s.reserved, s.sold,
-                  COALESCE(sum(r.quantity) FILTER (WHERE r.status = 'active'), 0) AS active,
-                  COALESCE(sum(r.quantity) FILTER (WHERE r.status = 'converted'), 0) AS converted
-           FROM stock s LEFT JOIN reservations r USING (product_id, variant_id)
-           GROUP BY s.product_id, s.variant_id, s.reserved, s.sold
-           HAVING s.reserved <> COALESCE(sum(r.quantity) FILTER (WHERE r.status = 'active'), 0)
-               OR s.sold <> COALESCE(sum(r.quantity) FILTER (WHERE r.status = 'converted'), 0)"""
-    )
-    assert [dict(r) for r in drift] == []
-    pools = await pool.fetch(
-        """SELECT p.experience_id, p.product_id, p.variant_id, p.used,
-                  COALESCE(sum(r.quantity)
-                           FILTER (WHERE r.status IN ('active','converted')), 0) AS held
-           FROM experience_pools p LEFT JOIN reservations r
-             ON r.experience_id = p.experience_id AND r.product_id = p.product_id
-            AND r.variant_id = p.variant_id
-           GROUP BY p.experience_id, p.product_id, p.variant_id, p.used
-           HAVING p.used <> COALESCE(sum(r.quantity)
-                                     FILTER (WHERE r.status IN ('active','converted')), 0)"""
-    )
-    assert [dict(r) for r in pools] == []
-
-
 @pytest_asyncio.fixture(loop_scope="session")
-async def engine(engine_db: asyncpg.Pool) -> AsyncIterator[Engine]:
-    e = Engine(engine_db)
-    yield e
-    await assert_counters_match_rows(engine_db)
+async def engine(engine_backend: Engine) -> AsyncIterator[Engine]:
+    yield engine_backend
+    await engine_backend.assert_counters_match_rows()
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import asyncpg
 import orjson
 
 from tests import builders as b
+from tests.engine_backends import DEFAULTS
 from tests.isolated import isolated_settings
 from tests.stack import Stack
-from tests.test_engine import DEFAULTS
 from worker.adapters.rows import by_pair_or_grant_sql
 from worker.adapters.unit_of_work import CART_LOOKUP_SQL
 from worker.config import Settings

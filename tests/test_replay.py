@@ -286,7 +286,7 @@ async def _snapshot(url: str) -> list[list[tuple[Any, ...]]]:
 
 async def _drift(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     """Counters against rows (guarantee 2), pools per variant too (the
-    check in tests/test_engine.py groups pools by product only)."""
+    check in tests/engine_backends.py groups pools by product only)."""
     rows = await conn.fetch(
         """SELECT 'stock' AS t, s.product_id, s.variant_id, s.reserved AS counted,
                   COALESCE(sum(r.quantity) FILTER (WHERE r.status = 'active'), 0) AS held

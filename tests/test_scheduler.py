@@ -14,7 +14,7 @@ from tests import builders as b
 from tests.conftest import service_env
 from tests.helpers import REPO, ServiceProcess, produce_commands, unique, wait_for
 from tests.isolated import read_all
-from worker.adapters import kafka
+from worker.adapters import kafka, kafka_sender
 from worker.clock import ManualClock
 from worker.config import Settings
 from worker.domain.commands import decode_command
@@ -95,9 +95,9 @@ async def test_scheduler_publishes_only_what_is_due_on_its_clock(
 ) -> None:
     """In-process with a manual clock: nothing before expires_at, then one
     deterministic expiry command per admission."""
-    from tests.test_engine import Engine
+    from tests.engine_backends import PostgresEngine
 
-    engine = Engine(db)
+    engine = PostgresEngine(db)
     exp, cons, product = unique("queue"), unique("cons"), unique("prod")
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)  # far from any other test's holds
     await engine(b.stock(product, 5))
@@ -113,7 +113,7 @@ async def test_scheduler_publishes_only_what_is_due_on_its_clock(
     await producer.start()
     try:
         scheduler = ExpiryScheduler(
-            topic_settings, db, kafka.ProducerSlot(producer, None), clock=clock
+            topic_settings, db, kafka_sender.ProducerSlot(producer, None), clock=clock
         )
         mine = [d for d in await scheduler.due(clock.now()) if d.experience_id == exp]
         assert mine == []
@@ -148,9 +148,9 @@ def _reconcile(settings: Settings, *args: str) -> subprocess.CompletedProcess[st
 async def test_reconcile_reports_repairs_and_then_is_clean(
     settings: Settings, db: asyncpg.Pool
 ) -> None:
-    from tests.test_engine import Engine
+    from tests.engine_backends import PostgresEngine
 
-    engine = Engine(db)
+    engine = PostgresEngine(db)
     exp, cons, product = unique("queue"), unique("cons"), unique("prod")
     await engine(b.stock(product, 10))
     await engine(b.cart(exp, cons, b.line(product, 3)))

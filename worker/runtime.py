@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from worker.adapters import kafka, postgres
+from worker.adapters import kafka, kafka_sender, postgres
 from worker.config import Settings
 from worker.logs import get_logger
 from worker.roles.api import build_api
@@ -74,7 +74,7 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Ev
         producer = await stack.enter_async_context(started_producer(settings))
         # The roles without a receiver of their own share one slot: a dead
         # producer is replaced once for all of them.
-        producers = kafka.ProducerSlot(producer, lambda: kafka.durable_producer(settings))
+        producers = kafka_sender.ProducerSlot(producer, lambda: kafka.durable_producer(settings))
         stack.push_async_callback(producers.close, settings.produce_timeout_seconds)
         readiness = {
             "kafka": kafka_ready(producer, [settings.commands_topic]),

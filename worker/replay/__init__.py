@@ -1,3 +1,4 @@
 """Operating on the logs: rebuild state from the events topic (`replay`),
-decide the command log again (`worker.reprocess`), and dead letters
-(`worker.dlq`). The fold itself is pure: worker.replay.fold."""
+with its command line in `worker.tools.replay`; deciding the command log
+again and dead letters are `worker.tools.reprocess` and `worker.tools.dlq`.
+The fold itself is pure: worker.replay.fold."""

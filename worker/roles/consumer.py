@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from worker import metrics
 from worker.adapters import kafka, postgres, store
-from worker.adapters.kafka import ProducerSlot, leave_group_static, producer_from
+from worker.adapters.kafka_group import leave_group_static
+from worker.adapters.kafka_sender import ProducerSlot, producer_from
 from worker.config import Settings
 from worker.domain.commands import Command, decode_command
 from worker.domain.events import ReservationEnded

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
 from worker import metrics
-from worker.adapters import kafka
+from worker.adapters import kafka_sender
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.domain.commands import CommandBase, encode_command
@@ -74,8 +74,8 @@ READ_CHUNK = 64 * 1024
 # Content-Type values that need no parsing to be accepted (what Fanfare sends).
 PLAIN_JSON = frozenset({"application/json", "application/json; charset=utf-8"})
 
-PRODUCER_KEY = web.AppKey("producer", kafka.ProducerSlot)
-SENDER_KEY = web.AppKey("sender", kafka.AcknowledgedSender)
+PRODUCER_KEY = web.AppKey("producer", kafka_sender.ProducerSlot)
+SENDER_KEY = web.AppKey("sender", kafka_sender.AcknowledgedSender)
 
 
 @dataclass
@@ -421,7 +421,7 @@ class WebhookHandler:
             # that is exactly what 503 tells Fanfare: try again later. A record
             # that lands after all is deduped downstream by its command id.
             metrics.WEBHOOK_PRODUCE_ERRORS.labels(type(exc).__name__).inc()
-            if kafka.is_fatal(exc):
+            if kafka_sender.is_fatal(exc):
                 # Fanfare's retry then finds a working producer.
                 await slot.replace(producer, self.settings.produce_timeout_seconds)
             reply = _rejected(
@@ -467,7 +467,7 @@ def build_app(
     producer: AIOKafkaProducer,
     clock: Clock | None = None,
     readiness: Mapping[str, ReadinessCheck] | None = None,
-    producer_factory: kafka.ProducerFactory | None = None,
+    producer_factory: kafka_sender.ProducerFactory | None = None,
 ) -> web.Application:
     """The receiver's HTTP app. `producer` must be started; with
     `producer_factory` a dead producer is replaced by a new one from it."""
@@ -477,9 +477,9 @@ def build_app(
     # each answering errors (404, 405, 500) in the JSON shape itself; a
     # middleware cost the webhook path an eighth of its CPU.
     app = web.Application()
-    slot = kafka.ProducerSlot(producer, producer_factory)
+    slot = kafka_sender.ProducerSlot(producer, producer_factory)
     app[PRODUCER_KEY] = slot
-    sender = kafka.AcknowledgedSender(settings.produce_timeout_seconds)
+    sender = kafka_sender.AcknowledgedSender(settings.produce_timeout_seconds)
     app[SENDER_KEY] = sender
 
     async def close_replacements(_: web.Application) -> None:

@@ -23,13 +23,8 @@ import asyncpg
 
 from worker import metrics
 from worker.adapters import kafka, postgres
-from worker.adapters.kafka import (
-    SEQ_HEADER,
-    ProducerSlot,
-    last_header_values,
-    partition_of,
-    producer_from,
-)
+from worker.adapters.kafka import SEQ_HEADER, last_header_values, partition_of
+from worker.adapters.kafka_sender import ProducerSlot, producer_from
 from worker.adapters.store import Conn
 from worker.config import Settings
 from worker.logs import get_logger

@@ -19,7 +19,7 @@ import asyncpg
 
 from worker import metrics
 from worker.adapters import postgres
-from worker.adapters.kafka import ProducerSlot, producer_from
+from worker.adapters.kafka_sender import ProducerSlot, producer_from
 from worker.adapters.store import Conn
 from worker.clock import Clock, SystemClock
 from worker.config import Settings

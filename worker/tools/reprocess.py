@@ -15,6 +15,8 @@ guarantee 5); one that shares stock may then legitimately differ.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from worker.engine import Coordinates, apply_isolating, not_yet_applied
 from worker.replay.diff import TABLES_BY_NAME, RowDiff, compare_table
 from worker.replay.progress import Progress
 from worker.replay.scratch import scratch_database
-from worker.replay.source import Record, TopicLog
+from worker.replay.source import LogError, Record, TopicLog
 
 BATCH_COMMANDS = 500
 
@@ -87,13 +89,17 @@ class Reprocessed:
         return sum(s.differences for s in self.subjects.values())
 
 
-async def _live_order(conn: asyncpg.Connection) -> dict[UUID, int]:
+async def _live_order(dsn: str) -> dict[UUID, int]:
     """Each command's first event sequence number: the live commit order."""
-    rows = await conn.fetch(
-        """SELECT (convert_from(payload, 'UTF8')::jsonb ->> 'commandId')::uuid AS command_id,
-                  min(seq) AS seq
-           FROM outbox GROUP BY 1"""
-    )
+    live = await asyncpg.connect(dsn)
+    try:
+        rows = await live.fetch(
+            """SELECT (convert_from(payload, 'UTF8')::jsonb ->> 'commandId')::uuid AS command_id,
+                      min(seq) AS seq
+               FROM outbox GROUP BY 1"""
+        )
+    finally:
+        await live.close()
     return {r["command_id"]: r["seq"] for r in rows}
 
 
@@ -111,14 +117,39 @@ def _merge_key(order: dict[UUID, int]) -> Any:
 class _Applier:
     """The consumer's apply path, into the scratch database."""
 
-    def __init__(self, settings: Settings, conn: asyncpg.Connection, result: Reprocessed) -> None:
+    def __init__(
+        self, settings: Settings, conn: asyncpg.Connection, result: Reprocessed, wanted: set[str]
+    ) -> None:
         self.conn = conn
         self.result = result
+        self.wanted = wanted
         self.defaults = ExperienceSettings(
             window_seconds=settings.reservation_window_seconds,
             buffer_seconds=settings.reservation_buffer_seconds,
         )
         self.commands: dict[UUID, tuple[str, str, str]] = {}  # id -> subject, type, where
+
+    def select(self, records: list[Record]) -> list[tuple[Command, Coordinates]]:
+        """The records' commands to apply, noting those reported on."""
+        decoded = []
+        for r in records:
+            command = _decode(r)
+            if command is None:
+                self.result.parked += 1  # as live: undecodable
+                continue
+            name = subject(command)
+            if self.wanted and name not in self.wanted and not isinstance(command, SetStock):
+                self.result.skipped += 1
+                continue
+            if not self.wanted or name in self.wanted:
+                # A stock level's outcome depends on every experience
+                # holding that product: reported only when all of them are
+                # reprocessed.
+                self.commands.setdefault(
+                    command.command_id, (name, command.type, f"{r.partition}:{r.offset}")
+                )
+            decoded.append((command, Coordinates(r.topic, r.partition, r.offset)))
+        return decoded
 
     async def apply(self, decoded: list[tuple[Command, Coordinates]]) -> None:
         async with self.conn.transaction():
@@ -141,48 +172,31 @@ async def reprocess(
 ) -> Reprocessed:
     wanted = set(experiences or ())
     result = Reprocessed()
-    live = await asyncpg.connect(settings.database_url)
-    try:
-        order = await _live_order(live)
-    finally:
-        await live.close()
+    order = await _live_order(settings.database_url)
     async with scratch_database(settings.database_url, "reprocess") as scratch:
         conn: asyncpg.Connection = await asyncpg.connect(scratch)
-        applier = _Applier(settings, conn, result)
+        applier = _Applier(settings, conn, result, wanted)
         try:
-            async with TopicLog(settings, settings.commands_topic) as source:
-                await source.open()
-                with Progress(
-                    "reprocess", source.total, "commands", interactive=interactive
-                ) as bar:
-                    async for records in source.merged(_merge_key(order), chunk=BATCH_COMMANDS):
-                        decoded = []
-                        for r in records:
-                            command = _decode(r)
-                            if command is None:
-                                result.parked += 1  # as live: undecodable
-                                continue
-                            name = subject(command)
-                            if wanted and name not in wanted and not isinstance(command, SetStock):
-                                result.skipped += 1
-                                continue
-                            if not wanted or name in wanted:
-                                # A stock level's outcome depends on every
-                                # experience holding that product: reported
-                                # only when all of them are reprocessed.
-                                applier.commands.setdefault(
-                                    command.command_id,
-                                    (name, command.type, f"{r.partition}:{r.offset}"),
-                                )
-                            decoded.append((command, Coordinates(r.topic, r.partition, r.offset)))
-                        result.read += len(records)
-                        if decoded:
-                            await applier.apply(decoded)
-                        bar.advance(len(records))
+            await _apply_log(settings, applier, order, interactive)
         finally:
             await conn.close()
         await _compare(settings.database_url, scratch, applier.commands, wanted, result)
     return result
+
+
+async def _apply_log(
+    settings: Settings, applier: _Applier, order: dict[UUID, int], interactive: bool | None
+) -> None:
+    """The commands topic, merged across partitions in live commit order."""
+    async with TopicLog(settings, settings.commands_topic) as source:
+        await source.open()
+        with Progress("reprocess", source.total, "commands", interactive=interactive) as bar:
+            async for records in source.merged(_merge_key(order), chunk=BATCH_COMMANDS):
+                decoded = applier.select(records)
+                applier.result.read += len(records)
+                if decoded:
+                    await applier.apply(decoded)
+                bar.advance(len(records))
 
 
 def _decode(record: Record) -> Command | None:
@@ -258,3 +272,29 @@ def render(result: Reprocessed) -> Iterable[str]:
         yield f"{result.differences} difference(s) in {differing} experience(s); {same} identical"
     else:
         yield f"no differences: {same} experience(s) identical"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "reprocess",
+        help="decide the command log again into a scratch database and diff outcomes with live",
+    )
+    p.add_argument(
+        "--experience",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only these experiences' commands (and every stock level); repeatable",
+    )
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when nothing differs, 1 on differences, 2 when the log cannot be read."""
+    try:
+        result = await reprocess(settings, args.experience or None)
+    except LogError as exc:
+        print(f"reprocess: {exc}", file=sys.stderr)
+        return 2
+    for line in render(result):
+        print(line)
+    return 1 if result.differences else 0

@@ -9,6 +9,7 @@ makes re-injecting one that was applied meanwhile harmless.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ import orjson
 from worker.adapters import kafka
 from worker.config import Settings
 from worker.logs import get_logger
-from worker.replay.source import TopicLog
+from worker.replay.source import LogError, TopicLog
+from worker.tools.arguments import offset
 
 log = get_logger("worker.dlq")
 
@@ -234,3 +236,29 @@ async def replay_parked(settings: Settings, refs: Sequence[str], everything: boo
     finally:
         await producer.stop()
     return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("dlq", help="parked commands: list, or re-inject after a fix")
+    dlq = p.add_subparsers(dest="dlq_command", required=True)
+    dlq.add_parser("list", help="every parked command with its origin and reason")
+    r = dlq.add_parser("replay", help="re-inject parked commands into the commands topic")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--offset",
+        action="append",
+        type=offset,
+        metavar="P:N",
+        help="a parked command by its DLQ coordinates from `dlq list` (N alone if unambiguous)",
+    )
+    which.add_argument("--all", action="store_true", help="every parked command")
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        if args.dlq_command == "list":
+            return await list_parked(settings)
+        return await replay_parked(settings, args.offset or [], args.all)
+    except LogError as exc:
+        print(f"dlq: {exc}", file=sys.stderr)
+        return 2

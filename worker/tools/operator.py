@@ -87,6 +87,12 @@ def build_operator_command(args: argparse.Namespace) -> CommandBase:
     )
 
 
+async def put_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`put-stock` and `put-cart`."""
+    await produce_one(settings, build_operator_command(args))
+    return 0
+
+
 async def produce_one(settings: Settings, command: CommandBase) -> None:
     await kafka.ensure_topics(settings)
     producer = kafka.durable_producer(settings)

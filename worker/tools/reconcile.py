@@ -4,11 +4,14 @@ set them right in one transaction. Exit status 1 when drift was found."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
+import asyncpg
 import orjson
 
 from worker.adapters.store import Conn
+from worker.config import Settings
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,18 @@ def render(drift: list[Drift], repaired: bool) -> str:
     verdict = "repaired" if repaired else "not repaired (run with --repair)"
     lines.append(f"reconcile: drift in {len(drift)} stock row(s), {verdict}")
     return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rec = sub.add_parser("reconcile", help="report (and --repair) counter drift; exit 1 on drift")
+    rec.add_argument("--repair", action="store_true", help="set drifted counters right")
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        drift = await reconcile(conn, args.repair)
+    finally:
+        await conn.close()
+    print(render(drift, repaired=args.repair))
+    return 1 if drift else 0
