@@ -38,7 +38,7 @@ unit: $(STAMP)
 # Regenerate the public contracts in schemas/ from the pydantic models.
 schemas: $(STAMP)
 	$(BIN)/python -m worker.contracts
-	$(BIN)/python -m worker.openapi
+	$(BIN)/python -m worker.roles.api
 	$(BIN)/python -m worker.roles.receiver
 
 stack-up: kafka-jars

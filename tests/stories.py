@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from worker.adapters.queries import DueExpiry
 from worker.domain import ids
 from worker.domain.commands import (
     AdmitConsumer,
@@ -27,7 +28,7 @@ from worker.domain.commands import (
     SetStock,
 )
 from worker.domain.model import CartLine, ExperienceSettings, MultiItemPolicy, Strategy
-from worker.roles.scheduler import DueAdmission, expiry_command
+from worker.roles.scheduler import expiry_command
 
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 AMPLE = 1_000_000  # more units than any story can hold
@@ -300,7 +301,7 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
         case "expiry":
             assert digest is not None
             # The scheduler's own command: its id is the product's expiry id.
-            return expiry_command(DueAdmission(digest, exp, consumer, when), at(d.arrival))
+            return expiry_command(DueExpiry(digest, exp, consumer, when), at(d.arrival))
         case _:
             outcome, reason = ENDINGS[f.kind]
             return EndAdmission(

@@ -39,7 +39,7 @@ from tests.receiver_support import end_offsets, read_since
 from tests.stack import Stack
 from worker.config import Settings
 from worker.domain import ids
-from worker.roles.api import ROUTES
+from worker.roles.api.routes import ROUTES
 
 pytestmark = pytest.mark.integration
 

@@ -56,6 +56,29 @@ WEBHOOK_VERIFIED = Counter(
 )
 
 
+# --- HTTP API -------------------------------------------------------------------
+
+API_REQUESTS = Counter(
+    "api_requests",
+    "HTTP API requests by route template, method and status",
+    ["route", "method", "status"],
+    namespace=NAMESPACE,
+)
+API_REQUEST_SECONDS = Histogram(
+    "api_request_duration_seconds",
+    "Time from request to answer, including the wait for a write's outcome",
+    ["route", "method"],
+    namespace=NAMESPACE,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+API_PENDING_ANSWERS = Counter(
+    "api_pending_answers",
+    "Writes answered 202 because their outcome was not recorded within the wait",
+    ["route"],
+    namespace=NAMESPACE,
+)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text of the default registry and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,13 +1,10 @@
-"""The OpenAPI 3.1 document of the storefront/checkout/operator API.
+"""OpenAPI 3.1 documents built from route tables and pydantic models.
 
-Built from the route table the app itself registers (worker.roles.api.ROUTES)
-and from the pydantic models its handlers parse and answer with, so the
-document cannot drift from the code: a route, field or constraint added
-there shows up here on the next build. `schemas/openapi-api.json` is the
-stored copy; a test fails when it differs from what the code builds.
-
-    python -m worker.openapi           # (re)write schemas/openapi-api.json
-    python -m worker.openapi --check   # write nothing; exit 1 if stale
+A role hands `build_document` the operations its app registers (handler,
+models and documented replies each), so its document cannot drift from the
+code: a route, field or constraint added there shows up on the next build.
+`write_or_check` is the command line that keeps a stored copy in schemas/
+fresh; the HTTP API's is `python -m worker.roles.api`.
 """
 
 from __future__ import annotations
@@ -28,10 +25,8 @@ if TYPE_CHECKING:  # the type pydantic itself uses for this hook
     from pydantic._internal._core_utils import CoreSchemaOrField
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
-OPENAPI_FILE = "openapi-api.json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 REF_TEMPLATE = "#/components/schemas/{model}"
-REGENERATE = "run `python -m worker.openapi`"
 
 JsonObject = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -253,26 +248,24 @@ def render_json(document: JsonObject) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def generate() -> str:
-    from worker.roles.api import openapi_document
-
-    return render_json(openapi_document())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def write_or_check(
+    argv: Sequence[str] | None, *, prog: str, file_name: str, render: Callable[[], str]
+) -> int:
+    """The command line of one stored document: (re)write schemas/`file_name`
+    with what `render` builds, or with --check write nothing and exit 1 if
+    the stored copy differs."""
     parser = argparse.ArgumentParser(
-        prog="python -m worker.openapi",
-        description=f"Write the HTTP API's OpenAPI document to schemas/{OPENAPI_FILE}.",
+        prog=prog, description=f"Write the OpenAPI document to schemas/{file_name}."
     )
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
     parser.add_argument("--dir", type=Path, default=SCHEMAS_DIR, help="output folder")
     args = parser.parse_args(argv)
-    path: Path = args.dir / OPENAPI_FILE
-    text = generate()
+    path: Path = args.dir / file_name
+    text = render()
     current = path.read_text(encoding="utf-8") if path.is_file() else None
     if args.check:
         if current != text:
-            print(f"{path} is stale: {REGENERATE}", file=sys.stderr)
+            print(f"{path} is stale: run `{prog}`", file=sys.stderr)
             return 1
         print(f"{path} is up to date")
         return 0
@@ -283,7 +276,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"{path} unchanged")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,6 @@
-"""SQL outside the unit of work: consumed positions, the inbox check, and the
-reads the API and tools share. Nothing here commits."""
+"""SQL outside the unit of work on the consumer's path: consumed positions
+and the inbox check. Nothing here commits; named reads are in
+worker.adapters.queries."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-
-from worker.domain.checkout import Hold
-from worker.domain.model import ReservationStatus
 
 # A bare connection or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -61,31 +59,3 @@ async def inbox_seen(conn: Conn, command_ids: list[UUID]) -> set[UUID]:
         "SELECT command_id FROM inbox WHERE command_id = ANY($1::uuid[])", command_ids
     )
     return {r["command_id"] for r in rows}
-
-
-async def consumer_holds(
-    conn: Conn | asyncpg.Pool, experience_id: str, consumer_id: str
-) -> list[Hold]:
-    """Every reservation of a consumer in an experience, as checkout sees them."""
-    rows = await conn.fetch(
-        """SELECT id, admission_grant, product_id, variant_id, quantity, status, expires_at,
-                  end_reason, order_id
-           FROM reservations WHERE experience_id = $1 AND consumer_id = $2
-           ORDER BY created_at, product_id, variant_id""",
-        experience_id,
-        consumer_id,
-    )
-    return [
-        Hold(
-            reservation_id=str(r["id"]),
-            grant_digest=r["admission_grant"],
-            product_id=r["product_id"],
-            variant_id=r["variant_id"],
-            quantity=r["quantity"],
-            status=ReservationStatus(r["status"]),
-            expires_at=r["expires_at"],
-            end_reason=r["end_reason"],
-            order_id=r["order_id"],
-        )
-        for r in rows
-    ]

@@ -29,7 +29,6 @@ class Hold:
 @dataclass(frozen=True)
 class CheckoutError:
     code: str
-    status: int
     message: str
 
 
@@ -46,7 +45,6 @@ def check_checkout(
     if grant_digest is not None and any(h.grant_digest != grant_digest for h in live):
         return CheckoutError(
             "ADMISSION_MISMATCH",
-            403,
             "This checkout session is not associated with the active reservation.",
         )
     mine = [h for h in holds if grant_digest is None or h.grant_digest == grant_digest]
@@ -58,7 +56,7 @@ def check_checkout(
     ]
     if ended_by_time:
         return CheckoutError(
-            "RESERVATION_EXPIRED", 409, "The reservation for this admission has expired."
+            "RESERVATION_EXPIRED", "The reservation for this admission has expired."
         )
     active = [h for h in mine if h.status is ReservationStatus.ACTIVE]
     held: dict[tuple[str, str], int] = {}
@@ -67,9 +65,9 @@ def check_checkout(
     for (product, variant), wanted in sum_lines(items).items():
         have = held.get((product, variant))
         if have is None:
-            return CheckoutError("RESERVATION_MISSING", 400, f"No reservation for {product}")
+            return CheckoutError("RESERVATION_MISSING", f"No reservation for {product}")
         if have < wanted:
             return CheckoutError(
-                "RESERVATION_INSUFFICIENT", 400, f"Reservation only covers {have} units"
+                "RESERVATION_INSUFFICIENT", f"Reservation only covers {have} units"
             )
     return None

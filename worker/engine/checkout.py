@@ -18,7 +18,7 @@ from worker.logs import get_logger
 log = get_logger("worker.engine")
 
 
-def _reject(events: Events, cmd: CompleteCheckout, code: str, status: int, message: str) -> Applied:
+def _reject(events: Events, cmd: CompleteCheckout, code: str, message: str) -> Applied:
     events.add(
         CheckoutRejected(
             **events.common(),
@@ -31,7 +31,7 @@ def _reject(events: Events, cmd: CompleteCheckout, code: str, status: int, messa
         )
     )
     return Applied(
-        {"status": "rejected", "error": code, "httpStatus": status, "message": message},
+        {"status": "rejected", "error": code, "message": message},
         events.items,
     )
 
@@ -61,9 +61,7 @@ def _reject_conflict(
         converted_order_id=order,
         order_id=cmd.order_id,
     )
-    return _reject(
-        events, cmd, "ORDER_CONFLICT", 409, f"holds were already converted by order {order}"
-    )
+    return _reject(events, cmd, "ORDER_CONFLICT", f"holds were already converted by order {order}")
 
 
 def _completed_at_fanfare(
@@ -131,9 +129,9 @@ def _checkout(uow: UnitOfWork, cmd: CompleteCheckout) -> Applied:
     holds = uow.consumer_holds(cmd.experience_id, cmd.consumer_id)
     error = check_checkout(holds, cmd.grant_digest, cmd.items or [], cmd.occurred_at)
     if error is not None:
-        return _reject(events, cmd, error.code, error.status, error.message)
+        return _reject(events, cmd, error.code, error.message)
     if admission is None or admission.status != "active":
-        return _reject(events, cmd, "RESERVATION_MISSING", 400, "No active reservation")
+        return _reject(events, cmd, "RESERVATION_MISSING", "No active reservation")
 
     verdict = Verdict(AdmissionStatus.CONVERTED, CHECKOUT_REASON, cmd.occurred_at, cmd.order_id)
     converted = close(

@@ -28,7 +28,6 @@ def set_stock(uow: UnitOfWork, cmd: SetStock) -> Applied:
             {
                 "status": "rejected",
                 "error": "STOCK_BELOW_COMMITTED",
-                "httpStatus": 409,
                 "message": f"onHand {cmd.on_hand} is below the {refused_by} units reserved or sold",
                 "committed": refused_by,
             },

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 
 from worker import metrics
-from worker.adapters import postgres
+from worker.adapters import postgres, queries
 from worker.adapters.kafka_sender import ProducerSlot, producer_from
+from worker.adapters.queries import DueExpiry
 from worker.adapters.store import Conn
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
@@ -33,15 +33,7 @@ SCHEDULER_LOCK_KEY = 0x5343484544  # "SCHED"
 GAUGE_INTERVAL_S = 5.0
 
 
-@dataclass(frozen=True)
-class DueAdmission:
-    grant_digest: str
-    experience_id: str
-    consumer_id: str
-    expires_at: datetime
-
-
-def expiry_command(due: DueAdmission, received_at: datetime) -> EndAdmission:
+def expiry_command(due: DueExpiry, received_at: datetime) -> EndAdmission:
     """The expiry of one admission; every replica derives the same id."""
     source_id = ids.expiry_source_id(due.grant_digest, due.expires_at)
     return EndAdmission(
@@ -124,10 +116,7 @@ class ExpiryScheduler:
         self._sent = {g: t for g, t in self._sent.items() if g in live}
         if len(due) >= self.batch:
             return 0.0
-        next_due: datetime | None = await self.pool.fetchval(
-            "SELECT min(expires_at) FROM admissions WHERE status = 'active' AND expires_at > $1",
-            now,
-        )
+        next_due = await queries.next_expiry(self.pool, now)
         if next_due is None:
             return self.max_sleep_s
         return max(0.0, min(self.max_sleep_s, (next_due - now).total_seconds()))
@@ -138,35 +127,19 @@ class ExpiryScheduler:
         if moment < self._gauges_due:
             return
         self._gauges_due = moment + GAUGE_INTERVAL_S
-        metrics.HOLDS_ACTIVE.set(
-            await self.pool.fetchval("SELECT count(*) FROM reservations WHERE status = 'active'")
-        )
-        drift = await self.pool.fetchval(
-            "SELECT drift_rows FROM reconcile_runs ORDER BY id DESC LIMIT 1"
-        )
+        metrics.HOLDS_ACTIVE.set(await queries.active_hold_count(self.pool))
+        drift = await queries.last_reconcile_drift(self.pool)
         if drift is not None:
             metrics.RECONCILE_DRIFT_ROWS.set(drift)
 
-    def _should_send(self, due: DueAdmission, now: datetime) -> bool:
+    def _should_send(self, due: DueExpiry, now: datetime) -> bool:
         sent = self._sent.get(due.grant_digest)
         return sent is None or now - sent >= self.republish_after
 
-    async def due(self, now: datetime) -> list[DueAdmission]:
-        rows = await self.pool.fetch(
-            """SELECT admission_grant, experience_id, consumer_id, expires_at FROM admissions
-               WHERE status = 'active' AND expires_at <= $1
-               ORDER BY expires_at LIMIT $2""",
-            now,
-            self.batch,
-        )
-        return [
-            DueAdmission(
-                r["admission_grant"], r["experience_id"], r["consumer_id"], r["expires_at"]
-            )
-            for r in rows
-        ]
+    async def due(self, now: datetime) -> list[DueExpiry]:
+        return await queries.due_expiries(self.pool, now, self.batch)
 
-    async def publish(self, due: list[DueAdmission], now: datetime) -> None:
+    async def publish(self, due: list[DueExpiry], now: datetime) -> None:
         timeout = self.settings.produce_timeout_seconds * 2
         async with producer_from(self.producers, timeout) as producer:
             futures = []

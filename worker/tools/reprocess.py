@@ -207,8 +207,11 @@ def _decode(record: Record) -> Command | None:
 
 
 async def _outcomes(conn: asyncpg.Connection, ids: list[UUID]) -> dict[UUID, str]:
+    # Refusals applied by earlier versions also stored their HTTP status; the
+    # API derives it from the error code, so it is not a difference.
     rows = await conn.fetch(
-        "SELECT command_id, outcome::text AS outcome FROM inbox WHERE command_id = ANY($1::uuid[])",
+        """SELECT command_id, (outcome - 'httpStatus')::text AS outcome
+           FROM inbox WHERE command_id = ANY($1::uuid[])""",
         ids,
     )
     return {r["command_id"]: r["outcome"] for r in rows}

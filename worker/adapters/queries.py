@@ -1,0 +1,170 @@
+"""Reads outside the unit of work, by name: what the HTTP API shows (stock,
+experiences, carts, holds, applied commands) and what the expiry scheduler
+acts on (due expiries, the next one, the database-wide gauges). Each takes
+a pool or a connection and returns typed rows; nothing here writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from worker.adapters.store import Conn
+from worker.domain.checkout import Hold
+from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus
+
+Reader = Conn | asyncpg.Pool
+
+
+@dataclass(frozen=True)
+class StockCounters:
+    on_hand: int
+    reserved: int
+    sold: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredCart:
+    items: list[CartLine]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AppliedCommand:
+    """A command's row in the inbox: it was applied, and this is what it did."""
+
+    command_type: str
+    outcome: dict[str, Any]
+    applied_at: datetime
+
+
+@dataclass(frozen=True)
+class DueExpiry:
+    """An active admission whose hold window has run out: the scheduler
+    publishes its expiry."""
+
+    grant_digest: str
+    experience_id: str
+    consumer_id: str
+    expires_at: datetime
+
+
+# --- the HTTP API's reads --------------------------------------------------------
+
+
+async def stock_counters(db: Reader, product_id: str, variant_id: str) -> StockCounters | None:
+    """`variant_id`: '' for a product without variants."""
+    row = await db.fetchrow(
+        """SELECT on_hand, reserved, sold, updated_at FROM stock
+           WHERE product_id = $1 AND variant_id = $2""",
+        product_id,
+        variant_id,
+    )
+    if row is None:
+        return None
+    return StockCounters(row["on_hand"], row["reserved"], row["sold"], row["updated_at"])
+
+
+async def experience_settings(db: Reader, experience_id: str) -> ExperienceSettings | None:
+    """The experience's configuration; None when it was never configured."""
+    row = await db.fetchrow(
+        """SELECT strategy, window_seconds, buffer_seconds, pool_size, multi_item_policy
+           FROM experiences WHERE experience_id = $1""",
+        experience_id,
+    )
+    return None if row is None else ExperienceSettings.model_validate(dict(row))
+
+
+async def stored_cart(db: Reader, experience_id: str, consumer_id: str) -> StoredCart | None:
+    row = await db.fetchrow(
+        "SELECT items, updated_at FROM carts WHERE experience_id = $1 AND consumer_id = $2",
+        experience_id,
+        consumer_id,
+    )
+    if row is None:
+        return None
+    # Read through the domain model, which takes either spelling a line may
+    # have been stored in.
+    items = [CartLine.model_validate(item) for item in orjson.loads(row["items"])]
+    return StoredCart(items, row["updated_at"])
+
+
+async def consumer_holds(db: Reader, experience_id: str, consumer_id: str) -> list[Hold]:
+    """Every reservation of a consumer in an experience, as checkout sees them."""
+    rows = await db.fetch(
+        """SELECT id, admission_grant, product_id, variant_id, quantity, status, expires_at,
+                  end_reason, order_id
+           FROM reservations WHERE experience_id = $1 AND consumer_id = $2
+           ORDER BY created_at, product_id, variant_id""",
+        experience_id,
+        consumer_id,
+    )
+    return [
+        Hold(
+            reservation_id=str(r["id"]),
+            grant_digest=r["admission_grant"],
+            product_id=r["product_id"],
+            variant_id=r["variant_id"],
+            quantity=r["quantity"],
+            status=ReservationStatus(r["status"]),
+            expires_at=r["expires_at"],
+            end_reason=r["end_reason"],
+            order_id=r["order_id"],
+        )
+        for r in rows
+    ]
+
+
+async def applied_command(db: Reader, command_id: UUID) -> AppliedCommand | None:
+    """The inbox row of a command; None while it is not applied (or unknown)."""
+    row = await db.fetchrow(
+        "SELECT command_type, outcome, applied_at FROM inbox WHERE command_id = $1", command_id
+    )
+    if row is None:
+        return None
+    return AppliedCommand(row["command_type"], orjson.loads(row["outcome"]), row["applied_at"])
+
+
+# --- the scheduler's reads ---------------------------------------------------------
+
+
+async def due_expiries(db: Reader, now: datetime, limit: int) -> list[DueExpiry]:
+    """Active admissions whose window ended at or before `now`, oldest first."""
+    rows = await db.fetch(
+        """SELECT admission_grant, experience_id, consumer_id, expires_at FROM admissions
+           WHERE status = 'active' AND expires_at <= $1
+           ORDER BY expires_at LIMIT $2""",
+        now,
+        limit,
+    )
+    return [
+        DueExpiry(r["admission_grant"], r["experience_id"], r["consumer_id"], r["expires_at"])
+        for r in rows
+    ]
+
+
+async def next_expiry(db: Reader, now: datetime) -> datetime | None:
+    """When the next active admission's window ends after `now`; None: none does."""
+    at: datetime | None = await db.fetchval(
+        "SELECT min(expires_at) FROM admissions WHERE status = 'active' AND expires_at > $1",
+        now,
+    )
+    return at
+
+
+async def active_hold_count(db: Reader) -> int:
+    count: int = await db.fetchval("SELECT count(*) FROM reservations WHERE status = 'active'")
+    return count
+
+
+async def last_reconcile_drift(db: Reader) -> int | None:
+    """Stock rows found drifting by the latest reconcile run; None: never run."""
+    drift: int | None = await db.fetchval(
+        "SELECT drift_rows FROM reconcile_runs ORDER BY id DESC LIMIT 1"
+    )
+    return drift

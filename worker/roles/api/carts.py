@@ -1,0 +1,142 @@
+"""A consumer in an experience: the cart, put and read, and the holds taken
+for it with their countdown."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from aiohttp import web
+from pydantic import Field
+
+from worker.adapters import queries
+from worker.domain.commands import PutCart
+from worker.domain.model import Identifier
+from worker.openapi import Operation, Reply
+from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
+from worker.roles.api.models import (
+    ApiBody,
+    ApiOut,
+    ApiParams,
+    CartItem,
+    ReservationView,
+    hold_view,
+)
+from worker.roles.api.writes import PENDING_REPLY, WRITE_ERRORS, envelope, write
+
+CONSUMER = "/v1/experiences/{experienceId}/consumers/{consumerId}"
+
+
+class Cart(ApiBody):
+    items: list[CartItem] = Field(max_length=100, description="The whole cart; [] empties it")
+
+
+class ConsumerPath(ApiParams):
+    experience_id: Identifier
+    consumer_id: Identifier
+
+
+class CartStoredOutcome(ApiOut):
+    command_id: UUID
+    status: Literal["stored"]
+    items: int = Field(description="Number of lines stored")
+    holds_changed: int | None = Field(
+        default=None, description="Present when an active admission's holds followed the cart"
+    )
+    rejected: int | None = Field(default=None, description="Lines the stock could not cover")
+
+
+class CartView(ApiOut):
+    experience_id: str
+    consumer_id: str
+    items: list[CartItem]
+    updated_at: datetime | None = Field(description="null: no cart was ever put")
+
+
+class ReservationsView(ApiOut):
+    experience_id: str
+    consumer_id: str
+    now: datetime = Field(description="The server time secondsRemaining was computed at")
+    reservations: list[ReservationView]
+
+
+async def put_cart(request: web.Request) -> web.Response:
+    path = parse_path(request, ConsumerPath)
+    body = await parse_body(request, Cart)
+    common, idempotent = envelope(request)
+    command = PutCart(
+        **common,
+        experience_id=path.experience_id,
+        consumer_id=path.consumer_id,
+        items=[item.line() for item in body.items],
+    )
+    return await write(request, command, idempotent)
+
+
+async def get_cart(request: web.Request) -> web.Response:
+    path = parse_path(request, ConsumerPath)
+    pool = api_state(request).pool
+    cart = await queries.stored_cart(pool, path.experience_id, path.consumer_id)
+    lines = [] if cart is None else cart.items
+    return model_answer(
+        CartView(
+            experience_id=path.experience_id,
+            consumer_id=path.consumer_id,
+            items=[CartItem.model_validate(line.model_dump(by_alias=True)) for line in lines],
+            updated_at=None if cart is None else cart.updated_at,
+        )
+    )
+
+
+async def get_reservations(request: web.Request) -> web.Response:
+    path = parse_path(request, ConsumerPath)
+    state = api_state(request)
+    now = state.clock.now()
+    holds = await queries.consumer_holds(state.pool, path.experience_id, path.consumer_id)
+    return model_answer(
+        ReservationsView(
+            experience_id=path.experience_id,
+            consumer_id=path.consumer_id,
+            now=now,
+            reservations=[hold_view(h, now) for h in holds],
+        )
+    )
+
+
+ROUTES = (
+    Operation(
+        "PUT",
+        f"{CONSUMER}/cart",
+        "putCart",
+        "Replace a consumer's cart",
+        put_cart,
+        "carts",
+        description="While the consumer's admission is active its holds change to match, "
+        "subject to stock; otherwise the cart is held at the next admission.",
+        body=Cart,
+        path_model=ConsumerPath,
+        replies=(Reply(200, "Applied", CartStoredOutcome), PENDING_REPLY, *WRITE_ERRORS),
+        idempotency_key=True,
+    ),
+    Operation(
+        "GET",
+        f"{CONSUMER}/cart",
+        "getCart",
+        "A consumer's cart",
+        get_cart,
+        "carts",
+        path_model=ConsumerPath,
+        replies=(Reply(200, "The cart (empty if none was put)", CartView), *READ_ERRORS),
+    ),
+    Operation(
+        "GET",
+        f"{CONSUMER}/reservations",
+        "getReservations",
+        "A consumer's holds with the time remaining",
+        get_reservations,
+        "reservations",
+        path_model=ConsumerPath,
+        replies=(Reply(200, "Every hold, oldest first", ReservationsView), *READ_ERRORS),
+    ),
+)

@@ -1,0 +1,149 @@
+"""Experiences: how an experience holds stock, set and read."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from aiohttp import web
+from pydantic import Field, model_validator
+
+from worker.adapters import queries
+from worker.domain.commands import ConfigureExperience
+from worker.domain.model import ExperienceSettings, Identifier, MultiItemPolicy, Strategy
+from worker.openapi import Operation, Reply
+from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
+from worker.roles.api.models import ApiBody, ApiOut, ApiParams
+from worker.roles.api.writes import PENDING_REPLY, WRITE_ERRORS, envelope, write
+
+
+class ExperienceConfig(ApiBody):
+    """How an experience holds stock; applies to admissions after it."""
+
+    strategy: Strategy = Field(
+        default=Strategy.SOFT,
+        description="soft: hold what the cart asks while stock lasts; hard: the whole cart "
+        "or nothing; pool: at most poolSize units per product for the experience",
+    )
+    window_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=86_400,
+        description="Admission window; omitted: the service default (RESERVATION_WINDOW_SECONDS)",
+    )
+    buffer_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="Margin after the window before holds expire; omitted: the service "
+        "default (RESERVATION_BUFFER_SECONDS)",
+    )
+    pool_size: int | None = Field(
+        default=None, ge=0, le=1_000_000_000, description="Required for the pool strategy"
+    )
+    multi_item_policy: MultiItemPolicy = Field(
+        default=MultiItemPolicy.PARTIAL,
+        description="partial: hold each line that has stock; all_or_nothing: every line or none",
+    )
+
+    @model_validator(mode="after")
+    def _pool_needs_size(self) -> ExperienceConfig:
+        if self.strategy is Strategy.POOL and self.pool_size is None:
+            raise ValueError("poolSize is required for the pool strategy")
+        return self
+
+
+class ExperiencePath(ApiParams):
+    experience_id: Identifier
+
+
+class ExperienceConfiguredOutcome(ApiOut):
+    command_id: UUID
+    status: Literal["configured"]
+    strategy: Strategy
+    window_seconds: int
+    buffer_seconds: int
+    pool_size: int | None
+    multi_item_policy: MultiItemPolicy
+
+
+class ExperienceView(ApiOut):
+    experience_id: str
+    configured: bool = Field(description="false: no configuration yet, the defaults apply")
+    strategy: Strategy
+    window_seconds: int
+    buffer_seconds: int
+    pool_size: int | None
+    multi_item_policy: MultiItemPolicy
+
+
+async def put_experience(request: web.Request) -> web.Response:
+    path = parse_path(request, ExperiencePath)
+    body = await parse_body(request, ExperienceConfig)
+    settings = api_state(request).settings
+    common, idempotent = envelope(request)
+    command = ConfigureExperience(
+        **common,
+        experience_id=path.experience_id,
+        strategy=body.strategy,
+        window_seconds=body.window_seconds or settings.reservation_window_seconds,
+        buffer_seconds=(
+            body.buffer_seconds
+            if body.buffer_seconds is not None
+            else settings.reservation_buffer_seconds
+        ),
+        pool_size=body.pool_size,
+        multi_item_policy=body.multi_item_policy,
+    )
+    return await write(request, command, idempotent)
+
+
+async def get_experience(request: web.Request) -> web.Response:
+    path = parse_path(request, ExperiencePath)
+    state = api_state(request)
+    configured = await queries.experience_settings(state.pool, path.experience_id)
+    effective = configured
+    if effective is None:
+        effective = ExperienceSettings(
+            window_seconds=state.settings.reservation_window_seconds,
+            buffer_seconds=state.settings.reservation_buffer_seconds,
+        )
+    return model_answer(
+        ExperienceView(
+            experience_id=path.experience_id,
+            configured=configured is not None,
+            strategy=effective.strategy,
+            window_seconds=effective.window_seconds,
+            buffer_seconds=effective.buffer_seconds,
+            pool_size=effective.pool_size,
+            multi_item_policy=effective.multi_item_policy,
+        )
+    )
+
+
+ROUTES = (
+    Operation(
+        "PUT",
+        "/v1/experiences/{experienceId}",
+        "configureExperience",
+        "Set an experience's strategy, window and multi-item policy",
+        put_experience,
+        "experiences",
+        description="Applies to admissions after it; holds already taken keep the settings "
+        "they were taken under.",
+        body=ExperienceConfig,
+        path_model=ExperiencePath,
+        replies=(Reply(200, "Applied", ExperienceConfiguredOutcome), PENDING_REPLY, *WRITE_ERRORS),
+        idempotency_key=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/experiences/{experienceId}",
+        "getExperience",
+        "The settings an admission to this experience would be held under",
+        get_experience,
+        "experiences",
+        path_model=ExperiencePath,
+        replies=(Reply(200, "Configured or default settings", ExperienceView), *READ_ERRORS),
+    ),
+)

@@ -1,0 +1,97 @@
+"""The API's wire conventions, and the models more than one resource answers
+with. A model only one resource uses lives with that resource's routes."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from worker.domain.checkout import Hold
+from worker.domain.model import CartLine, Identifier, Quantity, ReservationStatus
+
+
+class ApiBody(BaseModel):
+    """A request body: camelCase only, unknown fields refused, and no silent
+    coercion ("10" is not 10), so a client bug surfaces as a clear 400."""
+
+    model_config = ConfigDict(alias_generator=to_camel, extra="forbid", frozen=True, strict=True)
+
+
+class ApiParams(BaseModel):
+    """Path and query parameters: strings on the wire, converted as usual."""
+
+    model_config = ConfigDict(alias_generator=to_camel, extra="ignore", frozen=True)
+
+
+class ApiOut(BaseModel):
+    """A response body, camelCase on the wire."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, frozen=True
+    )
+
+
+class ErrorBody(ApiOut):
+    error: str = Field(description="Stable code, e.g. ADMISSION_MISMATCH")
+    message: str
+    field: str | None = Field(default=None, description="Path of the invalid field")
+    command_id: UUID | None = Field(default=None, description="The write that was refused")
+    committed: int | None = Field(
+        default=None, description="STOCK_BELOW_COMMITTED: units reserved or sold"
+    )
+
+
+class Pending(ApiOut):
+    status: Literal["pending"] = "pending"
+    command_id: UUID
+
+
+class CartItem(ApiBody):
+    product_id: Identifier
+    variant_id: Identifier | None = Field(
+        default=None, description="Omit (or null) for a product without variants"
+    )
+    quantity: Quantity
+
+    def line(self) -> CartLine:
+        return CartLine(
+            product_id=self.product_id, variant_id=self.variant_id, quantity=self.quantity
+        )
+
+
+class ReservationView(ApiOut):
+    reservation_id: UUID
+    product_id: str
+    variant_id: str | None
+    quantity: int
+    status: ReservationStatus
+    expires_at: datetime
+    seconds_remaining: int = Field(
+        ge=0,
+        description="Whole seconds until expiresAt (rounded up) while active; 0 once past "
+        "it or ended. An active hold at 0 is about to be expired.",
+    )
+    order_id: str | None = None
+    end_reason: str | None = None
+
+
+def hold_view(hold: Hold, now: datetime) -> ReservationView:
+    remaining = 0
+    if hold.status is ReservationStatus.ACTIVE:
+        remaining = max(0, math.ceil((hold.expires_at - now).total_seconds()))
+    return ReservationView(
+        reservation_id=UUID(hold.reservation_id),
+        product_id=hold.product_id,
+        variant_id=hold.variant_id or None,
+        quantity=hold.quantity,
+        status=hold.status,
+        expires_at=hold.expires_at,
+        seconds_remaining=remaining,
+        order_id=hold.order_id,
+        end_reason=hold.end_reason,
+    )
