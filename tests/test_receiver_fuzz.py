@@ -40,7 +40,7 @@ from tests.receiver_support import (
 )
 from worker.adapters import kafka
 from worker.config import Settings
-from worker.fanfare.webhooks import EVENTS
+from worker.fanfare.events import EVENTS
 from worker.roles.receiver import WEBHOOK_PATH, build_app
 
 pytestmark = pytest.mark.integration

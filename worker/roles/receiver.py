@@ -37,10 +37,7 @@ from worker.adapters import kafka
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.domain.commands import CommandBase, encode_command
-from worker.fanfare.signature import Secret, SignatureError, verify
-from worker.fanfare.webhooks import (
-    EVENTS,
-    NOT_ACTED_ON_PREFIXES,
+from worker.fanfare.envelope import (
     AdmissionData,
     AdmissionEndData,
     CompletionData,
@@ -48,10 +45,10 @@ from worker.fanfare.webhooks import (
     Envelope,
     clean_delivery_id,
     field_path,
-    forwarded_record,
-    metric_label,
-    translate,
 )
+from worker.fanfare.events import EVENTS, NOT_ACTED_ON_PREFIXES, metric_label, translate
+from worker.fanfare.forwarding import forwarded_record
+from worker.fanfare.signature import Secret, SignatureError, verify
 from worker.logs import get_logger
 from worker.roles.ops import (
     Readiness,
