@@ -19,6 +19,7 @@ retries land instead of failing until the process restarts.
 - `intake`: the checks before and while the body is read.
 - `answers`: an answer, the refusals, and the log line of each.
 - `meters`: the receiver's metric children.
-- `openapi`: the OpenAPI document; `python -m worker.roles.receiver` writes
-  it to schemas/openapi-receiver.json.
+- `bodies`, `openapi`: the answers' models and the OpenAPI document built
+  from them and from the Fanfare models; `python -m worker.roles.receiver`
+  writes it to schemas/openapi-receiver.json.
 """

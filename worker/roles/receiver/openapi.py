@@ -1,252 +1,258 @@
-"""The receiver's OpenAPI 3.1 document.
+"""The receiver's OpenAPI 3.1 document, built from the models it reads and
+answers with (worker.fanfare.envelope, bodies) and from the table of its
+operations below. Independent of settings, so the copy in schemas/ is the
+same for every deployment (limits are given as defaults).
 
-python -m worker.roles.receiver    # (re)write schemas/openapi-receiver.json
+    python -m worker.roles.receiver    # (re)write schemas/openapi-receiver.json
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from worker.fanfare.envelope import AdmissionData, AdmissionEndData, CompletionData, Envelope
-from worker.fanfare.events import EVENTS, NOT_ACTED_ON_PREFIXES
+from worker.fanfare.envelope import AdmissionEndData, Envelope
+from worker.fanfare.events import (
+    EVENTS,
+    EXPIRY_BECOMES,
+    EXPIRY_SUFFIXES,
+    NOT_ACTED_ON,
+    NOT_ACTED_ON_PREFIXES,
+)
+from worker.openapi import (
+    JSON_SCHEMA_DIALECT,
+    REF_TEMPLATE,
+    JsonObject,
+    Reply,
+    render_json,
+    responses,
+)
+from worker.roles.receiver.bodies import Error, Health, Readiness, WebhookAnswer
 
 WEBHOOK_PATH = "/webhooks/fanfare"
 OPENAPI_PATH = "/openapi.json"
 STORED_OPENAPI = Path(__file__).resolve().parents[3] / "schemas" / "openapi-receiver.json"
 
-_REF = "#/components/schemas/{model}"
+TITLE = "Fanfare reservation worker: webhook receiver"
+DESCRIPTION = (
+    "Receives Fanfare webhooks, verifies them, and makes each one durable in "
+    "Kafka as a typed command before answering 2xx."
+)
 
 
-def _error_response(description: str, codes: list[str]) -> dict[str, Any]:
-    return {
-        "description": description + " Codes: " + ", ".join(codes) + ".",
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
-    }
+@dataclass(frozen=True)
+class Header:
+    """A request header the operation reads."""
+
+    name: str
+    required: bool
+    description: str
+
+    def parameter(self) -> JsonObject:
+        return {
+            "name": self.name,
+            "in": "header",
+            "required": self.required,
+            "description": self.description,
+            "schema": {"type": "string"},
+        }
 
 
-def _header(name: str, required: bool, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "header",
-        "required": required,
-        "description": description,
-        "schema": {"type": "string"},
-    }
+@dataclass(frozen=True)
+class Endpoint:
+    """One operation of the receiver as the document describes it."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    replies: tuple[Reply, ...]
+    description: str = ""
+    headers: tuple[Header, ...] = ()
+    body: type[BaseModel] | None = None
+    extensions: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _event_catalogue() -> dict[str, Any]:
-    catalogue: dict[str, Any] = {}
+def _refusal(status: int, description: str, *codes: str, headers: tuple[str, ...] = ()) -> Reply:
+    return Reply(status, f"{description} Codes: {', '.join(codes)}.", Error, headers=headers)
+
+
+def _event_catalogue() -> JsonObject:
+    """What each event type becomes, and the `data` it must carry."""
+    catalogue: JsonObject = {}
     for event_type, spec in EVENTS.items():
-        entry: dict[str, Any] = {"becomes": spec.becomes}
+        entry: JsonObject = {"becomes": spec.becomes}
         if spec.data_model is not None:
-            entry["data"] = {"$ref": _REF.format(model=spec.data_model.__name__)}
+            entry["data"] = {"$ref": REF_TEMPLATE.format(model=spec.data_model.__name__)}
         catalogue[event_type] = entry
-    catalogue["*.admission_expired"] = {
-        "becomes": "admission.end (expired, admission_expired); also *.admission.expired",
-        "data": {"$ref": _REF.format(model="AdmissionEndData")},
+    catalogue["*" + EXPIRY_SUFFIXES[0]] = {
+        "becomes": f"{EXPIRY_BECOMES}; also *{EXPIRY_SUFFIXES[1]}",
+        "data": {"$ref": REF_TEMPLATE.format(model=AdmissionEndData.__name__)},
     }
     for prefix in NOT_ACTED_ON_PREFIXES:
-        catalogue[prefix + "*"] = {"becomes": "acknowledged, not acted on"}
+        catalogue[prefix + "*"] = {"becomes": NOT_ACTED_ON}
     catalogue["(any other type)"] = {
         "becomes": "acknowledged and counted; produced to FORWARD_UNKNOWN_EVENTS_TOPIC if set"
     }
     return catalogue
 
 
-def openapi_document() -> dict[str, Any]:
-    """The receiver's HTTP contract. Independent of settings, so the copy in
-    schemas/ is the same for every deployment (limits are given as defaults)."""
-    _, generated = models_json_schema(
-        [
-            (Envelope, "validation"),
-            (AdmissionData, "validation"),
-            (AdmissionEndData, "validation"),
-            (CompletionData, "validation"),
-        ],
-        ref_template=_REF,
-    )
-    schemas: dict[str, Any] = dict(generated["$defs"])
-    schemas["Error"] = {
-        "type": "object",
-        "required": ["error", "message"],
-        "properties": {
-            "error": {"type": "string", "description": "Stable error code"},
-            "message": {"type": "string"},
-            "field": {"type": "string", "description": "Failing field path (400 only)"},
-        },
+WEBHOOK = Endpoint(
+    "POST",
+    WEBHOOK_PATH,
+    "receiveFanfareWebhook",
+    "A Fanfare webhook delivery",
+    "webhooks",
+    description=(
+        "HMAC-SHA256 over `{X-Fanfare-Timestamp}.{raw body}` with any active "
+        "secret; timestamps more than SIGNATURE_TOLERANCE_SECONDS (default "
+        "300) from now in either direction are refused. Bodies above "
+        "MAX_BODY_BYTES (default 262144) are refused. A 2xx means durable."
+    ),
+    headers=(
+        Header("X-Fanfare-Signature", True, "sha256=<64 hex>; several allowed"),
+        Header("X-Fanfare-Timestamp", True, "Unix seconds of the signature"),
+        Header("X-Fanfare-Delivery-Id", False, "Recorded and logged"),
+        Header("X-Fanfare-Event-Type", False, "Informational; body decides"),
+    ),
+    body=Envelope,
+    extensions={"x-fanfare-event-types": _event_catalogue()},
+    replies=(
+        Reply(
+            200,
+            "Durable in Kafka (accepted or forwarded), or acknowledged without effect (ignored)",
+            WebhookAnswer,
+        ),
+        _refusal(
+            400,
+            "Body cut short or badly framed, not JSON, or the envelope or event data is "
+            "invalid; `field` names the failing path.",
+            "MALFORMED_BODY",
+            "MALFORMED_JSON",
+            "INVALID_ENVELOPE",
+            "INVALID_EVENT_DATA",
+        ),
+        _refusal(
+            401,
+            "Signature or timestamp refused.",
+            "SIGNATURE_MISSING",
+            "SIGNATURE_MALFORMED",
+            "SIGNATURE_INVALID",
+            "TIMESTAMP_MISSING",
+            "TIMESTAMP_INVALID",
+            "TIMESTAMP_OUT_OF_TOLERANCE",
+        ),
+        _refusal(405, "Only POST.", "METHOD_NOT_ALLOWED", headers=("Allow",)),
+        _refusal(413, "Body too large.", "PAYLOAD_TOO_LARGE"),
+        _refusal(
+            415, "Not UTF-8 application/json, or a Content-Encoding.", "UNSUPPORTED_MEDIA_TYPE"
+        ),
+        _refusal(
+            503,
+            "Kafka did not acknowledge in time; retry later.",
+            "BROKER_UNAVAILABLE",
+            headers=("Retry-After",),
+        ),
+    ),
+)
+
+ENDPOINTS = (
+    WEBHOOK,
+    Endpoint(
+        "GET",
+        "/healthz",
+        "healthz",
+        "The process is alive",
+        "operations",
+        replies=(Reply(200, "Alive", Health),),
+    ),
+    Endpoint(
+        "GET",
+        "/readyz",
+        "readyz",
+        "Kafka (metadata with our topics) and PostgreSQL (SELECT 1) reachable",
+        "operations",
+        replies=(Reply(200, "Ready", Readiness), Reply(503, "NOT_READY", Readiness)),
+    ),
+    Endpoint(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus exposition",
+        "operations",
+        replies=(Reply(200, "Metrics text", media="text/plain", raw_schema={"type": "string"}),),
+    ),
+    Endpoint(
+        "GET",
+        OPENAPI_PATH,
+        "openapi",
+        "This document",
+        "operations",
+        replies=(Reply(200, "OpenAPI 3.1 document", raw_schema={"type": "object"}),),
+    ),
+)
+
+
+def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    """Every model the document names: what is read (validation) and what is
+    answered (serialization), the event data models included."""
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = []
+    for endpoint in ENDPOINTS:
+        if endpoint.body is not None:
+            wanted.append((endpoint.body, "validation"))
+        wanted += [(r.model, "serialization") for r in endpoint.replies if r.model is not None]
+    wanted += [(s.data_model, "validation") for s in EVENTS.values() if s.data_model is not None]
+    return list(dict.fromkeys(wanted))
+
+
+def _operation(
+    endpoint: Endpoint, refs: Mapping[tuple[Any, JsonSchemaMode], JsonObject]
+) -> JsonObject:
+    operation: JsonObject = {
+        "operationId": endpoint.operation_id,
+        "summary": endpoint.summary,
+        "tags": [endpoint.tag],
+        "responses": responses(endpoint.replies, refs),
+        **endpoint.extensions,
     }
-    schemas["WebhookAnswer"] = {
-        "type": "object",
-        "required": ["status", "eventId"],
-        "properties": {
-            "status": {"type": "string", "enum": ["accepted", "ignored", "forwarded"]},
-            "eventId": {"type": "string"},
-            "commandId": {"type": "string", "format": "uuid"},
-            "commandType": {"type": "string"},
-            "reason": {
-                "type": "string",
-                "enum": ["unknown_event_type", "not_reservation_relevant", "no_order_id"],
-            },
-            "topic": {"type": "string"},
-        },
-    }
-    schemas["Readiness"] = {
-        "type": "object",
-        "properties": {
-            "status": {"type": "string", "enum": ["ready"]},
-            "error": {"type": "string", "enum": ["NOT_READY"]},
-            "message": {"type": "string"},
-            "checks": {
-                "type": "object",
-                "additionalProperties": {
-                    "type": "string",
-                    "description": "ok, or the class of the error that failed the check",
-                },
-            },
-        },
-    }
+    if endpoint.description:
+        operation["description"] = endpoint.description
+    if endpoint.headers:
+        operation["parameters"] = [header.parameter() for header in endpoint.headers]
+    if endpoint.body is not None:
+        schema = refs[(endpoint.body, "validation")]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    return operation
+
+
+def openapi_document() -> JsonObject:
+    """The receiver's HTTP contract."""
+    refs, defs = models_json_schema(_models(), ref_template=REF_TEMPLATE)
+    paths: dict[str, JsonObject] = {}
+    for endpoint in ENDPOINTS:
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, refs)
     return {
         "openapi": "3.1.0",
-        "info": {
-            "title": "Fanfare reservation worker: webhook receiver",
-            "version": "1",
-            "description": (
-                "Receives Fanfare webhooks, verifies them, and makes each one durable in "
-                "Kafka as a typed command before answering 2xx."
-            ),
-        },
-        "paths": {
-            WEBHOOK_PATH: {
-                "post": {
-                    "operationId": "receiveFanfareWebhook",
-                    "summary": "A Fanfare webhook delivery",
-                    "description": (
-                        "HMAC-SHA256 over `{X-Fanfare-Timestamp}.{raw body}` with any active "
-                        "secret; timestamps more than SIGNATURE_TOLERANCE_SECONDS (default "
-                        "300) from now in either direction are refused. Bodies above "
-                        "MAX_BODY_BYTES (default 262144) are refused. A 2xx means durable."
-                    ),
-                    "parameters": [
-                        _header("X-Fanfare-Signature", True, "sha256=<64 hex>; several allowed"),
-                        _header("X-Fanfare-Timestamp", True, "Unix seconds of the signature"),
-                        _header("X-Fanfare-Delivery-Id", False, "Recorded and logged"),
-                        _header("X-Fanfare-Event-Type", False, "Informational; body decides"),
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": _REF.format(model="Envelope")}}
-                        },
-                    },
-                    "x-fanfare-event-types": _event_catalogue(),
-                    "responses": {
-                        "200": {
-                            "description": "Durable in Kafka (accepted or forwarded), or "
-                            "acknowledged without effect (ignored)",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": _REF.format(model="WebhookAnswer")}
-                                }
-                            },
-                        },
-                        "400": _error_response(
-                            "Body cut short or badly framed, not JSON, or the envelope or event "
-                            "data is invalid; `field` names the failing path.",
-                            [
-                                "MALFORMED_BODY",
-                                "MALFORMED_JSON",
-                                "INVALID_ENVELOPE",
-                                "INVALID_EVENT_DATA",
-                            ],
-                        ),
-                        "401": _error_response(
-                            "Signature or timestamp refused.",
-                            [
-                                "SIGNATURE_MISSING",
-                                "SIGNATURE_MALFORMED",
-                                "SIGNATURE_INVALID",
-                                "TIMESTAMP_MISSING",
-                                "TIMESTAMP_INVALID",
-                                "TIMESTAMP_OUT_OF_TOLERANCE",
-                            ],
-                        ),
-                        "405": _error_response("Only POST.", ["METHOD_NOT_ALLOWED"]),
-                        "413": _error_response("Body too large.", ["PAYLOAD_TOO_LARGE"]),
-                        "415": _error_response(
-                            "Not UTF-8 application/json, or a Content-Encoding.",
-                            ["UNSUPPORTED_MEDIA_TYPE"],
-                        ),
-                        "503": {
-                            **_error_response(
-                                "Kafka did not acknowledge in time; retry later.",
-                                ["BROKER_UNAVAILABLE"],
-                            ),
-                            "headers": {
-                                "Retry-After": {
-                                    "description": "Seconds",
-                                    "schema": {"type": "integer"},
-                                }
-                            },
-                        },
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "The process is alive",
-                    "responses": {"200": {"description": "Alive"}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "Kafka (metadata with our topics) and PostgreSQL (SELECT 1) "
-                    "reachable",
-                    "responses": {
-                        code: {
-                            "description": text,
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": _REF.format(model="Readiness")}
-                                }
-                            },
-                        }
-                        for code, text in (("200", "Ready"), ("503", "NOT_READY"))
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus exposition",
-                    "responses": {
-                        "200": {
-                            "description": "Metrics text",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            OPENAPI_PATH: {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document",
-                    "responses": {"200": {"description": "OpenAPI 3.1 document"}},
-                }
-            },
-        },
-        "components": {"schemas": schemas},
+        "jsonSchemaDialect": JSON_SCHEMA_DIALECT,
+        "info": {"title": TITLE, "version": "1", "description": DESCRIPTION},
+        "tags": [{"name": tag} for tag in dict.fromkeys(e.tag for e in ENDPOINTS)],
+        "paths": paths,
+        "components": {"schemas": defs["$defs"]},
     }
 
 
 def render_openapi() -> str:
     """The stored form: stable key order, so a diff shows real changes only."""
-    return json.dumps(openapi_document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return render_json(openapi_document())
 
 
 def write_openapi(path: Path = STORED_OPENAPI) -> None:
