@@ -18,17 +18,9 @@ from worker.domain.commands import (
     decode_command,
     encode_command,
 )
-from worker.fanfare.webhooks import (
-    EVENTS,
-    Delivery,
-    Envelope,
-    clean_delivery_id,
-    field_path,
-    forwarded_record,
-    metric_label,
-    redact,
-    translate,
-)
+from worker.fanfare.envelope import Delivery, Envelope, clean_delivery_id, field_path
+from worker.fanfare.events import EVENTS, metric_label, translate
+from worker.fanfare.forwarding import forwarded_record, redact
 
 GRANT = "eyJhbGciOiJFZERTQSJ9.secret-admission-grant.sig"
 EVENT_AT = "2026-11-24T18:03:12.345Z"

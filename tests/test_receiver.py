@@ -39,14 +39,10 @@ from worker.clock import ManualClock
 from worker.config import Settings
 from worker.domain import ids
 from worker.domain.commands import AdmitConsumer, CompleteCheckout, EndAdmission, decode_command
-from worker.roles import receiver
 from worker.roles.ops import database_ready, kafka_ready
-from worker.roles.receiver import (
-    STORED_OPENAPI,
-    WEBHOOK_PATH,
-    build_app,
-    render_openapi,
-)
+from worker.roles.receiver import webhook
+from worker.roles.receiver.app import build_app
+from worker.roles.receiver.openapi import STORED_OPENAPI, WEBHOOK_PATH, render_openapi
 
 pytestmark = pytest.mark.integration
 
@@ -416,7 +412,7 @@ async def test_an_unexpected_error_is_500_json_and_logged_without_the_body(
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(receiver, "verify", broken)
+    monkeypatch.setattr(webhook, "verify", broken)
     grant = _grant()
     with structlog.testing.capture_logs() as logs:
         status, body = await _post(client, _admission(grant))

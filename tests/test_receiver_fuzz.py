@@ -40,8 +40,9 @@ from tests.receiver_support import (
 )
 from worker.adapters import kafka
 from worker.config import Settings
-from worker.fanfare.webhooks import EVENTS
-from worker.roles.receiver import WEBHOOK_PATH, build_app
+from worker.fanfare.events import EVENTS
+from worker.roles.receiver.app import build_app
+from worker.roles.receiver.openapi import WEBHOOK_PATH
 
 pytestmark = pytest.mark.integration
 

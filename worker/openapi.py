@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,7 +134,7 @@ def _parameters(model: type[BaseModel], where: str) -> list[JsonObject]:
     return params
 
 
-def _content(reply: Reply, refs: dict[tuple[Any, JsonSchemaMode], JsonObject]) -> Any:
+def _content(reply: Reply, refs: Mapping[tuple[Any, JsonSchemaMode], JsonObject]) -> Any:
     if reply.model is not None:
         schema = refs[(reply.model, "serialization")]
     elif reply.raw_schema is not None:
@@ -142,6 +142,23 @@ def _content(reply: Reply, refs: dict[tuple[Any, JsonSchemaMode], JsonObject]) -
     else:
         return None
     return {reply.media: {"schema": schema}}
+
+
+def responses(
+    replies: Sequence[Reply], refs: Mapping[tuple[Any, JsonSchemaMode], JsonObject]
+) -> JsonObject:
+    """An operation's `responses` object, by status. `refs` maps each reply's
+    model, in serialization mode, to its schema (from models_json_schema)."""
+    out: JsonObject = {}
+    for reply in sorted(replies, key=lambda r: r.status):
+        entry: JsonObject = {"description": reply.description}
+        content = _content(reply, refs)
+        if content is not None:
+            entry["content"] = content
+        if reply.headers:
+            entry["headers"] = {name: RESPONSE_HEADERS[name] for name in reply.headers}
+        out[str(reply.status)] = entry
+    return out
 
 
 def build_document(
@@ -180,7 +197,6 @@ def build_document(
         if declared != in_template:
             raise ContractError(f"{op.path}: path parameters {sorted(declared)} do not match")
 
-        responses: JsonObject = {}
         replies = list(op.replies)
         if op.secured:
             replies.append(
@@ -195,20 +211,11 @@ def build_document(
             replies.append(
                 Reply(413, "Body larger than MAX_BODY_BYTES (BODY_TOO_LARGE)", error_model)
             )
-        for reply in sorted(replies, key=lambda r: r.status):
-            entry: JsonObject = {"description": reply.description}
-            content = _content(reply, refs)
-            if content is not None:
-                entry["content"] = content
-            if reply.headers:
-                entry["headers"] = {name: RESPONSE_HEADERS[name] for name in reply.headers}
-            responses[str(reply.status)] = entry
-
         operation: JsonObject = {
             "operationId": op.operation_id,
             "summary": op.summary,
             "tags": [op.tag],
-            "responses": responses,
+            "responses": responses(replies, refs),
         }
         if op.description:
             operation["description"] = op.description

@@ -17,7 +17,7 @@ from worker.logs import get_logger
 from worker.roles.api import build_api
 from worker.roles.consumer import CommandConsumer
 from worker.roles.ops import build_ops_app, database_ready, kafka_ready
-from worker.roles.receiver import build_app
+from worker.roles.receiver.app import build_app
 from worker.roles.relay import OutboxRelay
 from worker.roles.scheduler import ExpiryScheduler
 
