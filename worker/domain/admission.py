@@ -2,8 +2,8 @@
 
 Whether the admission is open at all (superseded, or ended by a fact that
 arrived first) is worker.domain.endings' verdict; when it is open, the engine
-tries the holds `plan_holds` lists with conditional updates and records the
-result with its events.
+takes the holds `plan_holds` lists from the stock rows its batch locked
+(worker.engine.holds) and records the result with its events.
 """
 
 from __future__ import annotations

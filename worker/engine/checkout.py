@@ -9,9 +9,9 @@ from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.checkout import check_checkout
 from worker.domain.commands import CompleteCheckout
 from worker.domain.endings import CHECKOUT_REASON, AdmissionStatus, Fact, Verdict, owner_of
-from worker.domain.events import CheckoutRejected
 from worker.domain.model import ExperienceSettings
-from worker.engine.base import Applied, Events
+from worker.engine.base import Applied
+from worker.engine.events import Events
 from worker.engine.settle import close, keep, settle
 from worker.logs import get_logger
 
@@ -19,17 +19,7 @@ log = get_logger("worker.engine")
 
 
 def _reject(events: Events, cmd: CompleteCheckout, code: str, message: str) -> Applied:
-    events.add(
-        CheckoutRejected(
-            **events.common(),
-            experience_id=cmd.experience_id,
-            consumer_id=cmd.consumer_id,
-            grant_digest=cmd.grant_digest,
-            order_id=cmd.order_id,
-            error=code,
-            message=message,
-        )
-    )
+    events.checkout_rejected(cmd, code, message)
     return Applied(
         {"status": "rejected", "error": code, "message": message},
         events.items,
@@ -44,20 +34,20 @@ def complete_checkout(
     return _checkout(uow, cmd)
 
 
-def _conflict(uow: UnitOfWork, events: Events, cmd: CompleteCheckout, grant: str) -> Applied:
-    order = uow.admission_order(grant)
+def _conflict(uow: UnitOfWork, events: Events, cmd: CompleteCheckout, grant_digest: str) -> Applied:
+    order = uow.admission_order(grant_digest)
     if order == cmd.order_id:
         return Applied({"status": "converted", "orderId": order, "duplicate": True})
-    return _reject_conflict(events, cmd, grant, order)
+    return _reject_conflict(events, cmd, grant_digest, order)
 
 
 def _reject_conflict(
-    events: Events, cmd: CompleteCheckout, grant: str, order: str | None
+    events: Events, cmd: CompleteCheckout, grant_digest: str, order: str | None
 ) -> Applied:
     log.warning(
         "checkout_order_conflict",
         command_id=str(cmd.command_id),
-        grant_digest=grant,
+        grant_digest=grant_digest,
         converted_order_id=order,
         order_id=cmd.order_id,
     )
@@ -72,14 +62,7 @@ def _completed_at_fanfare(
     one included (worker.domain.endings)."""
     events = Events(cmd)
     pair = (cmd.experience_id, cmd.consumer_id)
-    fact = Fact(
-        cmd.command_id,
-        cmd.grant_digest,
-        AdmissionStatus.CONVERTED,
-        CHECKOUT_REASON,
-        cmd.occurred_at,
-        cmd.order_id,
-    )
+    fact = _sale(cmd)
     visit = owner_of(fact, uow.visits(*pair))
     # Kept always: a sale that happened earlier, or an ending that arrives
     # late, may decide the admission's sale again (worker.domain.endings).
@@ -92,25 +75,35 @@ def _completed_at_fanfare(
     if now.order_id != cmd.order_id:
         return _reject_conflict(events, cmd, visit.grant_digest, now.order_id)
     if before.order_id is not None and before.order_id != now.order_id:
-        log.warning(
-            "checkout_order_replaced",
-            command_id=str(cmd.command_id),
-            grant_digest=visit.grant_digest,
-            replaced_order_id=before.order_id,
-            order_id=cmd.order_id,
-        )
+        _order_replaced(cmd, visit.grant_digest, before.order_id)
     if visit.grant_digest not in settled.changed:
         return Applied(
             {"status": "converted", "orderId": cmd.order_id, "duplicate": True}, events.items
         )
-    return Applied(
-        {
-            "status": now.status.value,
-            "orderId": cmd.order_id,
-            "holdsConverted": settled.holds,
-            "unfilled": settled.unfilled,
-        },
-        events.items,
+    outcome = {"status": now.status.value, "orderId": cmd.order_id}
+    converted = {"holdsConverted": settled.holds, "unfilled": settled.unfilled}
+    return Applied({**outcome, **converted}, events.items)
+
+
+def _sale(cmd: CompleteCheckout) -> Fact:
+    """Fanfare's completion as the fact it reports: a sale at its time."""
+    return Fact(
+        cmd.command_id,
+        cmd.grant_digest,
+        AdmissionStatus.CONVERTED,
+        CHECKOUT_REASON,
+        cmd.occurred_at,
+        cmd.order_id,
+    )
+
+
+def _order_replaced(cmd: CompleteCheckout, grant_digest: str, replaced: str) -> None:
+    log.warning(
+        "checkout_order_replaced",
+        command_id=str(cmd.command_id),
+        grant_digest=grant_digest,
+        replaced_order_id=replaced,
+        order_id=cmd.order_id,
     )
 
 
@@ -123,14 +116,14 @@ def _checkout(uow: UnitOfWork, cmd: CompleteCheckout) -> Applied:
     else:
         admission = uow.current_admission(cmd.experience_id, cmd.consumer_id)
 
-    if admission is not None and admission.status == "converted":
+    if admission is not None and admission.status == AdmissionStatus.CONVERTED:
         return _conflict(uow, events, cmd, admission.grant_digest)
 
     holds = uow.consumer_holds(cmd.experience_id, cmd.consumer_id)
     error = check_checkout(holds, cmd.grant_digest, cmd.items or [], cmd.occurred_at)
     if error is not None:
         return _reject(events, cmd, error.code, error.message)
-    if admission is None or admission.status != "active":
+    if admission is None or admission.status != AdmissionStatus.ACTIVE:
         return _reject(events, cmd, "RESERVATION_MISSING", "No active reservation")
 
     verdict = Verdict(AdmissionStatus.CONVERTED, CHECKOUT_REASON, cmd.occurred_at, cmd.order_id)

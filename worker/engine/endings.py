@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import EndAdmission
-from worker.domain.endings import AdmissionStatus, Fact, counts_for, owner_of
+from worker.domain.endings import AdmissionStatus, Fact, Visit, counts_for, owner_of
 from worker.domain.model import ExperienceSettings
-from worker.engine.base import Applied, Events
+from worker.engine.base import Applied
+from worker.engine.events import Events
 from worker.engine.settle import keep, settle
 from worker.logs import get_logger
 
@@ -38,15 +39,23 @@ def end_admission(uow: UnitOfWork, cmd: EndAdmission, defaults: ExperienceSettin
         return Applied({"status": "remembered", "outcome": cmd.outcome}, events.items)
     settled = settle(uow, events, cmd.experience_id, cmd.consumer_id, defaults, new=fact)
     if visit.grant_digest not in settled.changed:
-        before = uow.standing(visit.grant_digest)
-        decision = "not_yet_due" if not counts_for(fact, visit) else "already_ended"
-        log.info(
-            "ending_ignored",
-            decision=decision,
-            command_id=str(cmd.command_id),
-            grant_digest=visit.grant_digest,
-            admission_status=before.status.value,
-        )
-        return Applied({"status": decision, "admissionStatus": before.status.value}, events.items)
+        return _ignored(uow, events, cmd, fact, visit)
     now = settled.verdicts[visit.grant_digest]
     return Applied({"status": now.status.value, "holdsEnded": settled.holds}, events.items)
+
+
+def _ignored(
+    uow: UnitOfWork, events: Events, cmd: EndAdmission, fact: Fact, visit: Visit
+) -> Applied:
+    """An ending that changed nothing: too early to count, or its admission
+    had already ended."""
+    before = uow.standing(visit.grant_digest)
+    decision = "not_yet_due" if not counts_for(fact, visit) else "already_ended"
+    log.info(
+        "ending_ignored",
+        decision=decision,
+        command_id=str(cmd.command_id),
+        grant_digest=visit.grant_digest,
+        admission_status=before.status.value,
+    )
+    return Applied({"status": decision, "admissionStatus": before.status.value}, events.items)

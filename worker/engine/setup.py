@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import ConfigureExperience, SetStock
-from worker.domain.events import ExperienceConfigured, StockRefused, StockSet
 from worker.domain.model import ExperienceSettings
-from worker.engine.base import Applied, Events
+from worker.engine.base import Applied
+from worker.engine.events import Events
 
 
 def set_stock(uow: UnitOfWork, cmd: SetStock) -> Applied:
@@ -15,15 +15,7 @@ def set_stock(uow: UnitOfWork, cmd: SetStock) -> Applied:
     refused_by = uow.set_stock(cmd.product_id, variant, cmd.on_hand, cmd.occurred_at)
     if refused_by is not None:
         # The holds stand: the operator releases or sells first (DESIGN).
-        events.add(
-            StockRefused(
-                **events.common(),
-                product_id=cmd.product_id,
-                variant_id=cmd.variant_id,
-                on_hand=cmd.on_hand,
-                committed=refused_by,
-            )
-        )
+        events.stock_refused(cmd, refused_by)
         return Applied(
             {
                 "status": "rejected",
@@ -33,14 +25,7 @@ def set_stock(uow: UnitOfWork, cmd: SetStock) -> Applied:
             },
             events.items,
         )
-    events.add(
-        StockSet(
-            **events.common(),
-            product_id=cmd.product_id,
-            variant_id=cmd.variant_id,
-            on_hand=cmd.on_hand,
-        )
-    )
+    events.stock_set(cmd)
     return Applied({"status": "set", "onHand": cmd.on_hand}, events.items)
 
 
@@ -54,17 +39,7 @@ def configure_experience(uow: UnitOfWork, cmd: ConfigureExperience) -> Applied:
         multi_item_policy=cmd.multi_item_policy,
     )
     uow.upsert_experience(cmd.experience_id, settings, cmd.occurred_at)
-    events.add(
-        ExperienceConfigured(
-            **events.common(),
-            experience_id=cmd.experience_id,
-            strategy=settings.strategy,
-            window_seconds=settings.window_seconds,
-            buffer_seconds=settings.buffer_seconds,
-            pool_size=settings.pool_size,
-            multi_item_policy=settings.multi_item_policy,
-        )
-    )
+    events.experience_configured(cmd.experience_id, settings)
     return Applied(
         {"status": "configured", **settings.model_dump(mode="json", by_alias=True)}, events.items
     )

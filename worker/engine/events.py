@@ -1,0 +1,283 @@
+"""A command's events, numbered so each id is stable across re-deliveries,
+and built from the values the engine decided with: one builder per event
+the engine publishes. An event's id is its position among the command's
+events, so the order of the builders' calls is part of the contract."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from worker.adapters.unit_of_work import HeldRow
+from worker.domain import ids
+from worker.domain.admission import HoldRequest
+from worker.domain.commands import AdmitConsumer, CommandBase, CompleteCheckout, PutCart, SetStock
+from worker.domain.endings import AdmissionStatus, Fact, Verdict
+from worker.domain.events import (
+    AdmissionEnded,
+    AdmissionRecorded,
+    AdmissionRevised,
+    CartUpdated,
+    CheckoutRejected,
+    EndingRemembered,
+    EventBase,
+    ExperienceConfigured,
+    LateConversionUnfilled,
+    ReservationCreated,
+    ReservationEnded,
+    ReservationRejected,
+    StockRefused,
+    StockSet,
+)
+from worker.domain.model import ExperienceSettings, ReservationStatus
+from worker.engine.base import Pair
+from worker.engine.holds import HoldTerms
+
+
+class Events:
+    """Collects and numbers one command's events."""
+
+    def __init__(self, command: CommandBase) -> None:
+        self.command = command
+        self.items: list[EventBase] = []
+        self._id_prefix = ids.event_id_prefix(command.command_id)
+
+    def common(self) -> dict[str, Any]:
+        return {
+            # ids.event_id(command_id, n), without formatting the id each time
+            "event_id": ids.uuid5(f"{self._id_prefix}{len(self.items)}"),
+            "command_id": self.command.command_id,
+            "occurred_at": self.command.occurred_at,
+        }
+
+    def add(self, event: EventBase) -> None:
+        self.items.append(event)
+
+    # --- admissions ------------------------------------------------------------
+
+    def admission_recorded(
+        self,
+        cmd: AdmitConsumer,
+        status: AdmissionStatus,
+        verdict: Verdict,
+        settings: ExperienceSettings,
+        expires_at: datetime,
+        supersedes: str | None,
+    ) -> None:
+        ended = status is not AdmissionStatus.ACTIVE
+        self.add(
+            AdmissionRecorded(
+                **self.common(),
+                experience_id=cmd.experience_id,
+                status=status.value,
+                supersedes=supersedes,
+                end_reason=verdict.reason if ended else None,
+                ended_at=verdict.at if ended else None,
+                consumer_id=cmd.consumer_id,
+                grant_digest=cmd.grant_digest,
+                admitted_at=cmd.admitted_at,
+                expires_at=expires_at,
+                strategy=settings.strategy,
+                window_seconds=settings.window_seconds,
+                buffer_seconds=settings.buffer_seconds,
+            )
+        )
+
+    def admission_ended(
+        self, pair: Pair, grant_digest: str, verdict: Verdict, reason: str, at: datetime
+    ) -> None:
+        self.add(
+            AdmissionEnded(
+                **self.common(),
+                experience_id=pair[0],
+                consumer_id=pair[1],
+                grant_digest=grant_digest,
+                status=verdict.status.value,
+                reason=reason,
+                ended_at=at,
+                order_id=verdict.order_id,
+            )
+        )
+
+    def admission_revised(
+        self, pair: Pair, grant_digest: str, before: Verdict, after: Verdict, at: datetime
+    ) -> None:
+        self.add(
+            AdmissionRevised(
+                **self.common(),
+                experience_id=pair[0],
+                consumer_id=pair[1],
+                grant_digest=grant_digest,
+                status=after.status.value,
+                previous_status=before.status.value,
+                reason=after.reason or "",
+                ended_at=at,
+                order_id=after.order_id,
+            )
+        )
+
+    def ending_remembered(self, pair: Pair, fact: Fact) -> None:
+        """`fact` kept; its id is named when it is not the command's own."""
+        own = fact.command_id == self.command.command_id
+        self.add(
+            EndingRemembered(
+                **self.common(),
+                experience_id=pair[0],
+                consumer_id=pair[1],
+                grant_digest=fact.grant_digest,
+                outcome=fact.outcome.value,
+                reason=fact.reason,
+                ended_at=fact.at,
+                order_id=fact.order_id,
+                ending_id=None if own else fact.command_id,
+            )
+        )
+
+    # --- holds ---------------------------------------------------------------
+
+    def reservation_created(
+        self, terms: HoldTerms, hold: HoldRequest, replaces: UUID | None = None
+    ) -> None:
+        settings = terms.settings
+        self.add(
+            ReservationCreated(
+                **self.common(),
+                experience_id=terms.experience_id,
+                consumer_id=terms.consumer_id,
+                grant_digest=terms.grant_digest,
+                product_id=hold.product_id,
+                variant_id=hold.variant_id or None,
+                quantity=hold.quantity,
+                reservation_id=hold.reservation_id,
+                strategy=settings.strategy,
+                window_seconds=settings.window_seconds,
+                buffer_seconds=settings.buffer_seconds,
+                created_at=terms.created_at,
+                expires_at=terms.expires_at,
+                replaces=replaces,
+            )
+        )
+
+    def rejected(self, terms: HoldTerms, hold: HoldRequest, reason: str) -> None:
+        """A hold asked for and not taken, and why (worker.engine.holds.take)."""
+        self.add(
+            ReservationRejected(
+                **self.common(),
+                experience_id=terms.experience_id,
+                consumer_id=terms.consumer_id,
+                grant_digest=terms.grant_digest,
+                product_id=hold.product_id,
+                variant_id=hold.variant_id or None,
+                quantity=hold.quantity,
+                reason=reason,
+            )
+        )
+
+    def hold_ended(
+        self,
+        pair: Pair,
+        grant_digest: str,
+        held: HeldRow,
+        *,
+        status: str,
+        reason: str,
+        at: datetime,
+        order_id: str | None = None,
+        previous_status: str = ReservationStatus.ACTIVE,
+    ) -> None:
+        """A hold now `status` (released, expired or converted)."""
+        self.add(
+            ReservationEnded(
+                **self.common(),
+                type=f"reservation.{status}",
+                experience_id=pair[0],
+                reservation_id=held.reservation_id,
+                consumer_id=pair[1],
+                grant_digest=grant_digest,
+                product_id=held.product_id,
+                variant_id=held.variant_id or None,
+                quantity=held.quantity,
+                reason=reason,
+                ended_at=at,
+                order_id=order_id,
+                created_at=held.created_at,
+                strategy=held.strategy,
+                previous_status=previous_status,
+            )
+        )
+
+    def late_conversion_unfilled(
+        self, pair: Pair, grant_digest: str, order_id: str, line: HoldRequest
+    ) -> None:
+        self.add(
+            LateConversionUnfilled(
+                **self.common(),
+                experience_id=pair[0],
+                consumer_id=pair[1],
+                grant_digest=grant_digest,
+                order_id=order_id,
+                product_id=line.product_id,
+                variant_id=line.variant_id or None,
+                quantity=line.quantity,
+            )
+        )
+
+    # --- carts, checkout, stock and settings -----------------------------------
+
+    def cart_stored(self, cmd: PutCart) -> None:
+        self.add(
+            CartUpdated(
+                **self.common(),
+                experience_id=cmd.experience_id,
+                consumer_id=cmd.consumer_id,
+                items=cmd.items,
+            )
+        )
+
+    def checkout_rejected(self, cmd: CompleteCheckout, error: str, message: str) -> None:
+        self.add(
+            CheckoutRejected(
+                **self.common(),
+                experience_id=cmd.experience_id,
+                consumer_id=cmd.consumer_id,
+                grant_digest=cmd.grant_digest,
+                order_id=cmd.order_id,
+                error=error,
+                message=message,
+            )
+        )
+
+    def stock_set(self, cmd: SetStock) -> None:
+        self.add(
+            StockSet(
+                **self.common(),
+                product_id=cmd.product_id,
+                variant_id=cmd.variant_id,
+                on_hand=cmd.on_hand,
+            )
+        )
+
+    def stock_refused(self, cmd: SetStock, committed: int) -> None:
+        self.add(
+            StockRefused(
+                **self.common(),
+                product_id=cmd.product_id,
+                variant_id=cmd.variant_id,
+                on_hand=cmd.on_hand,
+                committed=committed,
+            )
+        )
+
+    def experience_configured(self, experience_id: str, settings: ExperienceSettings) -> None:
+        self.add(
+            ExperienceConfigured(
+                **self.common(),
+                experience_id=experience_id,
+                strategy=settings.strategy,
+                window_seconds=settings.window_seconds,
+                buffer_seconds=settings.buffer_seconds,
+                pool_size=settings.pool_size,
+                multi_item_policy=settings.multi_item_policy,
+            )
+        )
