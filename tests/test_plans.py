@@ -19,7 +19,7 @@ from tests.isolated import isolated_settings
 from tests.stack import Stack
 from tests.test_engine import DEFAULTS
 from worker.adapters.rows import by_pair_or_grant_sql
-from worker.adapters.unit_of_work import CART_LOOKUP_SQL
+from worker.adapters.uow_load import CART_LOOKUP_SQL
 from worker.config import Settings
 from worker.domain import ids
 from worker.domain.commands import CommandBase

@@ -27,7 +27,7 @@ def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> 
     settings = uow.load_settings(cmd.experience_id) or defaults
     expires_at = settings.expires_at(cmd.admitted_at)
     uow.insert_admission(
-        grant=cmd.grant_digest,
+        grant_digest=cmd.grant_digest,
         experience_id=cmd.experience_id,
         consumer_id=cmd.consumer_id,
         admitted_at=cmd.admitted_at,
@@ -103,7 +103,7 @@ def _hold(
         holds=taken,
         experience_id=cmd.experience_id,
         consumer_id=cmd.consumer_id,
-        grant=cmd.grant_digest,
+        grant_digest=cmd.grant_digest,
         created_at=cmd.admitted_at,
         expires_at=expires_at,
         settings=settings,

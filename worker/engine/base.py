@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.adapters.unit_of_work import HeldRow
+from worker.adapters.uow_rows import HeldRow
 from worker.domain import ids
 from worker.domain.commands import CommandBase
 from worker.domain.events import EventBase, ReservationEnded

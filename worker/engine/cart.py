@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.adapters.unit_of_work import HeldRow, UnitOfWork
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import HeldRow
 from worker.domain.admission import HoldRequest, is_all_or_nothing
 from worker.domain.cart import plan_cart_change
 from worker.domain.commands import PutCart
@@ -78,7 +79,7 @@ def put_cart(uow: UnitOfWork, cmd: PutCart, defaults: ExperienceSettings) -> App
         ],
         experience_id=cmd.experience_id,
         consumer_id=cmd.consumer_id,
-        grant=admission.grant_digest,
+        grant_digest=admission.grant_digest,
         created_at=cmd.occurred_at,
         expires_at=admission.expires_at,
         settings=settings,

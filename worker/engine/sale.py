@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from worker.adapters.unit_of_work import HeldRow, TrackedReservation, UnitOfWork
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import HeldRow, TrackedReservation
 from worker.domain import ids
 from worker.domain.admission import HoldRequest, plan_holds
 from worker.domain.endings import Verdict
@@ -108,7 +109,7 @@ def _take(
         holds=[hold],
         experience_id=sale.pair[0],
         consumer_id=sale.pair[1],
-        grant=sale.grant,
+        grant_digest=sale.grant,
         created_at=sale.at,
         expires_at=admission.expires_at,
         settings=settings,
