@@ -77,7 +77,7 @@ def tuple_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def by_pair_or_grant_sql(table: str) -> str:
+def by_pair_or_grant_digest_sql(table: str) -> str:
     """The lookup of `table`'s rows (one of ours, never input) by consumer
     pair ($2, $3) or by grant digest ($1): a per-key lateral index probe each,
     UNION ALL (the caller drops the duplicates by key). `OFFSET 0` keeps each
@@ -95,7 +95,7 @@ def by_pair_or_grant_sql(table: str) -> str:
                    WHERE admission_grant = g.grant_ OFFSET 0) t"""
 
 
-async def by_pair_or_grant(
+async def by_pair_or_grant_digest(
     conn: Conn, table: str, grant_digests: Iterable[str], pairs: Iterable[Pair]
 ) -> list[Any]:
     """`table`'s rows for these grant digests or consumer pairs; a row found
@@ -104,7 +104,7 @@ async def by_pair_or_grant(
     if not digests and not ordered:
         return []
     exps, cons = [p[0] for p in ordered], [p[1] for p in ordered]
-    return list(await conn.fetch(by_pair_or_grant_sql(table), digests, exps, cons))
+    return list(await conn.fetch(by_pair_or_grant_digest_sql(table), digests, exps, cons))
 
 
 def ending_rows(records: Iterable[Any]) -> list[EndingRow]:

@@ -33,7 +33,7 @@ from worker.adapters.uow_rows import (
 from worker.domain.commands import Command
 from worker.domain.endings import AdmissionState, AdmissionStatus, Fact, Verdict, Visit
 from worker.domain.events import EventBase
-from worker.domain.model import CartLine, ExperienceSettings
+from worker.domain.model import CartLine, ExperienceSettings, MultiItemPolicy
 
 # An admission's recorded end that is not a fact of its own: it is open, or
 # its end is the next admission.
@@ -172,7 +172,9 @@ class UnitOfWork(BatchHolds):
                 "window_seconds": row.window_seconds,
                 "buffer_seconds": row.buffer_seconds,
                 "pool_size": current.pool_size if current else None,
-                "multi_item_policy": current.multi_item_policy if current else "partial",
+                "multi_item_policy": current.multi_item_policy
+                if current
+                else MultiItemPolicy.PARTIAL,
             }
         )
 

@@ -114,8 +114,8 @@ async def load(uow: UnitOfWork, conn: Conn, commands: list[Command]) -> None:
     await _lock_pools(uow, conn, fp.experiences)
 
 
-async def _by_pair_or_grant(conn: Conn, table: str, fp: Footprint) -> list[Any]:
-    return await tables.by_pair_or_grant(conn, table, fp.grant_digests, fp.pairs)
+async def _by_pair_or_grant_digest(conn: Conn, table: str, fp: Footprint) -> list[Any]:
+    return await tables.by_pair_or_grant_digest(conn, table, fp.grant_digests, fp.pairs)
 
 
 def _unzip(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
@@ -138,7 +138,7 @@ async def _experiences(uow: UnitOfWork, conn: Conn, experiences: set[str]) -> No
 
 
 async def _admissions(uow: UnitOfWork, conn: Conn, fp: Footprint) -> None:
-    for r in await _by_pair_or_grant(conn, "admissions", fp):
+    for r in await _by_pair_or_grant_digest(conn, "admissions", fp):
         row = TrackedAdmission.loaded(r)
         uow.track_admission(row)
         fp.pairs.add((row.experience_id, row.consumer_id))
@@ -174,12 +174,12 @@ async def _cart_versions(uow: UnitOfWork, conn: Conn, pairs: set[Pair]) -> None:
 
 
 async def _endings(uow: UnitOfWork, conn: Conn, fp: Footprint) -> None:
-    for row in tables.ending_rows(await _by_pair_or_grant(conn, "admission_endings", fp)):
+    for row in tables.ending_rows(await _by_pair_or_grant_digest(conn, "admission_endings", fp)):
         uow.endings[(row.experience_id, row.consumer_id)].append(row)
 
 
 async def _reservations(uow: UnitOfWork, conn: Conn, fp: Footprint) -> None:
-    for r in await _by_pair_or_grant(conn, "reservations", fp):
+    for r in await _by_pair_or_grant_digest(conn, "reservations", fp):
         uow.track_reservation(TrackedReservation.loaded(r))
 
 

@@ -180,7 +180,7 @@ async def load_known(conn: Conn, wanted: Needs) -> Known:
         )
         known.strategies = {r["admission_grant"]: r["strategy"] for r in rows}
     if wanted.ending_grant_digests or wanted.ending_pairs:
-        rows = await tables.by_pair_or_grant(
+        rows = await tables.by_pair_or_grant_digest(
             conn, "admission_endings", wanted.ending_grant_digests, wanted.ending_pairs
         )
         known.endings = tables.ending_rows(rows)
