@@ -33,11 +33,12 @@ class StockLevel:
 
     @property
     def free(self) -> int:
+        """Units neither held nor sold."""
         return self.on_hand - self.reserved - self.sold
 
     def take(self, quantity: int) -> bool:
         """Hold `quantity` units if they are free; False leaves it unchanged."""
-        if self.on_hand - self.reserved - self.sold < quantity:
+        if self.free < quantity:
             return False
         self.reserved += quantity
         return True
@@ -53,7 +54,7 @@ class StockLevel:
 
     def sell_free(self, quantity: int) -> bool:
         """Sell units nobody holds (a late conversion) if they are free."""
-        if self.on_hand - self.reserved - self.sold < quantity:
+        if self.free < quantity:
             return False
         self.sold += quantity
         return True

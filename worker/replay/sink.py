@@ -261,8 +261,8 @@ async def _admissions(conn: Conn, c: FoldChanges) -> None:
     if c.admissions:
         await tables.insert_admissions(conn, [c.admissions[g] for g in sorted(c.admissions)])
     if c.admission_closes:
-        grants = sorted(c.admission_closes)
-        closes = [c.admission_closes[g] for g in grants]
+        digests = sorted(c.admission_closes)
+        closes = [c.admission_closes[g] for g in digests]
         # Only an active admission ends, exactly as the engine closes it; a
         # revision changes one that had ended.
         await conn.execute(
@@ -272,7 +272,7 @@ async def _admissions(conn: Conn, c: FoldChanges) -> None:
                            $6::bool[])
                     AS v(grant_, status, ended_at, end_reason, order_id, revision)
                WHERE a.admission_grant = v.grant_ AND (a.status = 'active' OR v.revision)""",
-            grants,
+            digests,
             *tables.columns(closes, "status ended_at end_reason order_id revision"),
         )
 
