@@ -11,7 +11,7 @@ from uuid import UUID
 import orjson
 
 from worker.adapters import rows as tables
-from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
+from worker.adapters.rows import AdmissionRow, EndingRow, Pair, ReservationRow
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.adapters.uow_rows import StockRow
 from worker.domain.commands import Command, CommandBase, SetStock
@@ -104,7 +104,7 @@ class Tables:
     def __init__(self) -> None:
         self.experiences: dict[str, ExperienceRow] = {}
         self.stock: dict[StockKey, list[int]] = {}
-        self.carts: dict[tuple[str, str], FoldCart] = {}
+        self.carts: dict[Pair, FoldCart] = {}
         self.admissions: dict[str, AdmissionRow] = {}
         self.endings: dict[UUID, EndingRow] = {}
         self.cart_versions: dict[tuple[str, str, Any, UUID], str] = {}

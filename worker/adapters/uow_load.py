@@ -1,6 +1,7 @@
 """What a unit of work reads before a batch is decided: the batch's
 footprint (every key its commands can touch) and the set-based statements
-that load those rows, at most one per table however large the batch is.
+that load those rows: at most nine (one per table, two for stock, which may
+create rows), however large the batch is.
 
 Concurrency: reservations, admissions, carts, endings and pools belong to one
 experience, and one experience's commands are applied by one consumer at a
