@@ -13,7 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from worker.adapters.unit_of_work import StockRow, UnitOfWork
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import StockRow
 from worker.domain import ids
 from worker.domain.commands import Command, SetStock
 from worker.domain.model import ExperienceSettings
@@ -58,7 +59,7 @@ class MemoryEngine:
 
     async def holds(self, grant: str) -> list[tuple[int, str]]:
         digest = ids.grant_digest(grant)
-        rows = [r for r in self.uow.reservations.values() if r.grant == digest]
+        rows = [r for r in self.uow.reservations.values() if r.grant_digest == digest]
         return [(r.quantity, r.status) for r in sorted(rows, key=lambda r: r.status)]
 
     async def assert_counters_match_rows(self) -> None:

@@ -11,33 +11,27 @@ from uuid import UUID
 import orjson
 
 from worker.adapters import rows as tables
-from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
-from worker.adapters.unit_of_work import StockRow, UnitOfWork
+from worker.adapters.rows import AdmissionRow, EndingRow, Pair, ReservationRow
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import StockRow
 from worker.domain.commands import Command, CommandBase, SetStock
 from worker.domain.events import Event, EventBase, decode_event, encode_event
 from worker.domain.model import ExperienceSettings
+from worker.domain.stock import PoolKey, StockKey
 from worker.engine import apply_command
-from worker.replay.fold import (
-    CartRow,
-    Changes,
-    ExperienceRow,
-    Known,
-    Needs,
-    PoolKey,
-    StockKey,
-)
+from worker.replay.fold import ExperienceRow, FoldCart, FoldChanges, Known, Needs
 
 Rows = dict[str, dict[Any, tuple[Any, ...]]]
 
 # The tables' columns but the key, as attribute names of the row dataclasses.
 ADMISSION_COLUMNS = [c for c in tables.ADMISSION_COLUMNS if c != "admission_grant"]
 RESERVATION_COLUMNS = [
-    "grant" if c == "admission_grant" else c for c in tables.RESERVATION_COLUMNS if c != "id"
+    "grant_digest" if c == "admission_grant" else c for c in tables.RESERVATION_COLUMNS if c != "id"
 ]
 ENDING_COLUMNS = [
     "experience_id",
     "consumer_id",
-    "grant",
+    "grant_digest",
     "outcome",
     "reason",
     "ended_at",
@@ -110,7 +104,7 @@ class Tables:
     def __init__(self) -> None:
         self.experiences: dict[str, ExperienceRow] = {}
         self.stock: dict[StockKey, list[int]] = {}
-        self.carts: dict[tuple[str, str], CartRow] = {}
+        self.carts: dict[Pair, FoldCart] = {}
         self.admissions: dict[str, AdmissionRow] = {}
         self.endings: dict[UUID, EndingRow] = {}
         self.cart_versions: dict[tuple[str, str, Any, UUID], str] = {}
@@ -120,17 +114,17 @@ class Tables:
     def known(self, needs: Needs) -> Known:
         return Known(
             strategies={
-                g: self.admissions[g].strategy for g in needs.grants if g in self.admissions
+                g: self.admissions[g].strategy for g in needs.grant_digests if g in self.admissions
             },
             endings=[
                 e
                 for e in self.endings.values()
-                if e.grant in needs.ending_grants
+                if e.grant_digest in needs.ending_grant_digests
                 or (e.experience_id, e.consumer_id) in needs.ending_pairs
             ],
         )
 
-    def apply(self, c: Changes) -> None:
+    def apply(self, c: FoldChanges) -> None:
         self.experiences.update(c.experiences)
         for key, s in c.stock.items():
             if s.on_hand is not None:

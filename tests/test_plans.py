@@ -18,8 +18,8 @@ from tests import builders as b
 from tests.engine_backends import DEFAULTS
 from tests.isolated import isolated_settings
 from tests.stack import Stack
-from worker.adapters.rows import by_pair_or_grant_sql
-from worker.adapters.unit_of_work import CART_LOOKUP_SQL
+from worker.adapters.rows import by_pair_or_grant_digest_sql
+from worker.adapters.uow_load import CART_LOOKUP_SQL
 from worker.config import Settings
 from worker.domain import ids
 from worker.domain.commands import CommandBase
@@ -80,7 +80,7 @@ async def test_batch_lookups_probe_indexes_on_unanalyzed_growing_tables(
             cons = [f"c{n}" for n in keys]
             grants = [ids.grant_digest(f"grant-{n}") for n in keys]
             for table in ("admissions", "reservations", "admission_endings"):
-                nodes = await _plan(conn, by_pair_or_grant_sql(table), grants, exps, cons)
+                nodes = await _plan(conn, by_pair_or_grant_digest_sql(table), grants, exps, cons)
                 assert _whole_table_reads(nodes, table) == [], (table, nodes)
             nodes = await _plan(conn, CART_LOOKUP_SQL, exps, cons)
             assert _whole_table_reads(nodes, "carts") == [], nodes

@@ -19,7 +19,9 @@ from worker.adapters.store import Conn
 
 
 @dataclass
-class Changes:
+class BatchChanges:
+    """A unit of work's changes since its last take, as column values."""
+
     # (experience_id, strategy, window, buffer, pool_size, policy, updated_at)
     experiences: list[tuple[Any, ...]] = field(default_factory=list)
     # (product_id, variant_id, on_hand, reserved, sold, updated_at or None)
@@ -29,7 +31,7 @@ class Changes:
     # (experience_id, consumer_id, updated_at, command_id, items as JSON text)
     cart_versions: list[tuple[str, str, datetime, UUID, str]] = field(default_factory=list)
     new_admissions: list[tuple[Any, ...]] = field(default_factory=list)
-    # (grant, status, ended_at, end_reason, order_id)
+    # (grant_digest, status, ended_at, end_reason, order_id)
     changed_admissions: list[tuple[Any, ...]] = field(default_factory=list)
     new_endings: list[EndingRow] = field(default_factory=list)
     new_reservations: list[tuple[Any, ...]] = field(default_factory=list)

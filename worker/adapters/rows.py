@@ -13,10 +13,13 @@ from uuid import UUID
 
 from worker.adapters.store import Conn
 
+# A consumer in an experience: (experience_id, consumer_id).
+Pair = tuple[str, str]
+
 
 @dataclass
 class AdmissionRow:
-    grant: str
+    grant_digest: str
     experience_id: str
     consumer_id: str
     admitted_at: datetime
@@ -36,7 +39,7 @@ class EndingRow:
     command_id: UUID
     experience_id: str
     consumer_id: str
-    grant: str | None
+    grant_digest: str | None
     outcome: str
     reason: str
     ended_at: datetime
@@ -48,7 +51,7 @@ class ReservationRow:
     id: UUID
     consumer_id: str
     experience_id: str
-    grant: str
+    grant_digest: str
     product_id: str
     variant_id: str
     quantity: int
@@ -74,9 +77,9 @@ def tuple_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def by_pair_or_grant_sql(table: str) -> str:
+def by_pair_or_grant_digest_sql(table: str) -> str:
     """The lookup of `table`'s rows (one of ours, never input) by consumer
-    pair ($2, $3) or by grant ($1): a per-key lateral index probe each,
+    pair ($2, $3) or by grant digest ($1): a per-key lateral index probe each,
     UNION ALL (the caller drops the duplicates by key). `OFFSET 0` keeps each
     lateral subquery from being flattened into a join: on tables that grow
     during a drop faster than their statistics, the planner otherwise sorts
@@ -92,16 +95,16 @@ def by_pair_or_grant_sql(table: str) -> str:
                    WHERE admission_grant = g.grant_ OFFSET 0) t"""
 
 
-async def by_pair_or_grant(
-    conn: Conn, table: str, grants: Iterable[str], pairs: Iterable[tuple[str, str]]
+async def by_pair_or_grant_digest(
+    conn: Conn, table: str, grant_digests: Iterable[str], pairs: Iterable[Pair]
 ) -> list[Any]:
-    """`table`'s rows for these grants or (experience, consumer) pairs; a row
-    found both ways comes twice."""
-    grants, pairs = list(grants), sorted(pairs)
-    if not grants and not pairs:
+    """`table`'s rows for these grant digests or consumer pairs; a row found
+    both ways comes twice."""
+    digests, ordered = list(grant_digests), sorted(pairs)
+    if not digests and not ordered:
         return []
-    exps, cons = [p[0] for p in pairs], [p[1] for p in pairs]
-    return list(await conn.fetch(by_pair_or_grant_sql(table), grants, exps, cons))
+    exps, cons = [p[0] for p in ordered], [p[1] for p in ordered]
+    return list(await conn.fetch(by_pair_or_grant_digest_sql(table), digests, exps, cons))
 
 
 def ending_rows(records: Iterable[Any]) -> list[EndingRow]:
@@ -137,7 +140,9 @@ ADMISSION_COLUMNS = [
     "end_reason",
     "order_id",
 ]
-_ADMISSION_VALUES = attrgetter("grant", *[c for c in ADMISSION_COLUMNS if c != "admission_grant"])
+_ADMISSION_VALUES = attrgetter(
+    "grant_digest", *[c for c in ADMISSION_COLUMNS if c != "admission_grant"]
+)
 
 RESERVATION_COLUMNS = [
     "id",
@@ -159,7 +164,7 @@ RESERVATION_COLUMNS = [
     "buffer_seconds",
 ]
 _RESERVATION_VALUES = attrgetter(
-    *["grant" if c == "admission_grant" else c for c in RESERVATION_COLUMNS]
+    *["grant_digest" if c == "admission_grant" else c for c in RESERVATION_COLUMNS]
 )
 
 
@@ -189,7 +194,8 @@ async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
                                 $6::text[], $7::timestamptz[], $8::text[])
            ON CONFLICT DO NOTHING""",
         *columns(
-            rows, "command_id experience_id consumer_id grant outcome reason ended_at order_id"
+            rows,
+            "command_id experience_id consumer_id grant_digest outcome reason ended_at order_id",
         ),
     )
 

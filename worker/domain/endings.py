@@ -27,6 +27,8 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
+from worker.domain.model import ReservationStatus
+
 
 class AdmissionStatus(StrEnum):
     ACTIVE = "active"
@@ -47,7 +49,7 @@ class AdmissionState:
     """An admission as the cart and checkout see it."""
 
     grant_digest: str
-    status: str  # an AdmissionStatus value
+    status: AdmissionStatus
     expires_at: datetime
 
 
@@ -173,10 +175,10 @@ def _verdict(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict
     return Verdict(ending.outcome, ending.reason, ending.at)
 
 
-def hold_status(verdict: Verdict) -> str:
+def hold_status(verdict: Verdict) -> ReservationStatus:
     """What the admission's holds become when it ends this way."""
     if verdict.status is AdmissionStatus.EXPIRED:
-        return "expired"
+        return ReservationStatus.EXPIRED
     if verdict.status is AdmissionStatus.CONVERTED:
-        return "converted"
-    return "released"
+        return ReservationStatus.CONVERTED
+    return ReservationStatus.RELEASED

@@ -39,12 +39,12 @@ def command_id(source: str, source_id: str) -> uuid.UUID:
 
 
 def reservation_id(
-    grant_digest_hex: str, product_id: str, variant_id: str | None, revision: str = ""
+    grant_digest: str, product_id: str, variant_id: str | None, revision: str = ""
 ) -> uuid.UUID:
     """One hold per admission grant and stock row, so a grant can never hold
     twice; `revision` (the command id of a cart change) names the hold that
     replaces an earlier one of the same grant and row."""
-    key = f"reservation:{grant_digest_hex}:{product_id}:{variant_id or ''}"
+    key = f"reservation:{grant_digest}:{product_id}:{variant_id or ''}"
     return uuid5(key + (f":{revision}" if revision else ""))
 
 
@@ -59,7 +59,7 @@ def event_id_prefix(command: uuid.UUID) -> str:
     return f"event:{command}:"
 
 
-def expiry_source_id(grant_digest_hex: str, expires_at: datetime) -> str:
+def expiry_source_id(grant_digest: str, expires_at: datetime) -> str:
     """Source id of the scheduler's expiry of one admission: every replica
     derives the same command id, so their duplicates dedupe in the inbox."""
-    return f"{grant_digest_hex}:{expires_at.isoformat()}"
+    return f"{grant_digest}:{expires_at.isoformat()}"

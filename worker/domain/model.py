@@ -1,4 +1,5 @@
-"""Domain vocabulary: stock rows, cart lines, experience settings, states."""
+"""Domain vocabulary: product references, cart lines, experience settings,
+reservation states."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from worker.domain.base import WireModel
+from worker.domain.stock import StockKey
 
 # Ids from Fanfare and merchants: printable, bounded, no control characters.
 Identifier = Annotated[
@@ -35,7 +37,9 @@ class MultiItemPolicy(StrEnum):
     ALL_OR_NOTHING = "all_or_nothing"
 
 
-class StockKey(WireModel):
+class ProductRef(WireModel):
+    """A product, and its variant if it has them, as the wire names it."""
+
     product_id: Identifier
     variant_id: Identifier | None = None
 
@@ -45,7 +49,7 @@ class StockKey(WireModel):
         return self.variant_id or ""
 
 
-class CartLine(StockKey):
+class CartLine(ProductRef):
     quantity: Quantity
 
 
@@ -60,7 +64,7 @@ class ExperienceSettings(WireModel):
         return admitted_at + timedelta(seconds=self.window_seconds + self.buffer_seconds)
 
 
-def sum_lines(lines: list[CartLine]) -> dict[tuple[str, str], int]:
+def sum_lines(lines: list[CartLine]) -> dict[StockKey, int]:
     """Quantities per stock row: two lines on one row are checked together."""
     totals: dict[tuple[str, str], int] = {}
     for line in lines:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from worker.adapters import store
+from worker.adapters import store, uow_flush, uow_load
 from worker.adapters.store import Conn
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import (
@@ -68,7 +68,7 @@ async def apply_batch(
     """Apply commands not yet in the inbox, in order; returns their results.
     Runs inside the caller's transaction and commits nothing."""
     uow = UnitOfWork()
-    await uow.load(conn, [c for c, _ in commands])
+    await uow_load.load(uow, conn, [c for c, _ in commands])
     results = []
     writing: asyncio.Task[None] | None = None
     try:
@@ -90,7 +90,7 @@ async def apply_batch(
                 await asyncio.sleep(0)  # the write in flight sends its next statement
         if writing is not None:
             await writing
-        await uow.flush(conn)
+        await uow_flush.flush(uow, conn)
     except BaseException:
         if writing is not None:
             # The transaction must not roll back under a statement in flight.
@@ -106,7 +106,7 @@ async def _write_behind(
     is written (one connection: one statement at a time, parts in order)."""
     if previous is not None:
         await previous
-    writing = asyncio.create_task(uow.take_changes().write(conn))
+    writing = asyncio.create_task(uow_flush.take_changes(uow).write(conn))
     await asyncio.sleep(0)  # let it send its first statement
     return writing
 

@@ -58,7 +58,7 @@ def admit(uow: UnitOfWork, cmd: AdmitConsumer, defaults: ExperienceSettings) -> 
 
 def _insert(uow: UnitOfWork, cmd: AdmitConsumer, terms: HoldTerms) -> None:
     uow.insert_admission(
-        grant=cmd.grant_digest,
+        grant_digest=cmd.grant_digest,
         experience_id=cmd.experience_id,
         consumer_id=cmd.consumer_id,
         admitted_at=cmd.admitted_at,

@@ -3,7 +3,8 @@ its holds change to match, subject to stock (worker.domain.cart)."""
 
 from __future__ import annotations
 
-from worker.adapters.unit_of_work import HeldRow, UnitOfWork
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import HeldRow
 from worker.domain.admission import HoldRequest, is_all_or_nothing
 from worker.domain.cart import ActiveHold, HoldChange, plan_cart_change
 from worker.domain.commands import PutCart

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from worker.adapters.unit_of_work import HeldRow
+from worker.adapters.uow_rows import HeldRow
 from worker.domain import ids
 from worker.domain.admission import HoldRequest
 from worker.domain.commands import AdmitConsumer, CommandBase, CompleteCheckout, PutCart, SetStock

@@ -88,7 +88,7 @@ def insert(uow: UnitOfWork, terms: HoldTerms, taken: list[HoldRequest]) -> None:
         holds=taken,
         experience_id=terms.experience_id,
         consumer_id=terms.consumer_id,
-        grant=terms.grant_digest,
+        grant_digest=terms.grant_digest,
         created_at=terms.created_at,
         expires_at=terms.expires_at,
         settings=terms.settings,

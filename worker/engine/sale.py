@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from worker.adapters.unit_of_work import HeldRow, TrackedReservation, UnitOfWork
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import HeldRow, TrackedReservation
 from worker.domain import ids
 from worker.domain.admission import HoldRequest, plan_holds
 from worker.domain.endings import Verdict

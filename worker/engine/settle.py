@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from worker.adapters.unit_of_work import HeldRow, UnitOfWork
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import HeldRow
 from worker.domain import ids
 from worker.domain.endings import (
     OPEN,

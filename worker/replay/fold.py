@@ -2,7 +2,7 @@
 
 The events are the facts (DESIGN, guarantee 5): folding them in commit
 order (the `outbox-seq` header) reproduces every row the engine wrote.
-A batch of events becomes a `Changes`, written by worker.replay.sink.
+A batch of events becomes a `FoldChanges`, written by worker.replay.sink.
 
 Counters (stock reserved/sold, pool usage) are folded as deltas, so a batch
 needs to read almost nothing from the target: only the strategy of the
@@ -22,7 +22,8 @@ from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from worker.adapters.rows import AdmissionRow, EndingRow, ReservationRow
+from worker.adapters.rows import AdmissionRow, EndingRow, Pair, ReservationRow
+from worker.domain.endings import AdmissionStatus
 from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
@@ -36,11 +37,8 @@ from worker.domain.events import (
     ReservationRejected,
     StockSet,
 )
-from worker.domain.model import CartLine, ReservationStatus
-
-StockKey = tuple[str, str]
-PoolKey = tuple[str, str, str]
-Pair = tuple[str, str]
+from worker.domain.model import CartLine, ReservationStatus, Strategy
+from worker.domain.stock import PoolKey, StockKey
 
 # Rejections after which the engine had taken a pool unit and given it back:
 # the pool row was written (possibly created at 0) even though nothing is held.
@@ -72,7 +70,9 @@ class StockChange:
 
 
 @dataclass
-class CartRow:
+class FoldCart:
+    """A cart as the fold writes it: its items already as JSON."""
+
     items_json: str
     updated_at: datetime
 
@@ -100,7 +100,7 @@ class ReservationEnd:
 class Known:
     """Rows already in the target that this batch's fold reads."""
 
-    strategies: dict[str, str] = field(default_factory=dict)  # grant -> strategy
+    strategies: dict[str, str] = field(default_factory=dict)  # grant digest -> strategy
     endings: list[EndingRow] = field(default_factory=list)
 
 
@@ -108,20 +108,20 @@ class Known:
 class Needs:
     """What to load into `Known` before folding a batch."""
 
-    grants: set[str] = field(default_factory=set)
-    ending_grants: set[str] = field(default_factory=set)
+    grant_digests: set[str] = field(default_factory=set)
+    ending_grant_digests: set[str] = field(default_factory=set)
     ending_pairs: set[Pair] = field(default_factory=set)
 
 
 @dataclass
-class Changes:
+class FoldChanges:
     """A batch's effect. Rows first seen in the batch are complete (their
     later changes in the batch merged in); rows already in the target are
     changed by the `*_closes`/`*_ends` entries and the deltas."""
 
     experiences: dict[str, ExperienceRow] = field(default_factory=dict)
     stock: dict[StockKey, StockChange] = field(default_factory=dict)
-    carts: dict[Pair, CartRow] = field(default_factory=dict)
+    carts: dict[Pair, FoldCart] = field(default_factory=dict)
     # (experience_id, consumer_id, updated_at, command_id, items JSON)
     cart_versions: list[tuple[str, str, datetime, UUID, str]] = field(default_factory=list)
     admissions: dict[str, AdmissionRow] = field(default_factory=dict)
@@ -143,16 +143,16 @@ def needs(events: Iterable[Event]) -> Needs:
     for e in events:
         if type(e) is ReservationEnded or type(e) is ReservationRejected:
             if e.grant_digest not in recorded:
-                n.grants.add(e.grant_digest)
+                n.grant_digests.add(e.grant_digest)
         elif type(e) is AdmissionRecorded:
             recorded.add(e.grant_digest)
             if e.end_reason is not None and e.ended_at is None:
-                n.ending_grants.add(e.grant_digest)
+                n.ending_grant_digests.add(e.grant_digest)
                 n.ending_pairs.add((e.experience_id, e.consumer_id))
     return n
 
 
-def fold(events: Iterable[Event], known: Known | None = None) -> Changes:
+def fold(events: Iterable[Event], known: Known | None = None) -> FoldChanges:
     """The changes that `events`, in commit order, make to the tables."""
     folder = _Fold(known or Known())
     for event in events:
@@ -169,7 +169,7 @@ class _Fold:
     def __init__(self, known: Known) -> None:
         self.strategies = dict(known.strategies)
         self.endings = list(known.endings)
-        self.changes = Changes()
+        self.changes = FoldChanges()
 
     def apply(self, event: Event) -> None:
         # By exact class, as in `needs`; a refusal (stock.refused,
@@ -187,14 +187,14 @@ class _Fold:
             row = self.changes.stock[key] = StockChange()
         return row
 
-    def _pool(self, grant: str, key: PoolKey, delta: int) -> None:
-        strategy = self.strategies.get(grant)
+    def _pool(self, grant_digest: str, key: PoolKey, delta: int) -> None:
+        strategy = self.strategies.get(grant_digest)
         if strategy is None:
             self.changes.warnings.append(
-                f"admission {grant[:12]}… unknown: pool usage of {key} may be off"
+                f"admission {grant_digest[:12]}… unknown: pool usage of {key} may be off"
             )
             return
-        if strategy == "pool":
+        if strategy == Strategy.POOL:
             self.changes.pools[key] = self.changes.pools.get(key, 0) + delta
 
     # --- per event -----------------------------------------------------------
@@ -215,14 +215,14 @@ class _Fold:
 
     def _cart(self, e: CartUpdated) -> None:
         items = _CART_ITEMS.dump_json(e.items, by_alias=True).decode()
-        self.changes.carts[(e.experience_id, e.consumer_id)] = CartRow(items, e.occurred_at)
+        self.changes.carts[(e.experience_id, e.consumer_id)] = FoldCart(items, e.occurred_at)
         self.changes.cart_versions.append(
             (e.experience_id, e.consumer_id, e.occurred_at, e.command_id, items)
         )
 
     def _recorded(self, e: AdmissionRecorded) -> None:
         row = AdmissionRow(
-            grant=e.grant_digest,
+            grant_digest=e.grant_digest,
             experience_id=e.experience_id,
             consumer_id=e.consumer_id,
             admitted_at=e.admitted_at,
@@ -236,22 +236,23 @@ class _Fold:
         if e.end_reason is not None:
             row.end_reason = e.end_reason
             row.ended_at = e.ended_at or self._recorded_end(e)
-        self.changes.admissions[row.grant] = row
-        self.strategies[row.grant] = row.strategy
+        self.changes.admissions[row.grant_digest] = row
+        self.strategies[row.grant_digest] = row.strategy
 
     def _recorded_end(self, e: AdmissionRecorded) -> datetime | None:
         """When an admission whose ending came first ended, for an event
         that names the reason but not the time: the remembered ending the
         engine chose then, the earliest one for this grant, or grant-less for
         this consumer at or after the admission."""
-        outcome = "released" if e.status == "superseded" else e.status
+        superseded = AdmissionStatus(e.status) is AdmissionStatus.SUPERSEDED
+        outcome = AdmissionStatus.RELEASED if superseded else e.status
         matches = [
             x
             for x in self.endings
             if (
-                x.grant == e.grant_digest
+                x.grant_digest == e.grant_digest
                 or (
-                    x.grant is None
+                    x.grant_digest is None
                     and x.experience_id == e.experience_id
                     and x.consumer_id == e.consumer_id
                     and x.ended_at >= e.admitted_at
@@ -265,7 +266,7 @@ class _Fold:
             )
             return None
         first = min(matches, key=lambda x: x.ended_at)
-        if first.reason != e.end_reason or (e.status != "superseded" and first.outcome != outcome):
+        if first.reason != e.end_reason or (not superseded and first.outcome != outcome):
             self.changes.warnings.append(
                 f"admission {e.grant_digest[:12]}…: remembered ending {first.reason} does not "
                 f"match the recorded {e.end_reason}"
@@ -275,7 +276,7 @@ class _Fold:
     def _admission_ended(self, e: AdmissionEnded) -> None:
         new = self.changes.admissions.get(e.grant_digest)
         if new is not None:
-            if new.status == "active":
+            if new.status == AdmissionStatus.ACTIVE:
                 new.status, new.end_reason = e.status, e.reason
                 new.ended_at, new.order_id = e.ended_at, e.order_id
             return
@@ -298,7 +299,7 @@ class _Fold:
             command_id=e.ending_id or e.command_id,
             experience_id=e.experience_id,
             consumer_id=e.consumer_id,
-            grant=e.grant_digest,
+            grant_digest=e.grant_digest,
             outcome=e.outcome,
             reason=e.reason,
             ended_at=e.ended_at,
@@ -313,7 +314,7 @@ class _Fold:
             id=e.reservation_id,
             consumer_id=e.consumer_id,
             experience_id=e.experience_id,
-            grant=e.grant_digest,
+            grant_digest=e.grant_digest,
             product_id=e.product_id,
             variant_id=variant,
             quantity=e.quantity,
@@ -325,13 +326,13 @@ class _Fold:
             buffer_seconds=e.buffer_seconds,
         )
         self._stock(e.product_id, e.variant_id).reserved += e.quantity
-        if e.strategy.value == "pool":
+        if e.strategy is Strategy.POOL:
             key = (e.experience_id, e.product_id, variant)
             self.changes.pools[key] = self.changes.pools.get(key, 0) + e.quantity
 
     def _ended(self, e: ReservationEnded) -> None:
         status = e.type.removeprefix("reservation.")
-        converted = status == "converted"
+        converted = status == ReservationStatus.CONVERTED
         end = ReservationEnd(
             status=status,
             ended_at=e.ended_at,

@@ -22,7 +22,7 @@ from worker.adapters import rows as tables
 from worker.adapters.rows import EndingRow
 from worker.adapters.store import Conn
 from worker.domain.events import Event
-from worker.replay.fold import Changes, Known, Needs, fold, needs
+from worker.replay.fold import FoldChanges, Known, Needs, fold, needs
 
 # Event ids a planner remembers at most (about 70 bytes each).
 REMEMBERED_IDS = 2_000_000
@@ -32,7 +32,7 @@ REMEMBERED_IDS = 2_000_000
 class Planned:
     """A batch folded and ready to write."""
 
-    changes: Changes
+    changes: FoldChanges
     applied: list[tuple[UUID, int]]  # (event id, outbox seq) to record
     read: int
     first_seq: int
@@ -69,7 +69,7 @@ class Planner:
     async def plan(self, batch: Sequence[tuple[int, Event]]) -> Planned:
         todo = await self._unapplied(batch)
         events = [e for _, e in todo]
-        changes = fold(events, await self._known(needs(events))) if events else Changes()
+        changes = fold(events, await self._known(needs(events))) if events else FoldChanges()
         planned = Planned(
             changes,
             [(e.event_id, seq) for seq, e in todo],
@@ -104,10 +104,14 @@ class Planner:
         strategies: dict[str, str] = {}
         endings: dict[UUID, EndingRow] = {}
         for _, p in self.pending:  # before the query, as in `_unapplied`
-            strategies.update((g, s) for g, s in p.strategies.items() if g in wanted.grants)
+            strategies.update((g, s) for g, s in p.strategies.items() if g in wanted.grant_digests)
             endings.update((x.command_id, x) for x in p.endings if _wanted_ending(x, wanted))
         known = await self.committed_known(
-            Needs(wanted.grants - strategies.keys(), wanted.ending_grants, wanted.ending_pairs)
+            Needs(
+                wanted.grant_digests - strategies.keys(),
+                wanted.ending_grant_digests,
+                wanted.ending_pairs,
+            )
         )
         known.strategies.update(strategies)
         # A batch that committed after the snapshot is in both: one row each.
@@ -147,7 +151,8 @@ def _pending(planned: Planned) -> _Pending:
 
 
 def _wanted_ending(x: EndingRow, wanted: Needs) -> bool:
-    return (x.grant is not None and x.grant in wanted.ending_grants) or (
+    digest = x.grant_digest
+    return (digest is not None and digest in wanted.ending_grant_digests) or (
         x.experience_id,
         x.consumer_id,
     ) in wanted.ending_pairs
@@ -167,22 +172,22 @@ async def write_planned(conn: Conn, planned: Planned) -> None:
 
 async def load_known(conn: Conn, wanted: Needs) -> Known:
     known = Known()
-    if wanted.grants:
+    if wanted.grant_digests:
         rows = await conn.fetch(
             "SELECT admission_grant, strategy FROM admissions"
             " WHERE admission_grant = ANY($1::text[])",
-            list(wanted.grants),
+            list(wanted.grant_digests),
         )
         known.strategies = {r["admission_grant"]: r["strategy"] for r in rows}
-    if wanted.ending_grants or wanted.ending_pairs:
-        rows = await tables.by_pair_or_grant(
-            conn, "admission_endings", wanted.ending_grants, wanted.ending_pairs
+    if wanted.ending_grant_digests or wanted.ending_pairs:
+        rows = await tables.by_pair_or_grant_digest(
+            conn, "admission_endings", wanted.ending_grant_digests, wanted.ending_pairs
         )
         known.endings = tables.ending_rows(rows)
     return known
 
 
-async def write(conn: Conn, c: Changes) -> None:
+async def write(conn: Conn, c: FoldChanges) -> None:
     """Parents before children (foreign keys); rows in key order so two
     writers would lock in the same order."""
     await _experiences(conn, c)
@@ -195,7 +200,7 @@ async def write(conn: Conn, c: Changes) -> None:
     await _pools(conn, c)
 
 
-async def _experiences(conn: Conn, c: Changes) -> None:
+async def _experiences(conn: Conn, c: FoldChanges) -> None:
     ids = sorted(c.experiences)
     rows = [c.experiences[i] for i in ids]
     await tables.upsert_experiences(
@@ -207,7 +212,7 @@ async def _experiences(conn: Conn, c: Changes) -> None:
     )
 
 
-async def _stock(conn: Conn, c: Changes) -> None:
+async def _stock(conn: Conn, c: FoldChanges) -> None:
     if not c.stock:
         return
     keys = sorted(c.stock)
@@ -235,7 +240,7 @@ async def _stock(conn: Conn, c: Changes) -> None:
     )
 
 
-async def _carts(conn: Conn, c: Changes) -> None:
+async def _carts(conn: Conn, c: FoldChanges) -> None:
     if not c.carts:
         return
     keys = sorted(c.carts)
@@ -252,12 +257,12 @@ async def _carts(conn: Conn, c: Changes) -> None:
     )
 
 
-async def _admissions(conn: Conn, c: Changes) -> None:
+async def _admissions(conn: Conn, c: FoldChanges) -> None:
     if c.admissions:
         await tables.insert_admissions(conn, [c.admissions[g] for g in sorted(c.admissions)])
     if c.admission_closes:
-        grants = sorted(c.admission_closes)
-        closes = [c.admission_closes[g] for g in grants]
+        digests = sorted(c.admission_closes)
+        closes = [c.admission_closes[g] for g in digests]
         # Only an active admission ends, exactly as the engine closes it; a
         # revision changes one that had ended.
         await conn.execute(
@@ -267,16 +272,16 @@ async def _admissions(conn: Conn, c: Changes) -> None:
                            $6::bool[])
                     AS v(grant_, status, ended_at, end_reason, order_id, revision)
                WHERE a.admission_grant = v.grant_ AND (a.status = 'active' OR v.revision)""",
-            grants,
+            digests,
             *tables.columns(closes, "status ended_at end_reason order_id revision"),
         )
 
 
-async def _endings(conn: Conn, c: Changes) -> None:
+async def _endings(conn: Conn, c: FoldChanges) -> None:
     await tables.insert_endings(conn, c.endings)
 
 
-async def _reservations(conn: Conn, c: Changes) -> None:
+async def _reservations(conn: Conn, c: FoldChanges) -> None:
     if c.reservations:
         await tables.insert_reservations(conn, [c.reservations[i] for i in sorted(c.reservations)])
     ends = [
@@ -286,7 +291,7 @@ async def _reservations(conn: Conn, c: Changes) -> None:
     await tables.update_reservation_ends(conn, ends)
 
 
-async def _pools(conn: Conn, c: Changes) -> None:
+async def _pools(conn: Conn, c: FoldChanges) -> None:
     if not c.pools:
         return
     keys = sorted(c.pools)

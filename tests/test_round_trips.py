@@ -1,0 +1,137 @@
+"""The unit of work's round trips are fixed per batch, however many commands
+it holds (README, Layout: the batch's rows are loaded in at most nine
+set-based statements and written one statement per table)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests import builders as b
+from tests.helpers import unique
+from worker.adapters import uow_flush, uow_load
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.domain.commands import Command, CommandBase
+from worker.domain.model import ExperienceSettings
+from worker.engine import Coordinates, apply_batch, apply_command
+
+DEFAULTS = ExperienceSettings()
+T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
+# experiences, admissions, carts, endings, cart versions, reservations,
+# stock created, stock locked, pools.
+LOAD_STATEMENTS = 9
+# experiences, stock, carts, cart versions, admissions (new, changed),
+# endings, reservations (new, changed), pools, outbox, inbox.
+FLUSH_STATEMENTS = 12
+
+
+SENDS = frozenset(
+    {"fetch", "fetchrow", "fetchval", "execute", "executemany", "copy_records_to_table"}
+)
+
+
+class Counting:
+    """A connection that counts the statements sent through it (and has
+    nothing else: a statement sent another way fails the test)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.statements = 0
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name not in SENDS:
+            raise AttributeError(name)
+        method = getattr(self.conn, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.statements += 1
+            return await method(*args, **kwargs)
+
+        return counted
+
+
+def _setup(run: str, n: int) -> list[CommandBase]:
+    """Per round: a pooled experience, a stock row, and an admission that
+    holds a unit (the batch ends it)."""
+    commands: list[CommandBase] = []
+    for i in range(n):
+        exp, sku = f"{run}-e{i}", f"{run}-p{i}"
+        commands += [
+            b.stock(sku, 10),
+            b.configure(exp, strategy="pool", pool_size=5),
+            b.cart(exp, "held", b.line(sku, 1), at=T0),
+            b.admit(exp, "held", f"{run}-old-{i}", T0),
+        ]
+    return commands
+
+
+def _batch(run: str, n: int) -> list[Command]:
+    """Per round, one command of each kind, touching every table."""
+    commands: list[CommandBase] = []
+    for i in range(n):
+        exp, sku, at = f"{run}-e{i}", f"{run}-p{i}", T0 + timedelta(seconds=10)
+        commands += [
+            b.stock(sku, 20),
+            b.configure(exp, strategy="pool", pool_size=6),
+            b.end(exp, "held", None, at=at),
+            b.cart(exp, "new", b.line(sku, 1), at=at),
+            b.admit(exp, "new", f"{run}-new-{i}", at),
+            b.complete(exp, "sold", None, f"{run}-order-{i}", at=at),
+        ]
+    return commands  # type: ignore[return-value]
+
+
+async def _apply(pool: asyncpg.Pool, commands: list[CommandBase]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        placed = [(c, Coordinates("t", 0, n)) for n, c in enumerate(commands)]
+        await apply_batch(conn, placed, DEFAULTS)  # type: ignore[arg-type]
+
+
+async def _round_trips(pool: asyncpg.Pool, n: int) -> tuple[int, int]:
+    run = unique("rt")
+    await _apply(pool, _setup(run, n))
+    commands = _batch(run, n)
+    async with pool.acquire() as conn, conn.transaction():
+        counting = Counting(conn)
+        uow = UnitOfWork()
+        await uow_load.load(uow, counting, commands)  # type: ignore[arg-type]
+        loaded, counting.statements = counting.statements, 0
+        for offset, command in enumerate(commands):
+            applied = apply_command(uow, command, DEFAULTS)
+            outcome, events = applied.outcome, applied.events
+            uow.record(command.command_id, command.type, outcome, events, "t", 0, offset)
+        await uow_flush.flush(uow, counting)  # type: ignore[arg-type]
+        return loaded, counting.statements
+
+
+@pytest.mark.parametrize("n", [1, 10, 200])
+async def test_a_batch_loads_and_flushes_in_a_fixed_number_of_statements(
+    engine_db: asyncpg.Pool, n: int
+) -> None:
+    """n rounds of one command of each kind (n * 6 commands)."""
+    assert await _round_trips(engine_db, n) == (LOAD_STATEMENTS, FLUSH_STATEMENTS)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        b.stock("rt-single", 3),
+        b.configure("rt-single"),
+        b.cart("rt-single", "c", b.line("rt-single", 1)),
+        b.admit("rt-single", "c", "rt-single-grant"),
+        b.end("rt-single", "c", None),
+        b.complete("rt-single", "c", None, "rt-single-order"),
+    ],
+    ids=lambda c: c.type,
+)
+async def test_a_batch_of_one_command_loads_no_more(
+    engine_db: asyncpg.Pool, command: Command
+) -> None:
+    async with engine_db.acquire() as conn, conn.transaction():
+        counting = Counting(conn)
+        await UnitOfWork().load(counting, [command])  # type: ignore[arg-type]
+        assert 0 < counting.statements <= LOAD_STATEMENTS
