@@ -16,15 +16,6 @@ from tests.helpers import REPO
 PACKAGE = REPO / "worker"
 MAX_LINES = 400
 
-# Modules that break a rule on the base commit and are being reshaped in
-# other branches right now; the integrator empties this set once they are
-# merged. A module here is excused from (a), (d) and (e) only.
-KNOWN_OFFENDERS = frozenset(
-    {
-        "worker.adapters.unit_of_work",  # 869 lines
-    }
-)
-
 
 @dataclass(frozen=True)
 class Import:
@@ -106,9 +97,7 @@ def role_imports_outside_roles(imports: list[Import]) -> list[str]:
     return [
         i.where()
         for i in imports
-        if under(i.target, "worker.roles")
-        and not under(i.importer, *hosts)
-        and i.importer not in KNOWN_OFFENDERS
+        if under(i.target, "worker.roles") and not under(i.importer, *hosts)
     ]
 
 
@@ -193,10 +182,8 @@ def _chain(edges: dict[str, set[str]], component: set[str]) -> list[str]:
 
 
 def import_cycles(imports: list[Import]) -> list[str]:
-    """(d) Cycles, each as `a -> b -> a`, but those made only of known offenders."""
-    return [
-        " -> ".join(chain) for chain in cycles(graph(imports)) if not set(chain) <= KNOWN_OFFENDERS
-    ]
+    """(d) Cycles, each as `a -> b -> a`."""
+    return [" -> ".join(chain) for chain in cycles(graph(imports))]
 
 
 def long_modules(modules: dict[str, Path]) -> list[str]:
@@ -204,7 +191,7 @@ def long_modules(modules: dict[str, Path]) -> list[str]:
     found = []
     for name, path in modules.items():
         lines = len(path.read_text(encoding="utf-8").splitlines())
-        if lines > MAX_LINES and name not in KNOWN_OFFENDERS:
+        if lines > MAX_LINES:
             found.append(f"{name}: {lines} lines (at most {MAX_LINES})")
     return found
 
@@ -270,9 +257,3 @@ def test_no_import_cycle(imports: list[Import]) -> None:
 def test_no_module_over_400_lines(modules: dict[str, Path]) -> None:
     found = long_modules(modules)
     assert not found, "modules too long:\n" + "\n".join(found)
-
-
-def test_known_offenders_still_exist(modules: dict[str, Path]) -> None:
-    """A module renamed or split leaves the allow-list: drop its entry."""
-    gone = sorted(KNOWN_OFFENDERS - set(modules))
-    assert not gone, f"KNOWN_OFFENDERS names modules that no longer exist: {gone}"

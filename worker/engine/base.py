@@ -7,9 +7,6 @@ from typing import Any
 
 from worker.domain.events import EventBase
 
-# An experience and one of its consumers: whose admissions a command settles.
-Pair = tuple[str, str]
-
 
 @dataclass
 class Applied:

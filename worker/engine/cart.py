@@ -10,6 +10,7 @@ from worker.domain.cart import ActiveHold, HoldChange, plan_cart_change
 from worker.domain.commands import PutCart
 from worker.domain.endings import AdmissionStatus
 from worker.domain.model import ExperienceSettings, ReservationStatus
+from worker.domain.stock import StockKey
 from worker.engine import holds
 from worker.engine.base import Applied
 from worker.engine.events import Events
@@ -74,13 +75,13 @@ def _release_replaced(
         )
 
 
-def _key(change: HoldChange) -> holds.RowKey:
+def _key(change: HoldChange) -> StockKey:
     return (change.product_id, change.variant_id)
 
 
 def _move_units(
     uow: UnitOfWork, terms: HoldTerms, changes: list[HoldChange]
-) -> dict[holds.RowKey, str | None]:
+) -> dict[StockKey, str | None]:
     """Take the units of the rows that grow, then give back those of the rows
     that shrink (never refused); returns, per row that grows, why it was
     refused or None."""

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from worker.adapters.rows import Pair
 from worker.adapters.uow_rows import HeldRow
 from worker.domain import ids
 from worker.domain.admission import HoldRequest
@@ -31,7 +32,6 @@ from worker.domain.events import (
     StockSet,
 )
 from worker.domain.model import ExperienceSettings, ReservationStatus
-from worker.engine.base import Pair
 from worker.engine.holds import HoldTerms
 
 

@@ -19,8 +19,7 @@ from typing import NamedTuple
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.admission import HoldRequest
 from worker.domain.model import ExperienceSettings, Strategy
-
-RowKey = tuple[str, str]
+from worker.domain.stock import StockKey
 
 
 class HoldTerms(NamedTuple):
@@ -39,9 +38,9 @@ def take(
     uow: UnitOfWork,
     experience_id: str,
     settings: ExperienceSettings,
-    wanted: dict[RowKey, int],
+    wanted: dict[StockKey, int],
     all_or_nothing: bool,
-) -> dict[RowKey, str | None]:
+) -> dict[StockKey, str | None]:
     """Try to hold `wanted` extra units per row, in key order. Returns, per
     row, None when taken or the reason it was not: POOL_EMPTY,
     INSUFFICIENT_STOCK, or CART_ALL_OR_NOTHING (it had stock but another line
@@ -58,7 +57,7 @@ def take(
 
 
 def _take_row(
-    uow: UnitOfWork, experience_id: str, settings: ExperienceSettings, key: RowKey, units: int
+    uow: UnitOfWork, experience_id: str, settings: ExperienceSettings, key: StockKey, units: int
 ) -> str | None:
     product, variant = key
     pooled = settings.strategy is Strategy.POOL
@@ -74,7 +73,7 @@ def _take_row(
 
 
 def give_back(
-    uow: UnitOfWork, experience_id: str, settings: ExperienceSettings, key: RowKey, units: int
+    uow: UnitOfWork, experience_id: str, settings: ExperienceSettings, key: StockKey, units: int
 ) -> None:
     product, variant = key
     uow.give_back_units(product, variant, units)

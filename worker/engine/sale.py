@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from worker.adapters.rows import Pair
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.adapters.uow_rows import HeldRow, TrackedReservation
 from worker.domain import ids
@@ -18,7 +19,6 @@ from worker.domain.admission import HoldRequest, plan_holds
 from worker.domain.endings import Verdict
 from worker.domain.model import ExperienceSettings, ReservationStatus
 from worker.engine import holds
-from worker.engine.base import Pair
 from worker.engine.events import Events
 from worker.engine.holds import HoldTerms
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from worker.adapters.rows import Pair
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.adapters.uow_rows import HeldRow
 from worker.domain import ids
@@ -22,7 +23,6 @@ from worker.domain.endings import (
     verdicts,
 )
 from worker.domain.model import ExperienceSettings, ReservationStatus
-from worker.engine.base import Pair
 from worker.engine.events import Events
 from worker.engine.sale import sell
 
