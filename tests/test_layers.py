@@ -257,3 +257,37 @@ def test_no_import_cycle(imports: list[Import]) -> None:
 def test_no_module_over_400_lines(modules: dict[str, Path]) -> None:
     found = long_modules(modules)
     assert not found, "modules too long:\n" + "\n".join(found)
+
+
+def readme_layout() -> set[str]:
+    """The modules the README's code layout names, as paths under worker/."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("Code layout (`worker/`)") :]
+    block = section[section.index("```\n") + 4 : section.index("\n```", section.index("```\n"))]
+    named, folder = set(), ""
+    for line in block.splitlines():
+        entry = line.split()[0]
+        if not line.startswith(" "):
+            folder = entry if entry.endswith("/") else ""
+            if not folder:
+                named.add(entry)
+        else:
+            named.add(folder + entry)
+    return named
+
+
+def _only_a_docstring(path: Path) -> bool:
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def test_readme_layout_names_every_module() -> None:
+    """A package's __init__ that only describes the package needs no line."""
+    files = {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__init__.py" or not _only_a_docstring(p)
+    }
+    named = readme_layout()
+    assert sorted(files - named) == [], "modules missing from the README's code layout"
+    assert sorted(named - files) == [], "the README's code layout names modules that do not exist"
