@@ -68,14 +68,7 @@ def on_the_wire(events: Iterable[EventBase]) -> list[Event]:
 def engine_rows(uow: UnitOfWork) -> Rows:
     return {
         "experiences": {
-            k: (
-                uow.experiences[k].strategy.value,
-                uow.experiences[k].window_seconds,
-                uow.experiences[k].buffer_seconds,
-                uow.experiences[k].pool_size,
-                uow.experiences[k].multi_item_policy.value,
-                at,
-            )
+            k: (*tables.experience_values(uow.experiences[k]), at)
             for k, at in uow.experiences_dirty.items()
         },
         "stock": {k: (r.on_hand, r.reserved, r.sold) for k, r in uow.stock.items()},
@@ -162,14 +155,7 @@ class Tables:
     def rows(self) -> Rows:
         return {
             "experiences": {
-                k: (
-                    e.strategy,
-                    e.window_seconds,
-                    e.buffer_seconds,
-                    e.pool_size,
-                    e.multi_item_policy,
-                    e.updated_at,
-                )
+                k: (*tables.experience_values(e.settings), e.updated_at)
                 for k, e in self.experiences.items()
             },
             "stock": {k: tuple(v) for k, v in self.stock.items()},

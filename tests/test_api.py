@@ -331,6 +331,11 @@ async def test_configure_an_experience(api: Api) -> None:
         "bufferSeconds": 30,
         "poolSize": 25,
         "multiItemPolicy": "all_or_nothing",
+        "extensionSeconds": 0,
+        "maxExtensions": 0,
+        "retryWindowSeconds": 0,
+        "onComplete": "convert_ordered",
+        "pools": [],
     }
 
     no_pool = await api.put(f"/v1/experiences/{experience}", {"strategy": "pool"})

@@ -22,8 +22,8 @@ from worker.adapters.store import Conn
 class BatchChanges:
     """A unit of work's changes since its last take, as column values."""
 
-    # (experience_id, strategy, window, buffer, pool_size, policy, updated_at)
-    experiences: list[tuple[Any, ...]] = field(default_factory=list)
+    # (experience_id, rows.experience_values of its settings, updated_at)
+    experiences: list[tuple[str, tuple[Any, ...], datetime]] = field(default_factory=list)
     # (product_id, variant_id, on_hand, reserved, sold, updated_at or None)
     stock: list[tuple[str, str, int, int, int, datetime | None]] = field(default_factory=list)
     # (experience_id, consumer_id, items as JSON text, updated_at)

@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from worker.adapters import rows as tables
 from worker.adapters.store import Conn
 from worker.domain.checkout import Hold
 from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus
@@ -73,11 +74,10 @@ async def stock_counters(db: Reader, product_id: str, variant_id: str) -> StockC
 async def experience_settings(db: Reader, experience_id: str) -> ExperienceSettings | None:
     """The experience's configuration; None when it was never configured."""
     row = await db.fetchrow(
-        """SELECT strategy, window_seconds, buffer_seconds, pool_size, multi_item_policy
-           FROM experiences WHERE experience_id = $1""",
+        f"SELECT {tables.SELECT_EXPERIENCE_SETTINGS} FROM experiences WHERE experience_id = $1",
         experience_id,
     )
-    return None if row is None else ExperienceSettings.model_validate(dict(row))
+    return None if row is None else tables.experience_settings(row)
 
 
 async def stored_cart(db: Reader, experience_id: str, consumer_id: str) -> StoredCart | None:

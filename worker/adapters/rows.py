@@ -11,7 +11,10 @@ from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from worker.adapters.store import Conn
+from worker.domain.model import ExperienceSettings
 
 # A consumer in an experience: (experience_id, consumer_id).
 Pair = tuple[str, str]
@@ -249,33 +252,62 @@ async def update_reservation_ends(conn: Conn, ends: Sequence[tuple[Any, ...]]) -
     )
 
 
+# The experiences table's setting columns, named as the settings model's
+# fields, with their SQL types: the one list the load, the flush, the API's
+# read, the replay sink and the diff take their columns from.
+EXPERIENCE_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("strategy", "text"),
+    ("window_seconds", "int"),
+    ("buffer_seconds", "int"),
+    ("pool_size", "int"),
+    ("multi_item_policy", "text"),
+    ("extension_seconds", "int"),
+    ("max_extensions", "int"),
+    ("retry_window_seconds", "int"),
+    ("on_complete", "text"),
+    ("pools", "jsonb"),
+)
+EXPERIENCE_COLUMNS = tuple(name for name, _ in EXPERIENCE_SETTINGS)
+# jsonb is read as text: the settings model parses it.
+SELECT_EXPERIENCE_SETTINGS = ", ".join(
+    f"{name}::text AS {name}" if kind == "jsonb" else name for name, kind in EXPERIENCE_SETTINGS
+)
+
+
+def experience_values(settings: ExperienceSettings) -> tuple[Any, ...]:
+    """The settings as the experiences table's column values, in order."""
+    data = settings.model_dump(mode="json", by_alias=False)
+    return tuple(
+        orjson.dumps(data[name]).decode() if kind == "jsonb" else data[name]
+        for name, kind in EXPERIENCE_SETTINGS
+    )
+
+
+def experience_settings(record: Any) -> ExperienceSettings:
+    """The settings from an experiences record read with SELECT_EXPERIENCE_SETTINGS."""
+    return ExperienceSettings.model_validate(
+        {
+            name: orjson.loads(record[name]) if kind == "jsonb" else record[name]
+            for name, kind in EXPERIENCE_SETTINGS
+        }
+    )
+
+
 async def upsert_experiences(
-    conn: Conn,
-    ids: list[str],
-    strategies: list[str],
-    windows: list[int],
-    buffers: list[int],
-    pools: list[int | None],
-    policies: list[str],
-    updated_at: list[Any],
+    conn: Conn, ids: list[str], values: Sequence[tuple[Any, ...]], updated_at: list[Any]
 ) -> None:
-    """Experience settings, one array per column, in key order."""
+    """Experience settings (experience_values of each), in key order."""
     if not ids:
         return
+    names = ", ".join(EXPERIENCE_COLUMNS)
+    arrays = ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(EXPERIENCE_SETTINGS, 2))
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in EXPERIENCE_COLUMNS)
+    last = len(EXPERIENCE_SETTINGS) + 2
     await conn.execute(
-        """INSERT INTO experiences (experience_id, strategy, window_seconds, buffer_seconds,
-               pool_size, multi_item_policy, updated_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[],
-                                $6::text[], $7::timestamptz[])
-           ON CONFLICT (experience_id) DO UPDATE SET strategy = EXCLUDED.strategy,
-               window_seconds = EXCLUDED.window_seconds, buffer_seconds = EXCLUDED.buffer_seconds,
-               pool_size = EXCLUDED.pool_size, multi_item_policy = EXCLUDED.multi_item_policy,
-               updated_at = EXCLUDED.updated_at""",
+        f"""INSERT INTO experiences (experience_id, {names}, updated_at)
+           SELECT * FROM unnest($1::text[], {arrays}, ${last}::timestamptz[])
+           ON CONFLICT (experience_id) DO UPDATE SET {updates}, updated_at = EXCLUDED.updated_at""",
         ids,
-        strategies,
-        windows,
-        buffers,
-        pools,
-        policies,
+        *(tuple_columns(values) if values else [[] for _ in EXPERIENCE_SETTINGS]),
         updated_at,
     )

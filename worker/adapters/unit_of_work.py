@@ -29,7 +29,7 @@ from worker.adapters.uow_rows import (
 )
 from worker.domain.endings import AdmissionState, AdmissionStatus, Fact, Verdict, Visit
 from worker.domain.events import EventBase
-from worker.domain.model import CartLine, ExperienceSettings, MultiItemPolicy
+from worker.domain.model import CartLine, ExperienceSettings, Strategy
 
 # An admission's recorded end that is not a fact of its own: it is open, or
 # its end is the next admission.
@@ -145,20 +145,16 @@ class UnitOfWork(BatchHolds):
 
     def admission_settings(self, grant_digest: str) -> ExperienceSettings | None:
         """The settings an admission was taken under (strategy and window
-        stored on it), with the experience's current pool size and policy."""
+        stored on it), with the experience's current other settings."""
         row = self.admissions.get(grant_digest)
         if row is None:
             return None
-        current = self.experiences.get(row.experience_id)
-        return ExperienceSettings.model_validate(
-            {
-                "strategy": row.strategy,
+        current = self.experiences.get(row.experience_id) or ExperienceSettings()
+        return current.model_copy(
+            update={
+                "strategy": Strategy(row.strategy),
                 "window_seconds": row.window_seconds,
                 "buffer_seconds": row.buffer_seconds,
-                "pool_size": current.pool_size if current else None,
-                "multi_item_policy": current.multi_item_policy
-                if current
-                else MultiItemPolicy.PARTIAL,
             }
         )
 

@@ -44,17 +44,9 @@ async def flush(uow: UnitOfWork, conn: Conn) -> None:
     await take_changes(uow).write(conn)
 
 
-def _experiences(uow: UnitOfWork) -> list[tuple[Any, ...]]:
+def _experiences(uow: UnitOfWork) -> list[tuple[str, tuple[Any, ...], datetime]]:
     taken = [
-        (
-            i,
-            (s := uow.experiences[i]).strategy.value,
-            s.window_seconds,
-            s.buffer_seconds,
-            s.pool_size,
-            s.multi_item_policy.value,
-            uow.experiences_dirty[i],
-        )
+        (i, tables.experience_values(uow.experiences[i]), uow.experiences_dirty[i])
         for i in sorted(uow.experiences_dirty)
     ]
     uow.experiences_dirty = {}

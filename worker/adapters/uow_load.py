@@ -41,7 +41,6 @@ from worker.domain.commands import (
     SetStock,
 )
 from worker.domain.endings import AdmissionStatus
-from worker.domain.model import ExperienceSettings
 from worker.domain.stock import StockKey
 
 
@@ -125,15 +124,13 @@ def _unzip(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
 async def _experiences(uow: UnitOfWork, conn: Conn, experiences: set[str]) -> None:
     if not experiences:
         return
-    rows = await conn.fetch(
-        """SELECT experience_id, strategy, window_seconds, buffer_seconds, pool_size,
-                  multi_item_policy FROM experiences WHERE experience_id = ANY($1::text[])""",
+    records = await conn.fetch(
+        f"""SELECT experience_id, {tables.SELECT_EXPERIENCE_SETTINGS}
+            FROM experiences WHERE experience_id = ANY($1::text[])""",
         list(experiences),
     )
-    for r in rows:
-        data = dict(r)
-        experience_id = data.pop("experience_id")
-        uow.experiences[experience_id] = ExperienceSettings.model_validate(data)
+    for r in records:
+        uow.experiences[r["experience_id"]] = tables.experience_settings(r)
 
 
 async def _admissions(uow: UnitOfWork, conn: Conn, fp: Footprint) -> None:

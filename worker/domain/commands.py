@@ -15,7 +15,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field, TypeAdapter, model_validator
 
 from worker.domain.base import WireModel
-from worker.domain.model import CartLine, Identifier, MultiItemPolicy, Strategy
+from worker.domain.model import CartLine, ExperienceSettings, Identifier, Strategy
 
 GrantDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -82,15 +82,10 @@ class SetStock(CommandBase):
         return self.product_id
 
 
-class ConfigureExperience(ExperienceCommand):
-    """Strategy and window of an experience; applies to admissions after it."""
+class ConfigureExperience(ExperienceCommand, ExperienceSettings):
+    """An experience's settings; they apply to admissions after it."""
 
     type: Literal["experience.configure"] = "experience.configure"
-    strategy: Strategy = Strategy.SOFT
-    window_seconds: int = Field(default=600, ge=1, le=86_400)
-    buffer_seconds: int = Field(default=60, ge=0, le=86_400)
-    pool_size: int | None = Field(default=None, ge=0, le=1_000_000_000)
-    multi_item_policy: MultiItemPolicy = MultiItemPolicy.PARTIAL
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ConfigureExperience:

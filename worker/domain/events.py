@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, TypeAdapter
+from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter
 
 from worker.domain.base import WireModel
-from worker.domain.model import CartLine, MultiItemPolicy, ReservationStatus, Strategy
+from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus, Strategy
 
 
 class EventBase(WireModel):
@@ -175,13 +175,11 @@ class CheckoutRejected(ExperienceEvent):
     message: str
 
 
-class ExperienceConfigured(ExperienceEvent):
+class ExperienceConfigured(ExperienceEvent, ExperienceSettings):
+    # Every setting is on the wire, whatever its default: subscribers may rely on it.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     type: Literal["experience.configured"] = "experience.configured"
-    strategy: Strategy
-    window_seconds: int
-    buffer_seconds: int
-    pool_size: int | None
-    multi_item_policy: MultiItemPolicy
 
 
 class CartUpdated(ExperienceEvent):

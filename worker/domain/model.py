@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from worker.domain.base import WireModel
 from worker.domain.stock import StockKey
@@ -53,15 +53,57 @@ class CartLine(ProductRef):
     quantity: Quantity
 
 
+class OnComplete(StrEnum):
+    """What a checkout completion that names its lines converts."""
+
+    CONVERT_ORDERED = "convert_ordered"  # the ordered quantities; the rest goes back
+    CONVERT_ALL = "convert_all"  # every active hold of the admission
+
+
+class ProductPool(ProductRef):
+    """A pool's size for one product of a pool experience."""
+
+    size: int = Field(ge=0, le=1_000_000_000)
+
+
 class ExperienceSettings(WireModel):
+    """How an experience holds stock. Every field has a default, so a message
+    written before a setting existed still reads; the experiences table has
+    one column per field (worker.adapters.rows.EXPERIENCE_SETTINGS)."""
+
     strategy: Strategy = Strategy.SOFT
     window_seconds: int = Field(default=600, ge=1, le=86_400)
     buffer_seconds: int = Field(default=60, ge=0, le=86_400)
-    pool_size: int | None = Field(default=None, ge=0)
+    pool_size: int | None = Field(default=None, ge=0, le=1_000_000_000)
     multi_item_policy: MultiItemPolicy = MultiItemPolicy.PARTIAL
+    extension_seconds: int = Field(default=0, ge=0, le=86_400)
+    max_extensions: int = Field(default=0, ge=0, le=100)
+    retry_window_seconds: int = Field(default=0, ge=0, le=86_400)
+    on_complete: OnComplete = OnComplete.CONVERT_ORDERED
+    pools: tuple[ProductPool, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_pool_per_product(self) -> ExperienceSettings:
+        keys = [(p.product_id, p.variant_column) for p in self.pools]
+        if len(keys) != len(set(keys)):
+            raise ValueError("pools lists a product (and variant) more than once")
+        return self
 
     def expires_at(self, admitted_at: datetime) -> datetime:
         return admitted_at + timedelta(seconds=self.window_seconds + self.buffer_seconds)
+
+    def settings(self) -> ExperienceSettings:
+        """Only the settings, of a message that carries them among other fields."""
+        return ExperienceSettings.model_validate(
+            self.model_dump(include=set(ExperienceSettings.model_fields))
+        )
+
+    def pool_size_of(self, product_id: str, variant_id: str) -> int | None:
+        """The pool size of one product: its own pool if listed, else poolSize."""
+        for pool in self.pools:
+            if pool.product_id == product_id and pool.variant_column == variant_id:
+                return pool.size
+        return self.pool_size
 
 
 def sum_lines(lines: list[CartLine]) -> dict[StockKey, int]:

@@ -274,10 +274,6 @@ class Events:
             ExperienceConfigured(
                 **self.common(),
                 experience_id=experience_id,
-                strategy=settings.strategy,
-                window_seconds=settings.window_seconds,
-                buffer_seconds=settings.buffer_seconds,
-                pool_size=settings.pool_size,
-                multi_item_policy=settings.multi_item_policy,
+                **dict(settings),
             )
         )

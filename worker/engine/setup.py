@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import ConfigureExperience, SetStock
-from worker.domain.model import ExperienceSettings
 from worker.engine.base import Applied
 from worker.engine.events import Events
 
@@ -31,13 +30,7 @@ def set_stock(uow: UnitOfWork, cmd: SetStock) -> Applied:
 
 def configure_experience(uow: UnitOfWork, cmd: ConfigureExperience) -> Applied:
     events = Events(cmd)
-    settings = ExperienceSettings(
-        strategy=cmd.strategy,
-        window_seconds=cmd.window_seconds,
-        buffer_seconds=cmd.buffer_seconds,
-        pool_size=cmd.pool_size,
-        multi_item_policy=cmd.multi_item_policy,
-    )
+    settings = cmd.settings()
     uow.upsert_experience(cmd.experience_id, settings, cmd.occurred_at)
     events.experience_configured(cmd.experience_id, settings)
     return Applied(

@@ -46,14 +46,7 @@ FACT_TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "experiences",
         ("experience_id",),
-        (
-            "strategy",
-            "window_seconds",
-            "buffer_seconds",
-            "pool_size",
-            "multi_item_policy",
-            "updated_at",
-        ),
+        (*tables.EXPERIENCE_COLUMNS, "updated_at"),
     ),
     TableSpec("stock", ("product_id", "variant_id"), ("on_hand", "reserved", "sold"), (), None),
     TableSpec(

@@ -37,7 +37,7 @@ from worker.domain.events import (
     ReservationRejected,
     StockSet,
 )
-from worker.domain.model import CartLine, ReservationStatus, Strategy
+from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus, Strategy
 from worker.domain.stock import PoolKey, StockKey
 
 # Rejections after which the engine had taken a pool unit and given it back:
@@ -50,11 +50,7 @@ _CART_ITEMS: TypeAdapter[list[CartLine]] = TypeAdapter(list[CartLine])
 
 @dataclass
 class ExperienceRow:
-    strategy: str
-    window_seconds: int
-    buffer_seconds: int
-    pool_size: int | None
-    multi_item_policy: str
+    settings: ExperienceSettings
     updated_at: datetime
 
 
@@ -201,12 +197,7 @@ class _Fold:
 
     def _configured(self, e: ExperienceConfigured) -> None:
         self.changes.experiences[e.experience_id] = ExperienceRow(
-            strategy=e.strategy.value,
-            window_seconds=e.window_seconds,
-            buffer_seconds=e.buffer_seconds,
-            pool_size=e.pool_size,
-            multi_item_policy=e.multi_item_policy.value,
-            updated_at=e.occurred_at,
+            e.settings(), updated_at=e.occurred_at
         )
 
     def _stock_set(self, e: StockSet) -> None:

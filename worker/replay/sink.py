@@ -206,9 +206,8 @@ async def _experiences(conn: Conn, c: FoldChanges) -> None:
     await tables.upsert_experiences(
         conn,
         ids,
-        *tables.columns(
-            rows, "strategy window_seconds buffer_seconds pool_size multi_item_policy updated_at"
-        ),
+        [tables.experience_values(r.settings) for r in rows],
+        [r.updated_at for r in rows],
     )
 
 

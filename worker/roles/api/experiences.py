@@ -10,7 +10,14 @@ from pydantic import Field, model_validator
 
 from worker.adapters import queries
 from worker.domain.commands import ConfigureExperience
-from worker.domain.model import ExperienceSettings, Identifier, MultiItemPolicy, Strategy
+from worker.domain.model import (
+    ExperienceSettings,
+    Identifier,
+    MultiItemPolicy,
+    OnComplete,
+    ProductPool,
+    Strategy,
+)
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
 from worker.roles.api.models import ApiBody, ApiOut, ApiParams
@@ -45,6 +52,26 @@ class ExperienceConfig(ApiBody):
         default=MultiItemPolicy.PARTIAL,
         description="partial: hold each line that has stock; all_or_nothing: every line or none",
     )
+    extension_seconds: int = Field(
+        default=0, ge=0, le=86_400, description="How far one extend moves a hold; 0: no extending"
+    )
+    max_extensions: int = Field(
+        default=0, ge=0, le=100, description="How many times an admission's holds may be extended"
+    )
+    retry_window_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=86_400,
+        description="How long after its holds expired an admission may try again; 0: never",
+    )
+    on_complete: OnComplete = Field(
+        default=OnComplete.CONVERT_ORDERED,
+        description="convert_ordered: a completion converts the ordered quantities and "
+        "releases the rest; convert_all: it converts every active hold of the admission",
+    )
+    pools: tuple[ProductPool, ...] = Field(
+        default=(), description="Pool sizes per product (pool strategy); poolSize for the rest"
+    )
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ExperienceConfig:
@@ -65,6 +92,11 @@ class ExperienceConfiguredOutcome(ApiOut):
     buffer_seconds: int
     pool_size: int | None
     multi_item_policy: MultiItemPolicy
+    extension_seconds: int
+    max_extensions: int
+    retry_window_seconds: int
+    on_complete: OnComplete
+    pools: tuple[ProductPool, ...]
 
 
 class ExperienceView(ApiOut):
@@ -75,6 +107,11 @@ class ExperienceView(ApiOut):
     buffer_seconds: int
     pool_size: int | None
     multi_item_policy: MultiItemPolicy
+    extension_seconds: int
+    max_extensions: int
+    retry_window_seconds: int
+    on_complete: OnComplete
+    pools: tuple[ProductPool, ...]
 
 
 async def put_experience(request: web.Request) -> web.Response:
@@ -84,16 +121,14 @@ async def put_experience(request: web.Request) -> web.Response:
     common, idempotent = envelope(request)
     command = ConfigureExperience(
         **common,
+        **body.model_dump(exclude={"window_seconds", "buffer_seconds"}),
         experience_id=path.experience_id,
-        strategy=body.strategy,
         window_seconds=body.window_seconds or settings.reservation_window_seconds,
         buffer_seconds=(
             body.buffer_seconds
             if body.buffer_seconds is not None
             else settings.reservation_buffer_seconds
         ),
-        pool_size=body.pool_size,
-        multi_item_policy=body.multi_item_policy,
     )
     return await write(request, command, idempotent)
 
@@ -112,11 +147,7 @@ async def get_experience(request: web.Request) -> web.Response:
         ExperienceView(
             experience_id=path.experience_id,
             configured=configured is not None,
-            strategy=effective.strategy,
-            window_seconds=effective.window_seconds,
-            buffer_seconds=effective.buffer_seconds,
-            pool_size=effective.pool_size,
-            multi_item_policy=effective.multi_item_policy,
+            **dict(effective),
         )
     )
 
