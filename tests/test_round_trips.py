@@ -133,5 +133,5 @@ async def test_a_batch_of_one_command_loads_no_more(
 ) -> None:
     async with engine_db.acquire() as conn, conn.transaction():
         counting = Counting(conn)
-        await UnitOfWork().load(counting, [command])  # type: ignore[arg-type]
+        await uow_load.load(UnitOfWork(), counting, [command])  # type: ignore[arg-type]
         assert 0 < counting.statements <= LOAD_STATEMENTS
