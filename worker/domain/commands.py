@@ -15,7 +15,13 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field, TypeAdapter, model_validator
 
 from worker.domain.base import WireModel
-from worker.domain.model import CartLine, Identifier, MultiItemPolicy, Strategy
+from worker.domain.model import (
+    CartLine,
+    Identifier,
+    MultiItemPolicy,
+    Strategy,
+    check_pool_size,
+)
 
 GrantDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -94,8 +100,7 @@ class ConfigureExperience(ExperienceCommand):
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ConfigureExperience:
-        if self.strategy is Strategy.POOL and self.pool_size is None:
-            raise ValueError("poolSize is required for the pool strategy")
+        check_pool_size(self.strategy, self.pool_size)
         return self
 
 

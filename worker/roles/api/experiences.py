@@ -10,7 +10,13 @@ from pydantic import Field, model_validator
 
 from worker.adapters import queries
 from worker.domain.commands import ConfigureExperience
-from worker.domain.model import ExperienceSettings, Identifier, MultiItemPolicy, Strategy
+from worker.domain.model import (
+    ExperienceSettings,
+    Identifier,
+    MultiItemPolicy,
+    Strategy,
+    check_pool_size,
+)
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
 from worker.roles.api.models import ApiBody, ApiOut, ApiParams
@@ -48,8 +54,7 @@ class ExperienceConfig(ApiBody):
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ExperienceConfig:
-        if self.strategy is Strategy.POOL and self.pool_size is None:
-            raise ValueError("poolSize is required for the pool strategy")
+        check_pool_size(self.strategy, self.pool_size)
         return self
 
 
