@@ -172,64 +172,13 @@ def build_document(
     """The OpenAPI 3.1 document of `operations`. `error_model` is the body of
     the answers every operation of a kind may give: 401 when secured, 413
     when it takes a body."""
-    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(error_model, "serialization")]
-    for op in operations:
-        if op.body is not None:
-            wanted.append((op.body, "validation"))
-        wanted.extend((r.model, "serialization") for r in op.replies if r.model is not None)
-    unique = list(dict.fromkeys(wanted))
-    refs, defs = models_json_schema(unique, ref_template=REF_TEMPLATE, schema_generator=_Generator)
-
+    refs, defs = _schemas(operations, error_model)
     paths: dict[str, JsonObject] = {}
     for op in operations:
         method = op.method.lower()
         if method in paths.get(op.path, {}):
             raise ContractError(f"{op.method} {op.path} is in the table twice")
-        parameters: list[JsonObject] = []
-        if op.path_model is not None:
-            parameters += _parameters(op.path_model, "path")
-        if op.query_model is not None:
-            parameters += _parameters(op.query_model, "query")
-        if op.idempotency_key:
-            parameters.append(IDEMPOTENCY_KEY_PARAMETER)
-        declared = {p["name"] for p in parameters if p["in"] == "path"}
-        in_template = {part[1:-1] for part in op.path.split("/") if part.startswith("{")}
-        if declared != in_template:
-            raise ContractError(f"{op.path}: path parameters {sorted(declared)} do not match")
-
-        replies = list(op.replies)
-        if op.secured:
-            replies.append(
-                Reply(
-                    401,
-                    "No valid `Authorization: Bearer <key>` (UNAUTHORIZED)",
-                    error_model,
-                    headers=("WWW-Authenticate",),
-                )
-            )
-        if op.body is not None:
-            replies.append(
-                Reply(413, "Body larger than MAX_BODY_BYTES (BODY_TOO_LARGE)", error_model)
-            )
-        operation: JsonObject = {
-            "operationId": op.operation_id,
-            "summary": op.summary,
-            "tags": [op.tag],
-            "responses": responses(replies, refs),
-        }
-        if op.description:
-            operation["description"] = op.description
-        if parameters:
-            operation["parameters"] = parameters
-        if op.body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
-            }
-        if not op.secured:
-            operation["security"] = []
-        paths.setdefault(op.path, {})[method] = operation
-
+        paths.setdefault(op.path, {})[method] = _operation(op, refs, error_model)
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": JSON_SCHEMA_DIALECT,
@@ -248,6 +197,80 @@ def build_document(
             },
         },
     }
+
+
+# A model's schema reference, by model and mode (from models_json_schema).
+Refs = Mapping[tuple[Any, JsonSchemaMode], JsonObject]
+
+
+def _schemas(
+    operations: Sequence[Operation], error_model: type[BaseModel]
+) -> tuple[Refs, JsonObject]:
+    """Every model the operations name, each once: its reference, and the
+    definitions they point into."""
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(error_model, "serialization")]
+    for op in operations:
+        if op.body is not None:
+            wanted.append((op.body, "validation"))
+        wanted.extend((r.model, "serialization") for r in op.replies if r.model is not None)
+    unique = list(dict.fromkeys(wanted))
+    return models_json_schema(unique, ref_template=REF_TEMPLATE, schema_generator=_Generator)
+
+
+def _operation(op: Operation, refs: Refs, error_model: type[BaseModel]) -> JsonObject:
+    parameters = _operation_parameters(op)
+    operation: JsonObject = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "responses": responses(_replies(op, error_model), refs),
+    }
+    if op.description:
+        operation["description"] = op.description
+    if parameters:
+        operation["parameters"] = parameters
+    if op.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+        }
+    if not op.secured:
+        operation["security"] = []
+    return operation
+
+
+def _operation_parameters(op: Operation) -> list[JsonObject]:
+    """Its path, query and header parameters; the path's must be the ones
+    its template names."""
+    parameters: list[JsonObject] = []
+    if op.path_model is not None:
+        parameters += _parameters(op.path_model, "path")
+    if op.query_model is not None:
+        parameters += _parameters(op.query_model, "query")
+    if op.idempotency_key:
+        parameters.append(IDEMPOTENCY_KEY_PARAMETER)
+    declared = {p["name"] for p in parameters if p["in"] == "path"}
+    in_template = {part[1:-1] for part in op.path.split("/") if part.startswith("{")}
+    if declared != in_template:
+        raise ContractError(f"{op.path}: path parameters {sorted(declared)} do not match")
+    return parameters
+
+
+def _replies(op: Operation, error_model: type[BaseModel]) -> list[Reply]:
+    """Its own replies, and those every operation of its kind may give."""
+    replies = list(op.replies)
+    if op.secured:
+        replies.append(
+            Reply(
+                401,
+                "No valid `Authorization: Bearer <key>` (UNAUTHORIZED)",
+                error_model,
+                headers=("WWW-Authenticate",),
+            )
+        )
+    if op.body is not None:
+        replies.append(Reply(413, "Body larger than MAX_BODY_BYTES (BODY_TOO_LARGE)", error_model))
+    return replies
 
 
 def render_json(document: JsonObject) -> str:

@@ -16,7 +16,7 @@ from worker.config import Settings
 from worker.logs import get_logger
 from worker.roles.api import build_api
 from worker.roles.consumer import CommandConsumer
-from worker.roles.ops import build_ops_app, database_ready, kafka_ready
+from worker.roles.ops import ReadinessCheck, build_ops_app, database_ready, kafka_ready
 from worker.roles.receiver.app import build_app
 from worker.roles.relay import OutboxRelay
 from worker.roles.scheduler import ExpiryScheduler
@@ -82,51 +82,65 @@ async def run_roles(settings: Settings, roles: tuple[str, ...], stop: asyncio.Ev
         }
         tasks: list[Awaitable[None]] = []
         if "receiver" in roles:
-            topics = [settings.commands_topic]
-            if settings.forward_unknown_events_topic:
-                topics.append(settings.forward_unknown_events_topic)
-            app = build_app(
-                settings,
-                producer,
-                readiness={**readiness, "kafka": kafka_ready(producer, topics)},
-                producer_factory=lambda: kafka.durable_producer(settings),
-            )
-            tasks.append(
-                _serve_http(
-                    app,
-                    settings.listen_host,
-                    settings.listen_port,
-                    stop,
-                    settings.http_idle_timeout_seconds,
-                )
-            )
+            tasks.append(_receiver(settings, producer, readiness, stop))
         if {"api", "consumer", "relay", "scheduler"} & set(roles):
             pool = await stack.enter_async_context(started_pool(settings))
-            if "api" in roles:
-                api = build_api(settings, producer, pool)
-                tasks.append(
-                    _serve_http(
-                        api,
-                        settings.api_host,
-                        settings.api_port,
-                        stop,
-                        settings.http_idle_timeout_seconds,
-                    )
-                )
-            if "consumer" in roles:
-                consumer = CommandConsumer(
-                    settings, pool, producers, lambda: kafka.command_consumer(settings)
-                )
-                tasks.append(consumer.run(stop))
-            if "relay" in roles:
-                tasks.append(OutboxRelay(settings, pool, producers).run(stop))
-            if "scheduler" in roles:
-                tasks.append(ExpiryScheduler(settings, pool, producers).run(stop))
+            tasks += _database_roles(settings, roles, pool, producer, producers, stop)
         if not {"receiver", "api"} & set(roles) and settings.ops_port:
             ops = build_ops_app(readiness)
             tasks.append(_serve_http(ops, settings.ops_host, settings.ops_port, stop))
         log.info("roles_started", roles=list(roles))
         await _until_first_failure(tasks, stop)
+
+
+def _receiver(
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    readiness: dict[str, ReadinessCheck],
+    stop: asyncio.Event,
+) -> Awaitable[None]:
+    """The webhook receiver, ready when every topic it writes to is."""
+    topics = [settings.commands_topic]
+    if settings.forward_unknown_events_topic:
+        topics.append(settings.forward_unknown_events_topic)
+    app = build_app(
+        settings,
+        producer,
+        readiness={**readiness, "kafka": kafka_ready(producer, topics)},
+        producer_factory=lambda: kafka.durable_producer(settings),
+    )
+    return _serve_http(
+        app, settings.listen_host, settings.listen_port, stop, settings.http_idle_timeout_seconds
+    )
+
+
+def _database_roles(
+    settings: Settings,
+    roles: tuple[str, ...],
+    pool: asyncpg.Pool,
+    producer: AIOKafkaProducer,
+    producers: kafka_sender.ProducerSlot,
+    stop: asyncio.Event,
+) -> list[Awaitable[None]]:
+    """The chosen roles that work against the database, sharing its pool."""
+    tasks: list[Awaitable[None]] = []
+    if "api" in roles:
+        api = build_api(settings, producer, pool)
+        tasks.append(
+            _serve_http(
+                api, settings.api_host, settings.api_port, stop, settings.http_idle_timeout_seconds
+            )
+        )
+    if "consumer" in roles:
+        consumer = CommandConsumer(
+            settings, pool, producers, lambda: kafka.command_consumer(settings)
+        )
+        tasks.append(consumer.run(stop))
+    if "relay" in roles:
+        tasks.append(OutboxRelay(settings, pool, producers).run(stop))
+    if "scheduler" in roles:
+        tasks.append(ExpiryScheduler(settings, pool, producers).run(stop))
+    return tasks
 
 
 async def _until_first_failure(tasks: list[Awaitable[None]], stop: asyncio.Event) -> None:

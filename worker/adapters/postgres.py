@@ -54,41 +54,54 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
 async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply pending migrations in order; returns the names applied now."""
     conn: asyncpg.Connection = await asyncpg.connect(dsn)
-    applied_now: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
-            await conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       name TEXT PRIMARY KEY,
-                       checksum TEXT NOT NULL,
-                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
-            )
-            done = {
-                r["name"]: r["checksum"]
-                for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")
-            }
-            for path in migration_files(sql_dir):
-                text = path.read_text()
-                checksum = hashlib.sha256(text.encode()).hexdigest()
-                if path.name in done:
-                    if done[path.name] != checksum:
-                        raise RuntimeError(
-                            f"migration {path.name} changed after it was applied; "
-                            "add a new migration instead"
-                        )
-                    continue
-                async with conn.transaction():
-                    await conn.execute(text)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
-                        path.name,
-                        checksum,
-                    )
-                applied_now.append(path.name)
-                log.info("migration_applied", migration=path.name)
+            done = await _applied_migrations(conn)
+            return await _apply_pending(conn, sql_dir, done)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     finally:
         await conn.close()
+
+
+async def _applied_migrations(conn: asyncpg.Connection) -> dict[str, str]:
+    """The migrations applied before, by name, with their checksums."""
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               name TEXT PRIMARY KEY,
+               checksum TEXT NOT NULL,
+               applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+    )
+    return {
+        r["name"]: r["checksum"]
+        for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")
+    }
+
+
+async def _apply_pending(
+    conn: asyncpg.Connection, sql_dir: Path, done: dict[str, str]
+) -> list[str]:
+    """Each migration not applied yet, in its own transaction; one applied
+    before must be unchanged."""
+    applied_now: list[str] = []
+    for path in migration_files(sql_dir):
+        text = path.read_text()
+        checksum = hashlib.sha256(text.encode()).hexdigest()
+        if path.name in done:
+            if done[path.name] != checksum:
+                raise RuntimeError(
+                    f"migration {path.name} changed after it was applied; "
+                    "add a new migration instead"
+                )
+            continue
+        async with conn.transaction():
+            await conn.execute(text)
+            await conn.execute(
+                "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
+                path.name,
+                checksum,
+            )
+        applied_now.append(path.name)
+        log.info("migration_applied", migration=path.name)
     return applied_now

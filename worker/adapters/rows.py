@@ -5,7 +5,7 @@ which must write exactly the same rows."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from operator import attrgetter
 from typing import Any
@@ -128,6 +128,21 @@ def ending_rows(records: Iterable[Any]) -> list[EndingRow]:
     ]
 
 
+def _field(column: str) -> str:
+    """The row types' attribute for a column: the grant digest is stored as
+    `admission_grant`."""
+    return "grant_digest" if column == "admission_grant" else column
+
+
+def _in_field_order(row_type: type, columns: list[str]) -> list[str]:
+    """`columns` in the order of `row_type`'s fields, so that a row is built
+    from a record positionally (it is, per row loaded, on the hot path)."""
+    by_field = {_field(c): c for c in columns}
+    return [by_field[f.name] for f in fields(row_type)]
+
+
+# Each table's columns in COPY order (the records' order), and in the order
+# of its row type's fields (a record read into a row).
 ADMISSION_COLUMNS = [
     "admission_grant",
     "experience_id",
@@ -143,9 +158,8 @@ ADMISSION_COLUMNS = [
     "end_reason",
     "order_id",
 ]
-_ADMISSION_VALUES = attrgetter(
-    "grant_digest", *[c for c in ADMISSION_COLUMNS if c != "admission_grant"]
-)
+_ADMISSION_VALUES = attrgetter(*map(_field, ADMISSION_COLUMNS))
+ADMISSION_COLUMNS_BY_FIELD = _in_field_order(AdmissionRow, ADMISSION_COLUMNS)
 
 RESERVATION_COLUMNS = [
     "id",
@@ -166,9 +180,8 @@ RESERVATION_COLUMNS = [
     "window_seconds",
     "buffer_seconds",
 ]
-_RESERVATION_VALUES = attrgetter(
-    *["grant_digest" if c == "admission_grant" else c for c in RESERVATION_COLUMNS]
-)
+_RESERVATION_VALUES = attrgetter(*map(_field, RESERVATION_COLUMNS))
+RESERVATION_COLUMNS_BY_FIELD = _in_field_order(ReservationRow, RESERVATION_COLUMNS)
 
 
 def admission_records(rows: Iterable[AdmissionRow]) -> list[tuple[Any, ...]]:

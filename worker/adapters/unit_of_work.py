@@ -236,35 +236,14 @@ class UnitOfWork(BatchHolds):
         rows = self.endings.get(pair)
         if not rows and not ended:
             return []
-        kept = [
-            Fact(
-                e.command_id,
-                e.grant_digest,
-                AdmissionStatus(e.outcome),
-                e.reason,
-                e.ended_at,
-                e.order_id,
-            )
-            for e in rows or ()
-        ]
+        kept = [_kept_fact(e) for e in rows or ()]
         known = {(f.grant_digest, f.reason, f.at) for f in kept}
-        for a in ended:
-            assert a.end_reason is not None
-            assert a.ended_at is not None
-            if (None, a.end_reason, a.ended_at) in known:
-                continue
-            if (a.grant_digest, a.end_reason, a.ended_at) in known:
-                continue
-            kept.append(
-                Fact(
-                    None,
-                    a.grant_digest,
-                    AdmissionStatus(a.status),
-                    a.end_reason,
-                    a.ended_at,
-                    a.order_id,
-                )
-            )
+        recorded = map(_recorded_end, ended)
+        kept += [
+            f
+            for f in recorded
+            if (None, f.reason, f.at) not in known and (f.grant_digest, f.reason, f.at) not in known
+        ]
         return kept
 
     # --- inbox and outbox ---------------------------------------------------------------------
@@ -289,3 +268,18 @@ def _state(row: TrackedAdmission | None) -> AdmissionState | None:
     if row is None:
         return None
     return AdmissionState(row.grant_digest, AdmissionStatus(row.status), row.expires_at)
+
+
+def _kept_fact(e: EndingRow) -> Fact:
+    return Fact(
+        e.command_id, e.grant_digest, AdmissionStatus(e.outcome), e.reason, e.ended_at, e.order_id
+    )
+
+
+def _recorded_end(a: TrackedAdmission) -> Fact:
+    """The end an admission was recorded with, as a fact of no command."""
+    assert a.end_reason is not None
+    assert a.ended_at is not None
+    return Fact(
+        None, a.grant_digest, AdmissionStatus(a.status), a.end_reason, a.ended_at, a.order_id
+    )

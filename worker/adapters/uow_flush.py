@@ -5,8 +5,10 @@ the values are written."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 
 import orjson
 
@@ -14,6 +16,7 @@ from worker.adapters import rows as tables
 from worker.adapters.changes import BatchChanges
 from worker.adapters.store import Conn
 from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import TrackedAdmission, TrackedReservation
 from worker.domain.events import encode_event
 
 
@@ -32,8 +35,10 @@ def take_changes(uow: UnitOfWork) -> BatchChanges:
         ],
         inbox=uow.inbox,
     )
-    _admissions(uow, changes)
-    _reservations(uow, changes)
+    admissions, changes.changed_admissions = _taken(uow.admissions.values(), _ADMISSION_END)
+    changes.new_admissions = tables.admission_records(admissions)
+    reservations, changes.changed_reservations = _taken(uow.reservations.values(), _RESERVATION_END)
+    changes.new_reservations = tables.reservation_records(reservations)
     uow.new_endings, uow.outbox, uow.inbox = [], [], []
     uow.new_cart_versions = []
     return changes
@@ -81,23 +86,22 @@ def _pools(uow: UnitOfWork) -> list[tuple[str, str, str, int]]:
     return taken
 
 
-def _admissions(uow: UnitOfWork, changes: BatchChanges) -> None:
-    new = [a for a in uow.admissions.values() if a.new]
-    changes.new_admissions = tables.admission_records(new)
-    for a in uow.admissions.values():
-        if a.dirty and not a.new:
-            changes.changed_admissions.append(
-                (a.grant_digest, a.status, a.ended_at, a.end_reason, a.order_id)
-            )
-        a.new = a.dirty = False
+# What an ended or converted row changes, in its update's order.
+_ADMISSION_END = attrgetter("grant_digest", "status", "ended_at", "end_reason", "order_id")
+_RESERVATION_END = attrgetter("id", "status", "converted_at", "order_id", "ended_at", "end_reason")
+
+_Tracked = TypeVar("_Tracked", TrackedAdmission, TrackedReservation)
 
 
-def _reservations(uow: UnitOfWork, changes: BatchChanges) -> None:
-    new = [r for r in uow.reservations.values() if r.new]
-    changes.new_reservations = tables.reservation_records(new)
-    for r in uow.reservations.values():
-        if r.dirty and not r.new:
-            changes.changed_reservations.append(
-                (r.id, r.status, r.converted_at, r.order_id, r.ended_at, r.end_reason)
-            )
-        r.new = r.dirty = False
+def _taken(
+    rows: Iterable[_Tracked], end: Callable[[_Tracked], tuple[Any, ...]]
+) -> tuple[list[_Tracked], list[tuple[Any, ...]]]:
+    """The new rows, and how each other changed row ended; all marked written."""
+    new, changed = [], []
+    for row in rows:
+        if row.new:
+            new.append(row)
+        elif row.dirty:
+            changed.append(end(row))
+        row.new = row.dirty = False
+    return new, changed

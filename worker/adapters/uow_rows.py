@@ -12,7 +12,12 @@ from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from worker.adapters.rows import AdmissionRow, ReservationRow
+from worker.adapters.rows import (
+    ADMISSION_COLUMNS_BY_FIELD,
+    RESERVATION_COLUMNS_BY_FIELD,
+    AdmissionRow,
+    ReservationRow,
+)
 from worker.domain import reservation
 from worker.domain.endings import CHECKOUT_REASON
 from worker.domain.model import CartLine
@@ -53,21 +58,7 @@ class TrackedAdmission(AdmissionRow):
     @classmethod
     def loaded(cls, r: Any) -> TrackedAdmission:
         """From an `admissions` record as read."""
-        return cls(
-            grant_digest=r["admission_grant"],
-            experience_id=r["experience_id"],
-            consumer_id=r["consumer_id"],
-            admitted_at=r["admitted_at"],
-            expires_at=r["expires_at"],
-            status=r["status"],
-            strategy=r["strategy"],
-            window_seconds=r["window_seconds"],
-            buffer_seconds=r["buffer_seconds"],
-            command_id=r["command_id"],
-            ended_at=r["ended_at"],
-            end_reason=r["end_reason"],
-            order_id=r["order_id"],
-        )
+        return cls(*[r[c] for c in ADMISSION_COLUMNS_BY_FIELD])
 
 
 @dataclass
@@ -78,25 +69,7 @@ class TrackedReservation(ReservationRow):
     @classmethod
     def loaded(cls, r: Any) -> TrackedReservation:
         """From a `reservations` record as read."""
-        return cls(
-            id=r["id"],
-            consumer_id=r["consumer_id"],
-            experience_id=r["experience_id"],
-            grant_digest=r["admission_grant"],
-            product_id=r["product_id"],
-            variant_id=r["variant_id"],
-            quantity=r["quantity"],
-            status=r["status"],
-            created_at=r["created_at"],
-            expires_at=r["expires_at"],
-            strategy=r["strategy"],
-            window_seconds=r["window_seconds"],
-            buffer_seconds=r["buffer_seconds"],
-            converted_at=r["converted_at"],
-            order_id=r["order_id"],
-            ended_at=r["ended_at"],
-            end_reason=r["end_reason"],
-        )
+        return cls(*[r[c] for c in RESERVATION_COLUMNS_BY_FIELD])
 
     def held(self) -> HeldRow:
         return HeldRow(

@@ -15,7 +15,12 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field, TypeAdapter, model_validator
 
 from worker.domain.base import WireModel
-from worker.domain.model import CartLine, ExperienceSettings, Identifier, Strategy
+from worker.domain.model import (
+    CartLine,
+    ExperienceSettings,
+    Identifier,
+    check_pool_size,
+)
 
 GrantDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -89,8 +94,7 @@ class ConfigureExperience(ExperienceCommand, ExperienceSettings):
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ConfigureExperience:
-        if self.strategy is Strategy.POOL and self.pool_size is None:
-            raise ValueError("poolSize is required for the pool strategy")
+        check_pool_size(self.strategy, self.pool_size)
         return self
 
 

@@ -33,6 +33,12 @@ def grant_digest(grant: str) -> str:
     return hashlib.sha256(grant.encode("utf-8")).hexdigest()
 
 
+def key_fingerprint(key: bytes) -> str:
+    """What names a secret key in logs and metrics: a prefix of its SHA-256,
+    never the key."""
+    return "sha256:" + hashlib.sha256(key).hexdigest()[:12]
+
+
 def command_id(source: str, source_id: str) -> uuid.UUID:
     """UUIDv5 of a command's source and the source's own id."""
     return uuid5(f"command:{source}:{source_id}")

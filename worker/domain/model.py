@@ -37,6 +37,12 @@ class MultiItemPolicy(StrEnum):
     ALL_OR_NOTHING = "all_or_nothing"
 
 
+def check_pool_size(strategy: Strategy, pool_size: int | None) -> None:
+    """The pool strategy caps units per product, so it needs its cap."""
+    if strategy is Strategy.POOL and pool_size is None:
+        raise ValueError("poolSize is required for the pool strategy")
+
+
 class ProductRef(WireModel):
     """A product, and its variant if it has them, as the wire names it."""
 

@@ -44,13 +44,7 @@ def _conflict(uow: UnitOfWork, events: Events, cmd: CompleteCheckout, grant_dige
 def _reject_conflict(
     events: Events, cmd: CompleteCheckout, grant_digest: str, order: str | None
 ) -> Applied:
-    log.warning(
-        "checkout_order_conflict",
-        command_id=str(cmd.command_id),
-        grant_digest=grant_digest,
-        converted_order_id=order,
-        order_id=cmd.order_id,
-    )
+    _warn_order("checkout_order_conflict", cmd, grant_digest, converted_order_id=order)
     return _reject(events, cmd, "ORDER_CONFLICT", f"holds were already converted by order {order}")
 
 
@@ -75,7 +69,9 @@ def _completed_at_fanfare(
     if now.order_id != cmd.order_id:
         return _reject_conflict(events, cmd, visit.grant_digest, now.order_id)
     if before.order_id is not None and before.order_id != now.order_id:
-        _order_replaced(cmd, visit.grant_digest, before.order_id)
+        _warn_order(
+            "checkout_order_replaced", cmd, visit.grant_digest, replaced_order_id=before.order_id
+        )
     if visit.grant_digest not in settled.changed:
         return Applied(
             {"status": "converted", "orderId": cmd.order_id, "duplicate": True}, events.items
@@ -97,12 +93,15 @@ def _sale(cmd: CompleteCheckout) -> Fact:
     )
 
 
-def _order_replaced(cmd: CompleteCheckout, grant_digest: str, replaced: str) -> None:
+def _warn_order(
+    event: str, cmd: CompleteCheckout, grant_digest: str, **other_order: str | None
+) -> None:
+    """A completion whose order is not the admission's order as it stood."""
     log.warning(
-        "checkout_order_replaced",
+        event,
         command_id=str(cmd.command_id),
         grant_digest=grant_digest,
-        replaced_order_id=replaced,
+        **other_order,
         order_id=cmd.order_id,
     )
 

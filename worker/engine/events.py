@@ -51,6 +51,16 @@ class Events:
             "occurred_at": self.command.occurred_at,
         }
 
+    def about(
+        self, experience_id: str, consumer_id: str, grant_digest: str | None
+    ) -> dict[str, Any]:
+        """The fields of an event about one consumer's admission."""
+        fields = self.common()
+        fields["experience_id"] = experience_id
+        fields["consumer_id"] = consumer_id
+        fields["grant_digest"] = grant_digest
+        return fields
+
     def add(self, event: EventBase) -> None:
         self.items.append(event)
 
@@ -68,19 +78,14 @@ class Events:
         ended = status is not AdmissionStatus.ACTIVE
         self.add(
             AdmissionRecorded(
-                **self.common(),
-                experience_id=cmd.experience_id,
+                **self.about(cmd.experience_id, cmd.consumer_id, cmd.grant_digest),
+                **_terms(settings),
                 status=status.value,
                 supersedes=supersedes,
                 end_reason=verdict.reason if ended else None,
                 ended_at=verdict.at if ended else None,
-                consumer_id=cmd.consumer_id,
-                grant_digest=cmd.grant_digest,
                 admitted_at=cmd.admitted_at,
                 expires_at=expires_at,
-                strategy=settings.strategy,
-                window_seconds=settings.window_seconds,
-                buffer_seconds=settings.buffer_seconds,
             )
         )
 
@@ -89,10 +94,7 @@ class Events:
     ) -> None:
         self.add(
             AdmissionEnded(
-                **self.common(),
-                experience_id=pair[0],
-                consumer_id=pair[1],
-                grant_digest=grant_digest,
+                **self.about(*pair, grant_digest),
                 status=verdict.status.value,
                 reason=reason,
                 ended_at=at,
@@ -105,10 +107,7 @@ class Events:
     ) -> None:
         self.add(
             AdmissionRevised(
-                **self.common(),
-                experience_id=pair[0],
-                consumer_id=pair[1],
-                grant_digest=grant_digest,
+                **self.about(*pair, grant_digest),
                 status=after.status.value,
                 previous_status=before.status.value,
                 reason=after.reason or "",
@@ -122,10 +121,7 @@ class Events:
         own = fact.command_id == self.command.command_id
         self.add(
             EndingRemembered(
-                **self.common(),
-                experience_id=pair[0],
-                consumer_id=pair[1],
-                grant_digest=fact.grant_digest,
+                **self.about(*pair, fact.grant_digest),
                 outcome=fact.outcome.value,
                 reason=fact.reason,
                 ended_at=fact.at,
@@ -142,17 +138,12 @@ class Events:
         settings = terms.settings
         self.add(
             ReservationCreated(
-                **self.common(),
-                experience_id=terms.experience_id,
-                consumer_id=terms.consumer_id,
-                grant_digest=terms.grant_digest,
+                **self.about(terms.experience_id, terms.consumer_id, terms.grant_digest),
                 product_id=hold.product_id,
                 variant_id=hold.variant_id or None,
                 quantity=hold.quantity,
                 reservation_id=hold.reservation_id,
-                strategy=settings.strategy,
-                window_seconds=settings.window_seconds,
-                buffer_seconds=settings.buffer_seconds,
+                **_terms(settings),
                 created_at=terms.created_at,
                 expires_at=terms.expires_at,
                 replaces=replaces,
@@ -163,10 +154,7 @@ class Events:
         """A hold asked for and not taken, and why (worker.engine.holds.take)."""
         self.add(
             ReservationRejected(
-                **self.common(),
-                experience_id=terms.experience_id,
-                consumer_id=terms.consumer_id,
-                grant_digest=terms.grant_digest,
+                **self.about(terms.experience_id, terms.consumer_id, terms.grant_digest),
                 product_id=hold.product_id,
                 variant_id=hold.variant_id or None,
                 quantity=hold.quantity,
@@ -189,12 +177,9 @@ class Events:
         """A hold now `status` (released, expired or converted)."""
         self.add(
             ReservationEnded(
-                **self.common(),
+                **self.about(*pair, grant_digest),
                 type=f"reservation.{status}",
-                experience_id=pair[0],
                 reservation_id=held.reservation_id,
-                consumer_id=pair[1],
-                grant_digest=grant_digest,
                 product_id=held.product_id,
                 variant_id=held.variant_id or None,
                 quantity=held.quantity,
@@ -212,10 +197,7 @@ class Events:
     ) -> None:
         self.add(
             LateConversionUnfilled(
-                **self.common(),
-                experience_id=pair[0],
-                consumer_id=pair[1],
-                grant_digest=grant_digest,
+                **self.about(*pair, grant_digest),
                 order_id=order_id,
                 product_id=line.product_id,
                 variant_id=line.variant_id or None,
@@ -238,10 +220,7 @@ class Events:
     def checkout_rejected(self, cmd: CompleteCheckout, error: str, message: str) -> None:
         self.add(
             CheckoutRejected(
-                **self.common(),
-                experience_id=cmd.experience_id,
-                consumer_id=cmd.consumer_id,
-                grant_digest=cmd.grant_digest,
+                **self.about(cmd.experience_id, cmd.consumer_id, cmd.grant_digest),
                 order_id=cmd.order_id,
                 error=error,
                 message=message,
@@ -277,3 +256,12 @@ class Events:
                 **dict(settings),
             )
         )
+
+
+def _terms(settings: ExperienceSettings) -> dict[str, Any]:
+    """The hold terms an event repeats from the experience's settings."""
+    return {
+        "strategy": settings.strategy,
+        "window_seconds": settings.window_seconds,
+        "buffer_seconds": settings.buffer_seconds,
+    }

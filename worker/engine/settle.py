@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from worker.adapters.rows import Pair
 from worker.adapters.unit_of_work import UnitOfWork
@@ -24,7 +25,7 @@ from worker.domain.endings import (
 )
 from worker.domain.model import ExperienceSettings, ReservationStatus
 from worker.engine.events import Events
-from worker.engine.sale import sell
+from worker.engine.sale import Sold, sell
 
 SALE_REVISED = "sale_revised"
 
@@ -38,6 +39,14 @@ class Settled:
     changed: dict[str, Verdict] = field(default_factory=dict)  # grant digest -> before
     holds: int = 0
     unfilled: int = 0
+
+
+class Change(NamedTuple):
+    """An admission whose rows go from how it stood to its verdict."""
+
+    grant_digest: str
+    before: Verdict
+    after: Verdict
 
 
 def settle(
@@ -60,9 +69,9 @@ def settle(
         return Settled({visits[0].grant_digest: OPEN})
     earlier = [f for f in facts if new is None or f.command_id != new.command_id]
     result = Settled(verdicts(visits, facts if new is None else [*earlier, new]))
-    for grant_digest, before, after in _to_change(uow, pair, visits, earlier, result, skip):
-        result.changed[grant_digest] = before
-        _apply(uow, events, result, pair, grant_digest, before, after, defaults)
+    for change in _to_change(uow, pair, visits, earlier, result, skip):
+        result.changed[change.grant_digest] = change.before
+        _apply(uow, events, result, pair, change, defaults)
     return result
 
 
@@ -73,10 +82,9 @@ def _to_change(
     earlier: list[Fact],
     result: Settled,
     skip: str | None,
-) -> list[tuple[str, Verdict, Verdict]]:
-    """The admissions whose rows must change, as (grant digest, before,
-    after): ends and moved sales first, so the units they free can be sold
-    again."""
+) -> list[Change]:
+    """The admissions whose rows must change: ends and moved sales first, so
+    the units they free can be sold again."""
     known: dict[str, Verdict] | None = None
     pending = []
     for grant_digest, verdict in sorted(result.verdicts.items()):
@@ -93,8 +101,8 @@ def _to_change(
                 known = verdicts([v for v in visits if v.grant_digest != skip], earlier)
             if not _sells_another_cart(uow, pair, known.get(grant_digest), verdict):
                 continue
-        pending.append((grant_digest, before, verdict))
-    pending.sort(key=lambda p: p[2].status is AdmissionStatus.CONVERTED)
+        pending.append(Change(grant_digest, before, verdict))
+    pending.sort(key=lambda c: c.after.status is AdmissionStatus.CONVERTED)
     return pending
 
 
@@ -150,14 +158,15 @@ def _apply(
     events: Events,
     result: Settled,
     pair: Pair,
-    grant_digest: str,
-    before: Verdict,
-    after: Verdict,
+    change: Change,
     defaults: ExperienceSettings,
 ) -> None:
-    """Bring one admission's rows from `before` to `after`."""
+    """Bring one admission's rows from how it stood to its verdict."""
+    grant_digest, before, after = change
     if after.status is AdmissionStatus.CONVERTED:
-        _sell(uow, events, result, pair, grant_digest, before, after, defaults)
+        sold = _sell(uow, events, pair, change, defaults)
+        result.holds += sold.holds
+        result.unfilled += sold.unfilled
         if before.status is AdmissionStatus.ACTIVE:
             _closed(uow, events, pair, grant_digest, after)
             return
@@ -172,17 +181,11 @@ def _apply(
 
 
 def _sell(
-    uow: UnitOfWork,
-    events: Events,
-    result: Settled,
-    pair: Pair,
-    grant_digest: str,
-    before: Verdict,
-    after: Verdict,
-    defaults: ExperienceSettings,
-) -> None:
+    uow: UnitOfWork, events: Events, pair: Pair, change: Change, defaults: ExperienceSettings
+) -> Sold:
     """The admission's sale is made (again): an end it had is kept, a sale it
     had is taken back first."""
+    grant_digest, before, after = change
     if before.status in (AdmissionStatus.RELEASED, AdmissionStatus.EXPIRED):
         _keep_end(uow, events, pair, grant_digest, before)
     if before.status is AdmissionStatus.CONVERTED:
@@ -190,9 +193,7 @@ def _sell(
         # holding, arrived late: the sale is made again from that.
         released = ReservationStatus.RELEASED.value
         _unsell(uow, events, pair, grant_digest, released, SALE_REVISED, _at(after))
-    sold = sell(uow, events, pair, grant_digest, after, defaults)
-    result.holds += sold.holds
-    result.unfilled += sold.unfilled
+    return sell(uow, events, pair, grant_digest, after, defaults)
 
 
 def _unsell(

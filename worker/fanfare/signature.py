@@ -7,11 +7,12 @@ and carried on the command so an old secret can be retired with confidence.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from worker.domain import ids
 
 SIGNATURE_PREFIX = "sha256="
 # Several `sha256=` values in one header are accepted (comma or space
@@ -46,7 +47,7 @@ class Secret:
     def from_text(cls, text: str) -> Secret:
         # The whole string, `whsec_` prefix included, is the key.
         raw = text.encode("utf-8")
-        return cls(raw, "sha256:" + hashlib.sha256(raw).hexdigest()[:12])
+        return cls(raw, ids.key_fingerprint(raw))
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

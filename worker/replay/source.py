@@ -163,56 +163,32 @@ class TopicLog:
     async def _merged(
         self, key: MergeKey, chunk: int
     ) -> AsyncIterator[list[tuple[int | None, Record]]]:
-        buffers: dict[int, deque[Record]] = {p: deque() for p in self.bounds}
-        fetching = {p for p, (begin, end) in self.bounds.items() if begin < end}
-        paused: set[int] = set()
-        # Partitions still to read whose next record is not buffered: nothing
-        # keyed may be emitted while one of them could hold a smaller key.
-        waiting = set(fetching)
-        heads: list[tuple[int, int]] = []
-        out: list[tuple[int | None, Record]] = []
+        merge = _Merge(self.bounds, key)
         last_progress = time.monotonic()
-
-        def head_in(p: int) -> None:
-            """Emit unkeyed heads of p straight away; queue its keyed head."""
-            buf = buffers[p]
-            while buf:
-                k = key(buf[0])
-                if k is None:
-                    out.append((None, buf.popleft()))
-                    continue
-                heapq.heappush(heads, (k, p))
-                waiting.discard(p)
-                return
-            if p in fetching:
-                waiting.add(p)
-            else:
-                waiting.discard(p)
-
-        while fetching or heads:
-            while heads and not waiting:
-                k, p = heapq.heappop(heads)
-                out.append((k, buffers[p].popleft()))
-                head_in(p)
-                while len(out) >= chunk:
-                    yield out[:chunk]
-                    out = out[chunk:]
-            if not fetching:
+        while merge.fetching or merge.heads:
+            while merge.ready():
+                merge.pop_head()
+                for full in merge.full_chunks(chunk):
+                    yield full
+            if not merge.fetching:
                 break
-            got = await self._fetch(buffers, fetching, paused)
-            now = time.monotonic()
-            if got:
-                last_progress = now
-            elif now - last_progress > _STALL_SECONDS:
-                raise LogError(f"no progress reading {self.topic} for {_STALL_SECONDS:.0f} s")
-            for p in list(waiting):
-                head_in(p)
+            got = await self._fetch(merge.buffers, merge.fetching, merge.paused)
+            last_progress = self._progressed(got, last_progress)
+            merge.heads_in()
             # Unkeyed records pass straight through; hand them on in chunks too.
-            while len(out) >= chunk:
-                yield out[:chunk]
-                out = out[chunk:]
-        if out:
-            yield out
+            for full in merge.full_chunks(chunk):
+                yield full
+        if merge.out:
+            yield merge.out
+
+    def _progressed(self, got: int, last_progress: float) -> float:
+        """When the read last made progress; a read stalled too long fails."""
+        now = time.monotonic()
+        if got:
+            return now
+        if now - last_progress > _STALL_SECONDS:
+            raise LogError(f"no progress reading {self.topic} for {_STALL_SECONDS:.0f} s")
+        return last_progress
 
     async def _fetch(
         self, buffers: dict[int, deque[Record]], fetching: set[int], paused: set[int]
@@ -237,3 +213,58 @@ class TopicLog:
                 self.consumer.pause(tp)
                 paused.add(p)
         return got
+
+
+class _Merge:
+    """A merge in progress: each partition's buffered records, which are
+    still fetched or paused, the heap of keyed heads, and what is ready to
+    hand on."""
+
+    def __init__(self, bounds: dict[int, tuple[int, int]], key: MergeKey) -> None:
+        self.key = key
+        self.buffers: dict[int, deque[Record]] = {p: deque() for p in bounds}
+        self.fetching = {p for p, (begin, end) in bounds.items() if begin < end}
+        self.paused: set[int] = set()
+        # Partitions still to read whose next record is not buffered: nothing
+        # keyed may be emitted while one of them could hold a smaller key.
+        self.waiting = set(self.fetching)
+        self.heads: list[tuple[int, int]] = []
+        self.out: list[tuple[int | None, Record]] = []
+
+    def ready(self) -> bool:
+        """The smallest keyed head can be handed on: no partition could
+        still hold a smaller key."""
+        return bool(self.heads) and not self.waiting
+
+    def pop_head(self) -> None:
+        k, p = heapq.heappop(self.heads)
+        self.out.append((k, self.buffers[p].popleft()))
+        self.head_in(p)
+
+    def heads_in(self) -> None:
+        for p in list(self.waiting):
+            self.head_in(p)
+
+    def head_in(self, p: int) -> None:
+        """Emit unkeyed heads of p straight away; queue its keyed head."""
+        buf = self.buffers[p]
+        while buf:
+            k = self.key(buf[0])
+            if k is None:
+                self.out.append((None, buf.popleft()))
+                continue
+            heapq.heappush(self.heads, (k, p))
+            self.waiting.discard(p)
+            return
+        if p in self.fetching:
+            self.waiting.add(p)
+        else:
+            self.waiting.discard(p)
+
+    def full_chunks(self, chunk: int) -> list[list[tuple[int | None, Record]]]:
+        """The full chunks ready, taken from what is to hand on."""
+        full = []
+        while len(self.out) >= chunk:
+            full.append(self.out[:chunk])
+            self.out = self.out[chunk:]
+        return full

@@ -119,29 +119,7 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            topic = self.settings.events_topic
-            timeout = self.settings.produce_timeout_seconds * 2
-            async with producer_from(self.producers, timeout) as producer:
-                partitions = sorted(await producer.partitions_for(topic))
-                placed = [
-                    (r, partition_of(r["partition_key"].encode("utf-8"), partitions)) for r in rows
-                ]
-                if self.in_doubt:
-                    placed = await self._not_yet_on_kafka(placed, partitions, timeout)
-                # Sends are pipelined; the idempotent producer keeps their
-                # order per partition, and we wait for every acknowledgement.
-                futures = [
-                    await producer.send(
-                        topic,
-                        bytes(r["payload"]),
-                        key=r["partition_key"].encode("utf-8"),
-                        partition=partition,
-                        headers=[(SEQ_HEADER, str(r["seq"]).encode("ascii"))],
-                    )
-                    for r, partition in placed
-                ]
-                self._unsettled = futures
-                await asyncio.wait_for(asyncio.gather(*futures), timeout=timeout)
+            await self._send(rows)
             _crash_hook("relay_after_send")
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
@@ -154,6 +132,33 @@ class OutboxRelay:
         self.published += len(rows)
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
+
+    async def _send(self, rows: list[asyncpg.Record]) -> None:
+        """The rows on the events topic, in outbox order, each acknowledged;
+        after a publish whose outcome was unknown, only those not there yet."""
+        topic = self.settings.events_topic
+        timeout = self.settings.produce_timeout_seconds * 2
+        async with producer_from(self.producers, timeout) as producer:
+            partitions = sorted(await producer.partitions_for(topic))
+            placed = [
+                (r, partition_of(r["partition_key"].encode("utf-8"), partitions)) for r in rows
+            ]
+            if self.in_doubt:
+                placed = await self._not_yet_on_kafka(placed, partitions, timeout)
+            # Sends are pipelined; the idempotent producer keeps their
+            # order per partition, and we wait for every acknowledgement.
+            futures = [
+                await producer.send(
+                    topic,
+                    bytes(r["payload"]),
+                    key=r["partition_key"].encode("utf-8"),
+                    partition=partition,
+                    headers=[(SEQ_HEADER, str(r["seq"]).encode("ascii"))],
+                )
+                for r, partition in placed
+            ]
+            self._unsettled = futures
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=timeout)
 
     async def _not_yet_on_kafka(
         self,

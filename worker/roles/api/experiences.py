@@ -17,6 +17,7 @@ from worker.domain.model import (
     OnComplete,
     ProductPool,
     Strategy,
+    check_pool_size,
 )
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
@@ -75,8 +76,7 @@ class ExperienceConfig(ApiBody):
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ExperienceConfig:
-        if self.strategy is Strategy.POOL and self.pool_size is None:
-            raise ValueError("poolSize is required for the pool strategy")
+        check_pool_size(self.strategy, self.pool_size)
         return self
 
 

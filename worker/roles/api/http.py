@@ -23,6 +23,7 @@ from worker import metrics
 from worker.adapters import postgres
 from worker.clock import Clock
 from worker.config import Settings
+from worker.domain import ids
 from worker.logs import get_logger
 from worker.openapi import Operation, Reply
 from worker.roles.api.models import ErrorBody
@@ -103,7 +104,7 @@ class ApiKey:
     @classmethod
     def from_text(cls, text: str) -> ApiKey:
         raw = text.encode("utf-8")
-        return cls(hashlib.sha256(raw).digest(), "sha256:" + hashlib.sha256(raw).hexdigest()[:12])
+        return cls(hashlib.sha256(raw).digest(), ids.key_fingerprint(raw))
 
 
 @dataclass
