@@ -84,34 +84,29 @@ class ExperiencePath(ApiParams):
     experience_id: Identifier
 
 
-class ExperienceConfiguredOutcome(ApiOut):
+class SettingsOut(ApiOut):
+    """Every setting of an experience, as answered."""
+
+    strategy: Strategy
+    window_seconds: int
+    buffer_seconds: int
+    pool_size: int | None
+    multi_item_policy: MultiItemPolicy
+    extension_seconds: int
+    max_extensions: int
+    retry_window_seconds: int
+    on_complete: OnComplete
+    pools: tuple[ProductPool, ...]
+
+
+class ExperienceConfiguredOutcome(SettingsOut):
     command_id: UUID
     status: Literal["configured"]
-    strategy: Strategy
-    window_seconds: int
-    buffer_seconds: int
-    pool_size: int | None
-    multi_item_policy: MultiItemPolicy
-    extension_seconds: int
-    max_extensions: int
-    retry_window_seconds: int
-    on_complete: OnComplete
-    pools: tuple[ProductPool, ...]
 
 
-class ExperienceView(ApiOut):
+class ExperienceView(SettingsOut):
     experience_id: str
     configured: bool = Field(description="false: no configuration yet, the defaults apply")
-    strategy: Strategy
-    window_seconds: int
-    buffer_seconds: int
-    pool_size: int | None
-    multi_item_policy: MultiItemPolicy
-    extension_seconds: int
-    max_extensions: int
-    retry_window_seconds: int
-    on_complete: OnComplete
-    pools: tuple[ProductPool, ...]
 
 
 async def put_experience(request: web.Request) -> web.Response:
