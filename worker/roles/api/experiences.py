@@ -112,8 +112,8 @@ class PoolView(ApiOut):
     product_id: str
     variant_id: str | None
     size: int
-    used: int = Field(description="Units handed out: held, or sold (counted past the size)")
-    left: int
+    used: int = Field(description="Units held or sold under this pool; a sale may pass the size")
+    left: int = Field(description="size - used, never below 0")
 
 
 class ExperienceView(ApiOut):
