@@ -336,6 +336,7 @@ async def test_configure_an_experience(api: Api) -> None:
         "retryWindowSeconds": 0,
         "onComplete": "convert_ordered",
         "pools": [],
+        "poolUsage": [],
     }
 
     no_pool = await api.put(f"/v1/experiences/{experience}", {"strategy": "pool"})

@@ -24,6 +24,7 @@ def test_every_refusal_code_has_its_status() -> None:
         "RESERVATION_INSUFFICIENT": 400,
         "ORDER_CONFLICT": 409,
         "STOCK_BELOW_COMMITTED": 409,
+        "POOL_BELOW_USED": 409,
     }
     assert refusal_status("SOMETHING_NEW") == 409
     assert refusal_status(None) == 409
@@ -50,6 +51,20 @@ def test_a_refused_write_is_answered_by_its_code_whatever_the_row_holds(
         "message": "onHand 1 is below the 2 units reserved or sold",
         "commandId": str(COMMAND),
         "committed": 2,
+    }
+
+
+def test_a_pool_refusal_carries_the_units_used() -> None:
+    outcome = {"status": "rejected", "error": "POOL_BELOW_USED", "message": "m", "used": 3}
+    with pytest.raises(ApiError) as refused:
+        answer_outcome(COMMAND, outcome)
+    assert refused.value.status == 409
+    body = refused.value.body.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert body == {
+        "error": "POOL_BELOW_USED",
+        "message": "m",
+        "commandId": str(COMMAND),
+        "used": 3,
     }
 
 

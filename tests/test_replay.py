@@ -168,6 +168,7 @@ def test_traffic_exercises_every_fact() -> None:
                 seen[f"from:{e.previous_status}"] += 1
     expected = {
         "experience.configured",
+        "experience.refused",
         "stock.set",
         "stock.refused",
         "cart.updated",

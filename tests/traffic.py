@@ -2,8 +2,9 @@
 command and most decisions the engine can take (holds, rejections, cart
 changes, supersedes, remembered endings, expiries on time and too early,
 releases, checkouts with and without a grant, conflicting orders, refused
-stock levels), with duplicates and out-of-order arrivals. Every time comes
-from the commands, so the same seed always means the same traffic."""
+stock levels and pool sizes), with duplicates and out-of-order arrivals.
+Every time comes from the commands, so the same seed always means the same
+traffic."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from tests import builders as b
 from worker.domain.commands import CommandBase
-from worker.domain.model import CartLine
+from worker.domain.model import CartLine, ProductPool
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 ROWS: list[tuple[str, str | None]] = [("shoe", "42"), ("shoe", "43"), ("cap", None), ("bag", None)]
@@ -20,7 +21,14 @@ ROWS: list[tuple[str, str | None]] = [("shoe", "42"), ("shoe", "43"), ("cap", No
 EXPERIENCES: dict[str, tuple[int, dict[str, object] | None]] = {
     "drop-soft": (660, None),
     "drop-hard": (330, {"strategy": "hard", "window_seconds": 300, "buffer_seconds": 30}),
-    "drop-pool": (660, {"strategy": "pool", "pool_size": 4}),
+    "drop-pool": (
+        660,
+        {
+            "strategy": "pool",
+            "pool_size": 4,
+            "pools": [ProductPool(product_id="shoe", variant_id="42", size=2)],
+        },
+    ),
     "drop-all": (660, {"multi_item_policy": "all_or_nothing"}),
 }
 
@@ -46,6 +54,9 @@ def traffic(seed: int, consumers: int = 40) -> list[CommandBase]:
         if options is not None:
             cmds.append(b.configure(exp, **options))
     for n in range(consumers):
+        if n == consumers // 2:
+            # Every pool to 0 halfway: refused while any pool has units out.
+            cmds.append(b.configure("drop-pool", strategy="pool", pool_size=0))
         exp = rng.choice(list(EXPERIENCES))
         life = EXPERIENCES[exp][0]
         who = f"c{n}"

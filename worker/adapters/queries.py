@@ -1,7 +1,8 @@
 """Reads outside the unit of work, by name: what the HTTP API shows (stock,
-experiences, carts, holds, applied commands) and what the expiry scheduler
-acts on (due expiries, the next one, the database-wide gauges). Each takes
-a pool or a connection and returns typed rows; nothing here writes."""
+experiences and their pools' usage, carts, holds, applied commands) and
+what the expiry scheduler acts on (due expiries, the next one, the
+database-wide gauges). Each takes a pool or a connection and returns typed
+rows; nothing here writes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from worker.adapters import rows as tables
 from worker.adapters.store import Conn
 from worker.domain.checkout import Hold
 from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus
+from worker.domain.stock import StockKey
 
 Reader = Conn | asyncpg.Pool
 
@@ -78,6 +80,16 @@ async def experience_settings(db: Reader, experience_id: str) -> ExperienceSetti
         experience_id,
     )
     return None if row is None else tables.experience_settings(row)
+
+
+async def pool_usage(db: Reader, experience_id: str) -> dict[StockKey, int]:
+    """Units each product's pool of the experience has handed out, by
+    (product_id, variant_id): every pool row it has, at 0 too."""
+    rows = await db.fetch(
+        "SELECT product_id, variant_id, used FROM experience_pools WHERE experience_id = $1",
+        experience_id,
+    )
+    return {(r["product_id"], r["variant_id"]): r["used"] for r in rows}
 
 
 async def stored_cart(db: Reader, experience_id: str, consumer_id: str) -> StoredCart | None:

@@ -100,6 +100,11 @@ class BatchHolds:
         row.give_back(quantity)
         row.dirty = True
 
+    def pool_usage(self, experience_id: str) -> dict[StockKey, int]:
+        """Units each product's pool of an experience has handed out, from
+        its pool rows (the load reads every row of the batch's experiences)."""
+        return {(p, v): row.used for (e, p, v), row in self.pools.items() if e == experience_id}
+
     # --- reservations ----------------------------------------------------------------------
 
     def insert_reservations(

@@ -67,6 +67,7 @@ class Footprint:
                     fp.stock.add(key)
                     fp.stock_to_create.add(key)
                 case ConfigureExperience():
+                    # Its settings and pool rows: no pool may shrink below its use.
                     fp.experiences.add(cmd.experience_id)
                 case PutCart():
                     fp.experiences.add(cmd.experience_id)

@@ -94,7 +94,7 @@ class ConfigureExperience(ExperienceCommand, ExperienceSettings):
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ConfigureExperience:
-        check_pool_size(self.strategy, self.pool_size)
+        check_pool_size(self.strategy, self.pool_size, self.pools)
         return self
 
 

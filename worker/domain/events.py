@@ -182,6 +182,18 @@ class ExperienceConfigured(ExperienceEvent, ExperienceSettings):
     type: Literal["experience.configured"] = "experience.configured"
 
 
+class ExperienceRefused(ExperienceEvent):
+    """A configuration refused: it would shrink a product's pool below the
+    units the pool has handed out. The settings stay as they were."""
+
+    type: Literal["experience.refused"] = "experience.refused"
+    product_id: str
+    variant_id: str | None
+    size: int = Field(description="The pool size asked for")
+    used: int = Field(description="Units the pool has handed out (held or sold)")
+    reason: Literal["POOL_BELOW_USED"] = "POOL_BELOW_USED"
+
+
 class CartUpdated(ExperienceEvent):
     type: Literal["cart.updated"] = "cart.updated"
     consumer_id: str
@@ -221,6 +233,7 @@ Event = Annotated[
     | LateConversionUnfilled
     | CheckoutRejected
     | ExperienceConfigured
+    | ExperienceRefused
     | CartUpdated
     | StockSet
     | StockRefused,

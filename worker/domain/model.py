@@ -3,6 +3,7 @@ reservation states."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
@@ -37,10 +38,14 @@ class MultiItemPolicy(StrEnum):
     ALL_OR_NOTHING = "all_or_nothing"
 
 
-def check_pool_size(strategy: Strategy, pool_size: int | None) -> None:
-    """The pool strategy caps units per product, so it needs its cap."""
-    if strategy is Strategy.POOL and pool_size is None:
-        raise ValueError("poolSize is required for the pool strategy")
+def check_pool_size(
+    strategy: Strategy, pool_size: int | None, pools: Sequence[ProductPool]
+) -> None:
+    """The pool strategy caps units per product, so it needs a cap: poolSize
+    for every product, or pools for the products listed (the others then
+    have no pool and hold nothing)."""
+    if strategy is Strategy.POOL and pool_size is None and not pools:
+        raise ValueError("poolSize or pools is required for the pool strategy")
 
 
 class ProductRef(WireModel):

@@ -24,6 +24,7 @@ from worker.domain.events import (
     EndingRemembered,
     EventBase,
     ExperienceConfigured,
+    ExperienceRefused,
     LateConversionUnfilled,
     ReservationCreated,
     ReservationEnded,
@@ -32,6 +33,7 @@ from worker.domain.events import (
     StockSet,
 )
 from worker.domain.model import ExperienceSettings, ReservationStatus
+from worker.domain.pools import PoolBelowUsed
 from worker.engine.holds import HoldTerms
 
 
@@ -245,6 +247,18 @@ class Events:
                 variant_id=cmd.variant_id,
                 on_hand=cmd.on_hand,
                 committed=committed,
+            )
+        )
+
+    def experience_refused(self, experience_id: str, refused: PoolBelowUsed) -> None:
+        self.add(
+            ExperienceRefused(
+                **self.common(),
+                experience_id=experience_id,
+                product_id=refused.product_id,
+                variant_id=refused.variant_id or None,
+                size=refused.size,
+                used=refused.used,
             )
         )
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.admission import HoldRequest
 from worker.domain.model import ExperienceSettings, Strategy
+from worker.domain.pools import pool_cap
 from worker.domain.stock import StockKey
 
 
@@ -62,7 +63,7 @@ def _take_row(
     product, variant = key
     pooled = settings.strategy is Strategy.POOL
     if pooled and not uow.take_pool(
-        experience_id, product, variant, units, settings.pool_size or 0
+        experience_id, product, variant, units, pool_cap(settings, product, variant)
     ):
         return "POOL_EMPTY"
     if not uow.take_units(product, variant, units):

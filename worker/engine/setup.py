@@ -1,9 +1,13 @@
-"""Stock levels and experience configuration."""
+"""Stock levels and experience configuration, each refused when it would
+fall below what is already held or sold."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import ConfigureExperience, SetStock
+from worker.domain.pools import PoolBelowUsed, pool_below_used
 from worker.engine.base import Applied
 from worker.engine.events import Events
 
@@ -31,8 +35,25 @@ def set_stock(uow: UnitOfWork, cmd: SetStock) -> Applied:
 def configure_experience(uow: UnitOfWork, cmd: ConfigureExperience) -> Applied:
     events = Events(cmd)
     settings = cmd.settings()
+    earlier = uow.load_settings(cmd.experience_id)
+    refused = pool_below_used(earlier, settings, uow.pool_usage(cmd.experience_id))
+    if refused is not None:
+        # The holds stand, as for stock: the operator releases or sells first.
+        events.experience_refused(cmd.experience_id, refused)
+        return Applied(_pool_refusal(refused), events.items)
     uow.upsert_experience(cmd.experience_id, settings, cmd.occurred_at)
     events.experience_configured(cmd.experience_id, settings)
     return Applied(
         {"status": "configured", **settings.model_dump(mode="json", by_alias=True)}, events.items
     )
+
+
+def _pool_refusal(refused: PoolBelowUsed) -> dict[str, Any]:
+    product = refused.product_id + (f" variant {refused.variant_id}" if refused.variant_id else "")
+    return {
+        "status": "rejected",
+        "error": refused.code,
+        "message": f"the pool of {product} would be {refused.size}, below the "
+        f"{refused.used} units it has handed out",
+        "used": refused.used,
+    }

@@ -169,7 +169,7 @@ class _Fold:
 
     def apply(self, event: Event) -> None:
         # By exact class, as in `needs`; a refusal (stock.refused,
-        # checkout.rejected) has no handler: it changes no row.
+        # experience.refused, checkout.rejected) has no handler: it changes no row.
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)

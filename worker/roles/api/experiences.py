@@ -19,9 +19,10 @@ from worker.domain.model import (
     Strategy,
     check_pool_size,
 )
+from worker.domain.pools import PoolState, pool_states
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
-from worker.roles.api.models import ApiBody, ApiOut, ApiParams
+from worker.roles.api.models import ApiBody, ApiOut, ApiParams, ErrorBody
 from worker.roles.api.writes import PENDING_REPLY, WRITE_ERRORS, envelope, write
 
 
@@ -31,7 +32,8 @@ class ExperienceConfig(ApiBody):
     strategy: Strategy = Field(
         default=Strategy.SOFT,
         description="soft: hold what the cart asks while stock lasts; hard: the whole cart "
-        "or nothing; pool: at most poolSize units per product for the experience",
+        "or nothing; pool: one unit per admitted consumer and product, at most the "
+        "product's pool size (its entry in pools, else poolSize) for the experience",
     )
     window_seconds: int | None = Field(
         default=None,
@@ -47,7 +49,12 @@ class ExperienceConfig(ApiBody):
         "default (RESERVATION_BUFFER_SECONDS)",
     )
     pool_size: int | None = Field(
-        default=None, ge=0, le=1_000_000_000, description="Required for the pool strategy"
+        default=None,
+        ge=0,
+        le=1_000_000_000,
+        description="Pool strategy: the pool size of every product not in pools; omitted, "
+        "those products have no pool and hold nothing. The pool strategy needs poolSize, "
+        "pools or both",
     )
     multi_item_policy: MultiItemPolicy = Field(
         default=MultiItemPolicy.PARTIAL,
@@ -71,12 +78,14 @@ class ExperienceConfig(ApiBody):
         "releases the rest; convert_all: it converts every active hold of the admission",
     )
     pools: tuple[ProductPool, ...] = Field(
-        default=(), description="Pool sizes per product (pool strategy); poolSize for the rest"
+        default=(),
+        description="Pool sizes per product (pool strategy), each product (and variant) at "
+        "most once; poolSize for the rest",
     )
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ExperienceConfig:
-        check_pool_size(self.strategy, self.pool_size)
+        check_pool_size(self.strategy, self.pool_size, self.pools)
         return self
 
 
@@ -104,9 +113,21 @@ class ExperienceConfiguredOutcome(SettingsOut):
     status: Literal["configured"]
 
 
+class PoolView(ApiOut):
+    product_id: str
+    variant_id: str | None
+    size: int
+    used: int = Field(description="Units held or sold under this pool; a sale may pass the size")
+    left: int = Field(description="size - used, never below 0")
+
+
 class ExperienceView(SettingsOut):
     experience_id: str
     configured: bool = Field(description="false: no configuration yet, the defaults apply")
+    pool_usage: list[PoolView] = Field(
+        description="Each pool's size, units handed out (held or sold) and units left: every "
+        "product in pools, and every product that used the default poolSize"
+    )
 
 
 async def put_experience(request: web.Request) -> web.Response:
@@ -138,12 +159,24 @@ async def get_experience(request: web.Request) -> web.Response:
             window_seconds=state.settings.reservation_window_seconds,
             buffer_seconds=state.settings.reservation_buffer_seconds,
         )
+    used = await queries.pool_usage(state.pool, path.experience_id)
     return model_answer(
         ExperienceView(
             experience_id=path.experience_id,
             configured=configured is not None,
             **dict(effective),
+            pool_usage=[_pool_view(p) for p in pool_states(effective, used)],
         )
+    )
+
+
+def _pool_view(pool: PoolState) -> PoolView:
+    return PoolView(
+        product_id=pool.product_id,
+        variant_id=pool.variant_id or None,
+        size=pool.size,
+        used=pool.used,
+        left=pool.left,
     )
 
 
@@ -156,17 +189,28 @@ ROUTES = (
         put_experience,
         "experiences",
         description="Applies to admissions after it; holds already taken keep the settings "
-        "they were taken under.",
+        "they were taken under. A pool may not shrink below the units it has handed out "
+        "(held or sold): the operator releases or sells first.",
         body=ExperienceConfig,
         path_model=ExperiencePath,
-        replies=(Reply(200, "Applied", ExperienceConfiguredOutcome), PENDING_REPLY, *WRITE_ERRORS),
+        replies=(
+            Reply(200, "Applied", ExperienceConfiguredOutcome),
+            PENDING_REPLY,
+            Reply(
+                409,
+                "A pool size below the units that pool has handed out (POOL_BELOW_USED); "
+                "nothing changed",
+                ErrorBody,
+            ),
+            *WRITE_ERRORS,
+        ),
         idempotency_key=True,
     ),
     Operation(
         "GET",
         "/v1/experiences/{experienceId}",
         "getExperience",
-        "The settings an admission to this experience would be held under",
+        "The settings an admission to this experience would be held under, and its pools",
         get_experience,
         "experiences",
         path_model=ExperiencePath,

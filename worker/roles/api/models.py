@@ -44,6 +44,9 @@ class ErrorBody(ApiOut):
     committed: int | None = Field(
         default=None, description="STOCK_BELOW_COMMITTED: units reserved or sold"
     )
+    used: int | None = Field(
+        default=None, description="POOL_BELOW_USED: units the pool has handed out"
+    )
 
 
 class Pending(ApiOut):
