@@ -188,6 +188,7 @@ def test_traffic_exercises_every_fact() -> None:
         "rejected:POOL_EMPTY",
         "rejected:CART_ALL_OR_NOTHING",
         "ended:cart_changed",
+        "ended:operator",
         "ended:superseded",
         "ended:window_elapsed",
         "ended:checkout",

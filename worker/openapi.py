@@ -94,6 +94,8 @@ class Operation:
     query_model: type[BaseModel] | None = None
     replies: tuple[Reply, ...] = ()
     secured: bool = True
+    # The key scope the route needs beyond a valid key (None: any valid key).
+    scope: str | None = None
     idempotency_key: bool = False
 
 
@@ -170,8 +172,8 @@ def build_document(
     error_model: type[BaseModel],
 ) -> JsonObject:
     """The OpenAPI 3.1 document of `operations`. `error_model` is the body of
-    the answers every operation of a kind may give: 401 when secured, 413
-    when it takes a body."""
+    the answers every operation of a kind may give: 401 when secured, 403
+    when it needs a key scope, 413 when it takes a body."""
     wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(error_model, "serialization")]
     for op in operations:
         if op.body is not None:
@@ -205,6 +207,14 @@ def build_document(
                     "No valid `Authorization: Bearer <key>` (UNAUTHORIZED)",
                     error_model,
                     headers=("WWW-Authenticate",),
+                )
+            )
+        if op.scope is not None:
+            replies.append(
+                Reply(
+                    403,
+                    f"The key lacks the `{op.scope}` scope (FORBIDDEN_SCOPE)",
+                    error_model,
                 )
             )
         if op.body is not None:
