@@ -18,9 +18,9 @@ import pytest
 import pytest_asyncio
 
 from tests import builders as b
-from tests.conftest import API_KEY, OPERATOR_KEY
+from tests.conftest import API_KEY, OPERATOR_KEY, service_env
 from tests.engine_backends import assert_counters_match_rows
-from tests.helpers import ServiceProcess, now, produce_commands, unique, wait_for
+from tests.helpers import ServiceProcess, free_port, now, produce_commands, unique, wait_for
 from tests.receiver_support import end_offsets
 from tests.test_api import Api, _healthy
 from worker.config import ConfigError, Settings, api_key_entry, load_settings
@@ -442,6 +442,48 @@ async def test_a_release_by_ids_spanning_two_experiences_and_its_retry(
         "notActive": [],
         "unknown": [stranger],
     }
+
+
+async def test_a_release_not_applied_in_time_is_202_then_its_retry_answers_it(
+    settings: Settings,
+) -> None:
+    """An API whose commands topic no consumer reads yet answers 202 naming
+    the pending command; once a consumer applies it, the same request with
+    the same Idempotency-Key answers the whole outcome."""
+    topic = f"{settings.commands_topic}.release{uuid.uuid4().hex[:6]}"
+    env = service_env(
+        settings,
+        COMMANDS_TOPIC=topic,
+        CONSUMER_GROUP=f"{settings.consumer_group}.release",
+        API_WAIT_SECONDS="0.3",
+        OPS_PORT=str(free_port()),
+    )
+    api_only = ServiceProcess(["api"], env)
+    consumer = ServiceProcess(["consumer"], {**env, "LISTEN_PORT": str(free_port())})
+    await api_only.start()
+    try:
+        await wait_for(lambda: _healthy(api_only.api_url), timeout=60)
+        client = Api(api_only.api_url)
+        body = {"experienceId": unique("exp"), "consumerId": "c", "reason": "bots"}
+        headers = {"Idempotency-Key": unique("release")}
+        answer = await _operator(client, "POST", RELEASE, body, headers=headers)
+        assert answer.status == 202, answer.body
+        assert answer.body["status"] == "pending"
+        assert answer.body["commandIds"] == [answer.body["commandId"]]
+        assert answer.headers["Location"] == f"/v1/commands/{answer.body['commandId']}"
+
+        await consumer.start()
+
+        async def applied() -> Any:
+            again = await _operator(client, "POST", RELEASE, body, headers=headers)
+            return again if again.status == 200 else None
+
+        done = await wait_for(applied, timeout=60)
+        assert done.body["commandIds"] == answer.body["commandIds"]
+        assert done.body["released"] == []
+    finally:
+        await consumer.stop()
+        await api_only.stop()
 
 
 # --- units: key scopes and cursors ---------------------------------------------------

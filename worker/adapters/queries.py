@@ -183,8 +183,8 @@ def listed_holds_sql(where: HoldFilter) -> tuple[str, list[Any]]:
 async def listed_holds(db: Reader, where: HoldFilter, limit: int) -> list[ListedHold]:
     """Holds across consumers, newest first (created_at, then id, both
     descending): a keyset page, never an offset, so a page is as cheap at
-    the end of the list as at its start and none is repeated or skipped
-    while holds are added."""
+    the end of the list as at its start, and a hold present throughout is
+    never repeated or skipped, whatever is added between two pages."""
     sql, args = listed_holds_sql(where)
     rows = await db.fetch(sql, *args, limit)
     return [

@@ -19,8 +19,8 @@ from worker.domain.model import Identifier
 from worker.logs import get_logger
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import KEY_FINGERPRINT, api_state, model_answer, parse_body
-from worker.roles.api.models import ApiBody, ApiOut, Pending
-from worker.roles.api.writes import PENDING_REPLY, WRITE_ERRORS, envelope, write_each
+from worker.roles.api.models import ApiBody, ApiOut, ErrorBody, Pending
+from worker.roles.api.writes import INVALID_REPLY, PENDING_REPLY, envelope, write_each
 
 log = get_logger("worker.api")
 
@@ -156,7 +156,15 @@ ROUTES = (
                 ReleasePending,
                 headers=PENDING_REPLY.headers,
             ),
-            *WRITE_ERRORS,
+            INVALID_REPLY,
+            Reply(
+                503,
+                "Kafka did not acknowledge a command in time (BROKER_UNAVAILABLE), or "
+                "PostgreSQL could not be read for the named holds' experiences "
+                "(DATABASE_UNAVAILABLE); retry with the same Idempotency-Key",
+                ErrorBody,
+                headers=("Retry-After",),
+            ),
         ),
         scope=OPERATOR_SCOPE,
         idempotency_key=True,

@@ -7,7 +7,8 @@ and GET /v1/commands/{id} gives the outcome later.
 
 A write handler parses its request, builds its command from `envelope` and
 hands it to `write`; the replies documented here are the ones `write` may
-give on any route."""
+give on any route. A request that is one command per experience hands them
+to `write_each` and adds up their outcomes itself."""
 
 from __future__ import annotations
 
