@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from worker.domain import ids
 from worker.domain.commands import (
@@ -15,6 +16,7 @@ from worker.domain.commands import (
     ConfigureExperience,
     EndAdmission,
     PutCart,
+    ReleaseHolds,
     SetStock,
 )
 from worker.domain.model import CartLine
@@ -97,4 +99,30 @@ def complete(
         grant_digest=ids.grant_digest(grant) if grant else None,
         order_id=order_id,
         items=list(lines) if lines else None,
+    )
+
+
+def release(
+    experience: str,
+    *,
+    reservation_ids: list[UUID] | None = None,
+    consumer: str | None = None,
+    product: str | None = None,
+    variant: str | None = None,
+    reason: str = "stock recount",
+    at: datetime | None = None,
+    key: str | None = "sha256:0123456789ab",
+) -> ReleaseHolds:
+    """An operator's release, as the API produces it (the key's fingerprint
+    as the source's secret id)."""
+    common = _common(at=at)
+    common["source"] = common["source"].model_copy(update={"secret_id": key})
+    return ReleaseHolds(
+        **common,
+        experience_id=experience,
+        reservation_ids=reservation_ids,
+        consumer_id=consumer,
+        product_id=product,
+        variant_id=variant,
+        reason=reason,
     )

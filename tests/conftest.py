@@ -22,9 +22,11 @@ from worker.replay.scratch import scratch_database
 
 SECRET = "whsec_test_current_0123456789"
 OLD_SECRET = "whsec_test_previous_9876543210"
-# Two bearer keys for the HTTP API, as during a key rotation.
+# Two bearer keys for the HTTP API, as during a key rotation, and one with
+# the operator scope.
 API_KEY = "rk_test_current_0123456789"
 API_KEY_NEXT = "rk_test_next_9876543210"
+OPERATOR_KEY = "rk_test_operator_5647382910"
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +116,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(
         LISTEN_PORT=str(free_port()),
         API_PORT=str(free_port()),
-        RESERVATION_API_KEYS=f"{API_KEY},{API_KEY_NEXT}",
+        RESERVATION_API_KEYS=f"{API_KEY},{API_KEY_NEXT},{OPERATOR_KEY}:operator",
     )
     env.update(extra)
     return env

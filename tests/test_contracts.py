@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import orjson
 import pytest
@@ -19,11 +20,18 @@ from worker.domain.commands import (
     CommandBase,
     CommandSource,
     PutCart,
+    ReleaseHolds,
     SetStock,
     decode_command,
     encode_command,
 )
-from worker.domain.events import CartUpdated, EventBase, StockSet, encode_event
+from worker.domain.events import (
+    CartUpdated,
+    EventBase,
+    ReservationEnded,
+    StockSet,
+    encode_event,
+)
 from worker.domain.ids import command_id, event_id, grant_digest
 from worker.domain.model import CartLine
 
@@ -193,6 +201,15 @@ def _commands() -> list[CommandBase]:
             variant_id="42",
             on_hand=10,
         ),
+        ReleaseHolds(
+            command_id=command_id("api", "idem_3"),
+            occurred_at=NOW,
+            received_at=NOW,
+            source=CommandSource(kind="api", source_id="idem_3", secret_id="sha256:0123456789ab"),
+            experience_id="exp_1",
+            product_id="shoe",
+            reason="recount after STOCK_BELOW_COMMITTED",
+        ),
     ]
 
 
@@ -214,6 +231,23 @@ def _events() -> list[EventBase]:
             product_id="shoe",
             variant_id=None,
             on_hand=10,
+        ),
+        ReservationEnded(
+            event_id=event_id(cid, 2),
+            command_id=cid,
+            occurred_at=NOW,
+            type="reservation.released",
+            experience_id="exp_1",
+            reservation_id=UUID(int=7),
+            consumer_id="cons_1",
+            grant_digest=grant_digest("eyJ-grant"),
+            product_id="shoe",
+            variant_id="42",
+            quantity=1,
+            reason="operator",
+            ended_at=NOW,
+            requested_by="sha256:0123456789ab",
+            request_reason="recount",
         ),
     ]
 

@@ -189,6 +189,7 @@ def test_traffic_exercises_every_fact() -> None:
         "rejected:POOL_EMPTY",
         "rejected:CART_ALL_OR_NOTHING",
         "ended:cart_changed",
+        "ended:operator",
         "ended:superseded",
         "ended:window_elapsed",
         "ended:checkout",
@@ -351,6 +352,8 @@ async def test_replay_verify_rebuilds_live_state(stack: Stack, settings: Setting
             assert await _drift(conn) == []
             statuses = {r[0] for r in await conn.fetch("SELECT DISTINCT status FROM reservations")}
             assert {"active", "converted", "released", "expired"} <= statuses
+            operator = "SELECT count(*) FROM reservations WHERE end_reason = 'operator'"
+            assert await conn.fetchval(operator) > 0  # operator releases are replayed too
             events = await conn.fetchval("SELECT count(*) FROM outbox")
             # The relay's crash window (sent, not yet marked): some events
             # are published again, later in their partitions.

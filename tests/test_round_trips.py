@@ -1,9 +1,10 @@
 """The unit of work's round trips are fixed per batch, however many commands
-it holds (README, Layout: the batch's rows are loaded in at most nine
+it holds (README, Layout: the batch's rows are loaded in at most eleven
 set-based statements and written one statement per table)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,8 +23,9 @@ from worker.engine import Coordinates, apply_batch, apply_command
 DEFAULTS = ExperienceSettings()
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 # experiences, admissions, carts, endings, cart versions, reservations,
-# stock created, stock locked, pools.
-LOAD_STATEMENTS = 9
+# holds released by id, holds released by product, stock created, stock
+# locked, pools.
+LOAD_STATEMENTS = 11
 # experiences, stock, carts, cart versions, admissions (new, changed),
 # endings, reservations (new, changed), pools, outbox, inbox.
 FLUSH_STATEMENTS = 12
@@ -81,6 +83,8 @@ def _batch(run: str, n: int) -> list[Command]:
             b.cart(exp, "new", b.line(sku, 1), at=at),
             b.admit(exp, "new", f"{run}-new-{i}", at),
             b.complete(exp, "sold", None, f"{run}-order-{i}", at=at),
+            b.release(exp, reservation_ids=[uuid.uuid4()], at=at),
+            b.release(exp, product=sku, at=at),
         ]
     return commands  # type: ignore[return-value]
 
@@ -112,7 +116,7 @@ async def _round_trips(pool: asyncpg.Pool, n: int) -> tuple[int, int]:
 async def test_a_batch_loads_and_flushes_in_a_fixed_number_of_statements(
     engine_db: asyncpg.Pool, n: int
 ) -> None:
-    """n rounds of one command of each kind (n * 6 commands)."""
+    """n rounds of one command of each kind (n * 8 commands)."""
     assert await _round_trips(engine_db, n) == (LOAD_STATEMENTS, FLUSH_STATEMENTS)
 
 
@@ -125,6 +129,7 @@ async def test_a_batch_loads_and_flushes_in_a_fixed_number_of_statements(
         b.admit("rt-single", "c", "rt-single-grant"),
         b.end("rt-single", "c", None),
         b.complete("rt-single", "c", None, "rt-single-order"),
+        b.release("rt-single", product="rt-single"),
     ],
     ids=lambda c: c.type,
 )

@@ -12,6 +12,28 @@ class ConfigError(Exception):
     """Invalid configuration; the message names the variable."""
 
 
+# What a bearer key may call: `storefront` (the default) every route but the
+# operator ones; `operator` every route.
+STOREFRONT_SCOPE = "storefront"
+OPERATOR_SCOPE = "operator"
+API_KEY_SCOPES = (STOREFRONT_SCOPE, OPERATOR_SCOPE)
+
+
+def api_key_entry(entry: str) -> tuple[str, str]:
+    """A RESERVATION_API_KEYS entry, `key` or `key:scope`, as (key, scope).
+    The scope follows the last colon, so a key with a colon of its own must
+    name its scope. The ValueError never quotes the entry: what follows a
+    colon may be part of a key."""
+    key, colon, scope = entry.rpartition(":")
+    if not colon:
+        key, scope = entry, STOREFRONT_SCOPE
+    if scope not in API_KEY_SCOPES:
+        raise ValueError(f"an entry names an unknown scope (scopes: {', '.join(API_KEY_SCOPES)})")
+    if not key:
+        raise ValueError("an entry has a scope but no key")
+    return key, scope
+
+
 def _split_csv(value: object) -> object:
     # Lists arrive as comma-separated strings; pydantic-settings would
     # otherwise insist on JSON for list-typed variables.
@@ -30,7 +52,8 @@ class Settings(BaseSettings):
     )
     reservation_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Bearer keys accepted by the storefront/checkout API, comma-separated",
+        description="Bearer keys accepted by the API, comma-separated, each `key` (storefront) "
+        "or `key:operator` (also the operator routes)",
     )
     api_wait_seconds: float = Field(
         default=5.0, gt=0, description="How long an API write waits for its applied outcome"
@@ -122,6 +145,13 @@ class Settings(BaseSettings):
     @classmethod
     def _secrets_from_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("reservation_api_keys")
+    @classmethod
+    def _known_scopes(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for entry in value:
+            api_key_entry(entry.get_secret_value())
+        return value
 
     @field_validator("fanfare_webhook_secret")
     @classmethod

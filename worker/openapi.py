@@ -94,6 +94,8 @@ class Operation:
     query_model: type[BaseModel] | None = None
     replies: tuple[Reply, ...] = ()
     secured: bool = True
+    # The key scope the route needs beyond a valid key (None: any valid key).
+    scope: str | None = None
     idempotency_key: bool = False
 
 
@@ -170,8 +172,8 @@ def build_document(
     error_model: type[BaseModel],
 ) -> JsonObject:
     """The OpenAPI 3.1 document of `operations`. `error_model` is the body of
-    the answers every operation of a kind may give: 401 when secured, 413
-    when it takes a body."""
+    the answers every operation of a kind may give: 401 when secured, 403
+    when it needs a key scope, 413 when it takes a body."""
     refs, defs = _schemas(operations, error_model)
     paths: dict[str, JsonObject] = {}
     for op in operations:
@@ -267,6 +269,10 @@ def _replies(op: Operation, error_model: type[BaseModel]) -> list[Reply]:
                 error_model,
                 headers=("WWW-Authenticate",),
             )
+        )
+    if op.scope is not None:
+        replies.append(
+            Reply(403, f"The key lacks the `{op.scope}` scope (FORBIDDEN_SCOPE)", error_model)
         )
     if op.body is not None:
         replies.append(Reply(413, "Body larger than MAX_BODY_BYTES (BODY_TOO_LARGE)", error_model))

@@ -1,8 +1,8 @@
 """Reads outside the unit of work, by name: what the HTTP API shows (stock,
-experiences and their pools' usage, carts, holds, applied commands) and
-what the expiry scheduler acts on (due expiries, the next one, the
-database-wide gauges). Each takes a pool or a connection and returns typed
-rows; nothing here writes."""
+experiences and their pools' usage, carts, holds, holds across consumers
+for operators, applied commands) and what the expiry scheduler acts on (due
+expiries, the next one, the database-wide gauges). Each takes a pool or a
+connection and returns typed rows; nothing here writes."""
 
 from __future__ import annotations
 
@@ -44,6 +44,36 @@ class AppliedCommand:
     command_type: str
     outcome: dict[str, Any]
     applied_at: datetime
+
+
+@dataclass(frozen=True)
+class ListedHold:
+    """A hold as an operator's listing shows it: never its grant digest."""
+
+    reservation_id: UUID
+    experience_id: str
+    consumer_id: str
+    product_id: str
+    variant_id: str
+    quantity: int
+    status: ReservationStatus
+    created_at: datetime
+    expires_at: datetime
+    order_id: str | None
+    end_reason: str | None
+
+
+@dataclass(frozen=True)
+class HoldFilter:
+    """What an operator's listing selects; None: any. `after` is the keyset
+    position (created_at, id) of the last hold of the previous page."""
+
+    experience_id: str | None = None
+    consumer_id: str | None = None
+    product_id: str | None = None
+    variant_id: str | None = None
+    status: ReservationStatus | None = None
+    after: tuple[datetime, UUID] | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +160,68 @@ async def consumer_holds(db: Reader, experience_id: str, consumer_id: str) -> li
         )
         for r in rows
     ]
+
+
+LISTED_HOLD_COLUMNS = """id, experience_id, consumer_id, product_id, variant_id, quantity,
+    status, created_at, expires_at, order_id, end_reason"""
+
+
+def listed_holds_sql(where: HoldFilter) -> tuple[str, list[Any]]:
+    """The listing's statement and arguments. Only the filters given become
+    conditions (from this fixed set, never from input), so each combination
+    is planned for its own index rather than one generic plan for all."""
+    conditions: list[str] = []
+    args: list[Any] = []
+    for column, value in (
+        ("experience_id", where.experience_id),
+        ("consumer_id", where.consumer_id),
+        ("product_id", where.product_id),
+        ("variant_id", where.variant_id),
+        ("status", None if where.status is None else where.status.value),
+    ):
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{column} = ${len(args)}")
+    if where.after is not None:
+        args += where.after
+        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    filtered = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = f"""SELECT {LISTED_HOLD_COLUMNS} FROM reservations {filtered}
+        ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1}"""
+    return sql, args
+
+
+async def listed_holds(db: Reader, where: HoldFilter, limit: int) -> list[ListedHold]:
+    """Holds across consumers, newest first (created_at, then id, both
+    descending): a keyset page, never an offset, so a page is as cheap at
+    the end of the list as at its start, and a hold present throughout is
+    never repeated or skipped, whatever is added between two pages."""
+    sql, args = listed_holds_sql(where)
+    rows = await db.fetch(sql, *args, limit)
+    return [
+        ListedHold(
+            reservation_id=r["id"],
+            experience_id=r["experience_id"],
+            consumer_id=r["consumer_id"],
+            product_id=r["product_id"],
+            variant_id=r["variant_id"],
+            quantity=r["quantity"],
+            status=ReservationStatus(r["status"]),
+            created_at=r["created_at"],
+            expires_at=r["expires_at"],
+            order_id=r["order_id"],
+            end_reason=r["end_reason"],
+        )
+        for r in rows
+    ]
+
+
+async def hold_experiences(db: Reader, reservation_ids: list[UUID]) -> dict[UUID, str]:
+    """The experience of each of these holds that exists."""
+    rows = await db.fetch(
+        "SELECT id, experience_id FROM reservations WHERE id = ANY($1::uuid[])", reservation_ids
+    )
+    return {r["id"]: r["experience_id"] for r in rows}
 
 
 async def applied_command(db: Reader, command_id: UUID) -> AppliedCommand | None:

@@ -236,6 +236,41 @@ class BatchHolds:
             if r.status == ReservationStatus.ACTIVE:
                 r.end(ReservationStatus.RELEASED, reason, at)
 
+    def holds_named(
+        self, experience_id: str, reservation_ids: list[UUID]
+    ) -> tuple[list[TrackedReservation], list[UUID]]:
+        """The experience's holds among these ids, and the ids it has none for."""
+        found, unknown = [], []
+        for rid in dict.fromkeys(reservation_ids):
+            r = self.reservations.get(rid)
+            if r is not None and r.experience_id == experience_id:
+                found.append(r)
+            else:
+                unknown.append(rid)
+        return found, unknown
+
+    def active_holds_of(
+        self,
+        experience_id: str,
+        *,
+        consumer_id: str | None = None,
+        product_id: str | None = None,
+        variant_id: str | None = None,
+    ) -> list[TrackedReservation]:
+        """The experience's active holds of a consumer, or of a product (and
+        variant, when given)."""
+        if consumer_id is not None:
+            rows = self.reservations_by_pair.get((experience_id, consumer_id), [])
+        else:
+            rows = [
+                r
+                for r in self.reservations.values()
+                if r.experience_id == experience_id
+                and r.product_id == product_id
+                and variant_id in (None, r.variant_id)
+            ]
+        return [r for r in rows if r.status == ReservationStatus.ACTIVE]
+
     def consumer_holds(self, experience_id: str, consumer_id: str) -> list[Hold]:
         """Every reservation of a consumer in an experience, as checkout sees them."""
         rows = sorted(

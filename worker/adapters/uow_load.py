@@ -1,7 +1,8 @@
 """What a unit of work reads before a batch is decided: the batch's
 footprint (every key its commands can touch) and the set-based statements
-that load those rows: at most nine (one per table, two for stock, which may
-create rows), however large the batch is.
+that load those rows: at most eleven (one per table, two for stock, which
+may create rows, two more for the holds an operator releases by id or by
+product), however large the batch is.
 
 Concurrency: reservations, admissions, carts, endings and pools belong to one
 experience, and one experience's commands are applied by one consumer at a
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from worker.adapters import rows as tables
 from worker.adapters.rows import Pair
@@ -38,6 +40,7 @@ from worker.domain.commands import (
     ConfigureExperience,
     EndAdmission,
     PutCart,
+    ReleaseHolds,
     SetStock,
 )
 from worker.domain.endings import AdmissionStatus
@@ -56,6 +59,10 @@ class Footprint:
     # Consumers with a Fanfare completion in the batch: a sale may need the
     # cart as it stood at an earlier time.
     sales: set[Pair] = field(default_factory=set)
+    # Holds an operator releases: by id, and the active ones of a product in
+    # an experience (variant None: every variant).
+    reservation_ids: set[UUID] = field(default_factory=set)
+    products_held: set[tuple[str, str, str | None]] = field(default_factory=set)
 
     @classmethod
     def of(cls, commands: Iterable[Command]) -> Footprint:
@@ -80,12 +87,27 @@ class Footprint:
                         fp.grant_digests.add(cmd.grant_digest)
                     if isinstance(cmd, CompleteCheckout) and cmd.items is None:
                         fp.sales.add((cmd.experience_id, cmd.consumer_id))
+                case ReleaseHolds():
+                    fp.experiences.add(cmd.experience_id)  # a pooled hold gives its unit back
+                    if cmd.reservation_ids is not None:
+                        fp.reservation_ids.update(cmd.reservation_ids)
+                    elif cmd.consumer_id is not None:
+                        fp.pairs.add((cmd.experience_id, cmd.consumer_id))
+                    elif cmd.product_id is not None:
+                        fp.products_held.add((cmd.experience_id, cmd.product_id, cmd.variant_id))
         return fp
 
 
 CART_LOOKUP_SQL = """SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(e, c)
     CROSS JOIN LATERAL (SELECT experience_id, consumer_id, items, updated_at
         FROM carts WHERE experience_id = k.e AND consumer_id = k.c OFFSET 0) t"""
+HOLDS_BY_ID_SQL = "SELECT * FROM reservations WHERE id = ANY($1::uuid[])"
+# A NULL variant: every variant of the product.
+ACTIVE_HOLDS_OF_PRODUCT_SQL = """SELECT t.* FROM unnest($1::text[], $2::text[], $3::text[])
+        AS k(e, p, v)
+    CROSS JOIN LATERAL (SELECT * FROM reservations
+        WHERE experience_id = k.e AND product_id = k.p AND (k.v IS NULL OR variant_id = k.v)
+          AND status = 'active' OFFSET 0) t"""
 CART_VERSIONS_SQL = """SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(e, c)
     CROSS JOIN LATERAL (SELECT experience_id, consumer_id, updated_at, command_id, items
         FROM cart_versions WHERE experience_id = k.e AND consumer_id = k.c OFFSET 0) t"""
@@ -100,6 +122,7 @@ async def load(uow: UnitOfWork, conn: Conn, commands: list[Command]) -> None:
     await _endings(uow, conn, fp)
     await _cart_versions(uow, conn, fp.sales | _pairs_with_sales(uow))
     await _reservations(uow, conn, fp)
+    await _released_holds(uow, conn, fp)
     for cart in uow.carts.values():
         fp.stock.update((i.product_id, i.variant_column) for i in cart.items)
     # A sale may sell an earlier cart than the current one.
@@ -177,6 +200,20 @@ async def _endings(uow: UnitOfWork, conn: Conn, fp: Footprint) -> None:
 
 async def _reservations(uow: UnitOfWork, conn: Conn, fp: Footprint) -> None:
     for r in await _by_pair_or_grant_digest(conn, "reservations", fp):
+        uow.track_reservation(TrackedReservation.loaded(r))
+
+
+async def _released_holds(uow: UnitOfWork, conn: Conn, fp: Footprint) -> None:
+    """The holds operator releases name, by id or by product."""
+    found = []
+    if fp.reservation_ids:
+        found += await conn.fetch(HOLDS_BY_ID_SQL, sorted(fp.reservation_ids))
+    if fp.products_held:
+        keys = sorted(fp.products_held, key=lambda k: (k[0], k[1], k[2] or ""))
+        found += await conn.fetch(
+            ACTIVE_HOLDS_OF_PRODUCT_SQL, *(list(column) for column in zip(*keys, strict=True))
+        )
+    for r in found:
         uow.track_reservation(TrackedReservation.loaded(r))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, TypeAdapter, model_validator
+from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter, model_validator
 
 from worker.domain.base import WireModel
 from worker.domain.model import (
@@ -23,6 +23,12 @@ from worker.domain.model import (
 )
 
 GrantDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# An operator's words, for the log: printable, bounded.
+OperatorReason = Annotated[
+    str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+# Reservation ids one release may name.
+RELEASE_MAX_IDS = 500
 
 
 class CommandSource(WireModel):
@@ -127,8 +133,40 @@ class CompleteCheckout(ExperienceCommand):
     items: list[CartLine] | None = Field(default=None, max_length=100)
 
 
+class ReleaseHolds(ExperienceCommand):
+    """An operator releases holds of one experience: the ones named, a
+    consumer's, or a product's (every variant unless one is named). Each
+    still held at the command's time ends `released`, reason `operator`;
+    admissions stay as they are. Who asked is `source.secretId`, the API
+    key's fingerprint."""
+
+    type: Literal["holds.release"] = "holds.release"
+    reservation_ids: list[UUID] | None = Field(
+        default=None, min_length=1, max_length=RELEASE_MAX_IDS
+    )
+    consumer_id: Identifier | None = None
+    product_id: Identifier | None = None
+    variant_id: Identifier | None = None
+    reason: OperatorReason = Field(description="Why, in the operator's words (for the log)")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> ReleaseHolds:
+        named = [self.reservation_ids, self.consumer_id, self.product_id]
+        if sum(x is not None for x in named) != 1:
+            raise ValueError("exactly one of reservationIds, consumerId or productId")
+        if self.variant_id is not None and self.product_id is None:
+            raise ValueError("variantId needs productId")
+        return self
+
+
 Command = Annotated[
-    AdmitConsumer | PutCart | SetStock | ConfigureExperience | EndAdmission | CompleteCheckout,
+    AdmitConsumer
+    | PutCart
+    | SetStock
+    | ConfigureExperience
+    | EndAdmission
+    | CompleteCheckout
+    | ReleaseHolds,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)

@@ -104,6 +104,14 @@ class ReservationEnded(ExperienceEvent):
         "`released` or `expired` for a late conversion, which takes the units back from the "
         "shelf; `converted` for a sale moved to the admission it belonged to",
     )
+    requested_by: str | None = Field(
+        default=None,
+        description="An operator's release (reason `operator`): the fingerprint of the API key "
+        "that asked",
+    )
+    request_reason: str | None = Field(
+        default=None, description="An operator's release: the reason the operator gave"
+    )
 
 
 class AdmissionEnded(ExperienceEvent):

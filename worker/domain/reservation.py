@@ -8,11 +8,15 @@ Nothing else moves: a move outside these is a bug in the caller."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from worker.domain.model import ReservationStatus
 
 ACTIVE = ReservationStatus.ACTIVE
 CONVERTED = ReservationStatus.CONVERTED
 ENDED = frozenset({ReservationStatus.RELEASED, ReservationStatus.EXPIRED})
+# How a hold an operator released ended.
+OPERATOR_REASON = "operator"
 # By value: a row read from SQL holds the plain string.
 _ENDED_AS = {s.value: s for s in ENDED}
 
@@ -47,6 +51,13 @@ def convert_ended(status: str) -> ReservationStatus:
     if status not in ENDED:
         raise HoldMoveRefused(f"a {status} hold has not ended to be sold again")
     return CONVERTED
+
+
+def held_at(status: str, expires_at: datetime, at: datetime) -> bool:
+    """Whether a hold is still held at `at`: active, and its window not run
+    out by then. One past its window is its expiry's to end, even if the
+    expiry has not been applied yet."""
+    return status == ACTIVE and at < expires_at
 
 
 def is_ended(status: str) -> bool:

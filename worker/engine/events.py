@@ -11,9 +11,16 @@ from uuid import UUID
 
 from worker.adapters.rows import Pair
 from worker.adapters.uow_rows import HeldRow
-from worker.domain import ids
+from worker.domain import ids, reservation
 from worker.domain.admission import HoldRequest
-from worker.domain.commands import AdmitConsumer, CommandBase, CompleteCheckout, PutCart, SetStock
+from worker.domain.commands import (
+    AdmitConsumer,
+    CommandBase,
+    CompleteCheckout,
+    PutCart,
+    ReleaseHolds,
+    SetStock,
+)
 from worker.domain.endings import AdmissionStatus, Fact, Verdict
 from worker.domain.events import (
     AdmissionEnded,
@@ -191,6 +198,31 @@ class Events:
                 created_at=held.created_at,
                 strategy=held.strategy,
                 previous_status=previous_status,
+            )
+        )
+
+    def released_by_operator(
+        self, cmd: ReleaseHolds, consumer_id: str, grant_digest: str, held: HeldRow
+    ) -> None:
+        """A hold an operator released, with who asked (the key's
+        fingerprint) and why."""
+        self.add(
+            ReservationEnded(
+                **self.common(),
+                type="reservation.released",
+                experience_id=cmd.experience_id,
+                reservation_id=held.reservation_id,
+                consumer_id=consumer_id,
+                grant_digest=grant_digest,
+                product_id=held.product_id,
+                variant_id=held.variant_id or None,
+                quantity=held.quantity,
+                reason=reservation.OPERATOR_REASON,
+                ended_at=cmd.occurred_at,
+                created_at=held.created_at,
+                strategy=held.strategy,
+                requested_by=cmd.source.secret_id,
+                request_reason=cmd.reason,
             )
         )
 

@@ -12,6 +12,8 @@ table with their documented replies and errors:
     stock.py        PUT/GET /v1/stock
     carts.py        PUT/GET .../consumers/{consumerId}/cart, GET .../reservations
     checkout.py     POST /v1/checkout/validate, POST /v1/checkout/complete
+    holds.py        GET /v1/holds (operators)
+    releases.py     POST /v1/holds/release (operators)
     commands.py     GET /v1/commands/{commandId}
     operations.py   /healthz, /readyz, /metrics (worker.roles.ops), /openapi.json
 
@@ -61,7 +63,7 @@ def build_api(
     clock: Clock | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[middleware])
-    keys = [ApiKey.from_text(k.get_secret_value()) for k in settings.reservation_api_keys]
+    keys = [ApiKey.from_entry(k.get_secret_value()) for k in settings.reservation_api_keys]
     if not keys:
         log.warning("api_without_keys", detail="RESERVATION_API_KEYS is empty: every call is 401")
     operations: dict[web.AbstractRoute, Operation] = {}

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from worker import metrics
 from worker.adapters import postgres
 from worker.clock import Clock
-from worker.config import Settings
+from worker.config import OPERATOR_SCOPE, Settings, api_key_entry
 from worker.domain import ids
 from worker.logs import get_logger
 from worker.openapi import Operation, Reply
@@ -101,11 +101,19 @@ class ApiKey:
     # compare leaks not even the key's length.
     digest: bytes = field(repr=False)
     fingerprint: str
+    scope: str
 
     @classmethod
-    def from_text(cls, text: str) -> ApiKey:
-        raw = text.encode("utf-8")
-        return cls(hashlib.sha256(raw).digest(), ids.key_fingerprint(raw))
+    def from_entry(cls, entry: str) -> ApiKey:
+        """From a RESERVATION_API_KEYS entry (`key` or `key:scope`): the
+        fingerprint is the key's alone, whatever its scope."""
+        key, scope = api_key_entry(entry)
+        raw = key.encode("utf-8")
+        return cls(hashlib.sha256(raw).digest(), ids.key_fingerprint(raw), scope)
+
+    def allows(self, scope: str | None) -> bool:
+        """Whether this key may call a route that needs `scope` (None: any key)."""
+        return scope is None or self.scope == scope or self.scope == OPERATOR_SCOPE
 
 
 @dataclass
@@ -194,17 +202,17 @@ def parse_query(request: web.Request, model: type[M]) -> M:
 # --- every request -------------------------------------------------------------------
 
 
-def _authenticate(state: ApiState, request: web.Request) -> str:
-    """The fingerprint of the key that matched, or ApiError 401."""
+def _authenticate(state: ApiState, request: web.Request) -> ApiKey:
+    """The key that matched, or ApiError 401."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    matched: str | None = None
+    matched: ApiKey | None = None
     if scheme.lower() == "bearer" and token:
         presented = hashlib.sha256(token.encode("utf-8")).digest()
         # Every key is compared, so timing says nothing about which matched.
         for key in state.keys:
             if hmac.compare_digest(presented, key.digest):
-                matched = key.fingerprint
+                matched = key
     if matched is None:
         raise ApiError(
             401,
@@ -258,7 +266,14 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             raise missed
         operation = state.operations.get(request.match_info.route)
         if operation is None or operation.secured:
-            request[KEY_FINGERPRINT] = _authenticate(state, request)
+            key = _authenticate(state, request)
+            request[KEY_FINGERPRINT] = key.fingerprint
+            if operation is not None and not key.allows(operation.scope):
+                raise ApiError(
+                    403,
+                    "FORBIDDEN_SCOPE",
+                    f"this route needs a key with the {operation.scope} scope",
+                )
         response = await handler(request)
     except Exception as exc:
         failure = _as_api_error(request, exc)

@@ -83,10 +83,14 @@ class ReservationView(ApiOut):
     end_reason: str | None = None
 
 
+def seconds_remaining(status: ReservationStatus, expires_at: datetime, now: datetime) -> int:
+    if status is not ReservationStatus.ACTIVE:
+        return 0
+    return max(0, math.ceil((expires_at - now).total_seconds()))
+
+
 def hold_view(hold: Hold, now: datetime) -> ReservationView:
-    remaining = 0
-    if hold.status is ReservationStatus.ACTIVE:
-        remaining = max(0, math.ceil((hold.expires_at - now).total_seconds()))
+    remaining = seconds_remaining(hold.status, hold.expires_at, now)
     return ReservationView(
         reservation_id=UUID(hold.reservation_id),
         product_id=hold.product_id,

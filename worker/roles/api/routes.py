@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker import openapi
-from worker.roles.api import carts, checkout, commands, experiences, operations, stock
+from worker.roles.api import (
+    carts,
+    checkout,
+    commands,
+    experiences,
+    holds,
+    operations,
+    releases,
+    stock,
+)
 from worker.roles.api.models import ErrorBody
 
 API_VERSION = "1.0.0"
@@ -21,6 +30,8 @@ ROUTES: tuple[openapi.Operation, ...] = (
     *stock.ROUTES,
     *carts.ROUTES,
     *checkout.ROUTES,
+    *holds.ROUTES,
+    *releases.ROUTES,
     *commands.ROUTES,
     *operations.ROUTES,
 )
@@ -31,7 +42,9 @@ service: configure experiences, set stock, put carts, read holds with their \
 countdown, validate and complete checkout.
 
 Every route except the operations ones needs `Authorization: Bearer <key>` \
-with one of the keys in RESERVATION_API_KEYS (401 UNAUTHORIZED otherwise).
+with one of the keys in RESERVATION_API_KEYS (401 UNAUTHORIZED otherwise). \
+The operator routes (tag `operators`) need a key with the operator scope \
+(`key:operator` in RESERVATION_API_KEYS; 403 FORBIDDEN_SCOPE otherwise).
 
 Writes go through the command log: the answer is the applied outcome, or 202 \
 with a commandId when it was not applied within API_WAIT_SECONDS (GET \

@@ -7,7 +7,8 @@ and GET /v1/commands/{id} gives the outcome later.
 
 A write handler parses its request, builds its command from `envelope` and
 hands it to `write`; the replies documented here are the ones `write` may
-give on any route."""
+give on any route. A request that is one command per experience hands them
+to `write_each` and adds up their outcomes itself."""
 
 from __future__ import annotations
 
@@ -184,17 +185,21 @@ async def _produce(state: ApiState, command: CommandBase) -> None:
         ) from None
 
 
+async def _applied_before(state: ApiState, command_id: UUID) -> AppliedCommand | None:
+    """A retry of a write already applied is answered without producing again."""
+    try:
+        return await queries.applied_command(state.pool, command_id)
+    except postgres.UNREACHABLE:
+        return None
+
+
 async def write(request: web.Request, command: CommandBase, idempotent: bool) -> web.Response:
     state = api_state(request)
     pending = request.app[PENDING]
     command_id = command.command_id
     request[COMMAND_ID] = str(command_id)
     if idempotent:
-        # A retry of a write already applied: answer it without producing again.
-        try:
-            applied = await queries.applied_command(state.pool, command_id)
-        except postgres.UNREACHABLE:
-            applied = None
+        applied = await _applied_before(state, command_id)
         if applied is not None:
             return answer_outcome(command_id, applied.outcome)
     await _produce(state, command)
@@ -205,3 +210,31 @@ async def write(request: web.Request, command: CommandBase, idempotent: bool) ->
         return pending_answer(command_id)
     pending.discard(command_id)
     return answer_outcome(command_id, applied.outcome)
+
+
+async def write_each(
+    request: web.Request, commands: list[CommandBase], idempotent: bool
+) -> list[dict[str, Any] | None]:
+    """One request that is several commands (one per experience, as each
+    experience has one writer): each produced unless already applied, then
+    all waited for together. Their outcomes in order, None for one not
+    applied within API_WAIT_SECONDS (the caller answers 202)."""
+    state = api_state(request)
+    pending = request.app[PENDING]
+    request[COMMAND_ID] = ",".join(str(c.command_id) for c in commands)
+    applied: dict[UUID, AppliedCommand | None] = {}
+    if idempotent:
+        for command in commands:
+            applied[command.command_id] = await _applied_before(state, command.command_id)
+    todo = [c for c in commands if applied.get(c.command_id) is None]
+    for command in todo:
+        await _produce(state, command)
+        pending.add(command.command_id)
+    waited = await asyncio.gather(*(_wait_applied(state, c.command_id) for c in todo))
+    for command, outcome in zip(todo, waited, strict=True):
+        applied[command.command_id] = outcome
+        if outcome is not None:
+            pending.discard(command.command_id)
+    if any(a is None for a in applied.values()):
+        metrics.API_PENDING_ANSWERS.labels(route_label(request)).inc()
+    return [(a.outcome if (a := applied[c.command_id]) is not None else None) for c in commands]
