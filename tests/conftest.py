@@ -75,6 +75,7 @@ async def settings(stack: Stack, database_url: str, run_id: str) -> Settings:
         commands_topic=f"t{run_id}.commands",
         events_topic=f"t{run_id}.events",
         dead_letter_topic=f"t{run_id}.commands.dlq",
+        quarantine_topic=f"t{run_id}.quarantine",
         consumer_group=f"t{run_id}.consumers",
         topic_partitions=6,
     )

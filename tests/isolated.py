@@ -37,6 +37,7 @@ async def isolated_settings(
             "commands_topic": f"i{tag}.commands",
             "events_topic": f"i{tag}.events",
             "dead_letter_topic": f"i{tag}.commands.dlq",
+            "quarantine_topic": f"i{tag}.quarantine",
             "consumer_group": f"i{tag}.consumers",
             "topic_partitions": partitions,
         }

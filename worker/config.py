@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     commands_topic: str = "reservations.commands"
     events_topic: str = "reservations.events"
     dead_letter_topic: str = "reservations.commands.dlq"
+    quarantine_topic: str = Field(
+        default="reservations.quarantine",
+        description="Signed deliveries whose data could not be translated (credentials "
+        "digested), kept for `worker quarantine replay`",
+    )
     forward_unknown_events_topic: str | None = Field(
         default=None,
         description="If set, Fanfare events of unknown type are produced to this topic "

@@ -24,6 +24,9 @@ log = get_logger(__name__)
 SEQ_HEADER = "outbox-seq"
 # The broker, or the road to it, is away: try again later.
 UNREACHABLE: tuple[type[BaseException], ...] = (KafkaError, TimeoutError)
+# Quarantined deliveries wait for a parser fix and an operator, long after
+# Fanfare's 44.5 h of retries: kept a month rather than the broker's default.
+QUARANTINE_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -105,6 +108,7 @@ async def ensure_topics(settings: Settings) -> None:
             settings.commands_topic,
             settings.events_topic,
             settings.dead_letter_topic,
+            settings.quarantine_topic,
         ]
         if settings.forward_unknown_events_topic:
             wanted.append(settings.forward_unknown_events_topic)
@@ -114,9 +118,7 @@ async def ensure_topics(settings: Settings) -> None:
                 name,
                 num_partitions=settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
-                topic_configs={
-                    "min.insync.replicas": str(min(2, settings.topic_replication_factor))
-                },
+                topic_configs=_topic_configs(settings, name),
             )
             for name in wanted
             if name not in existing
@@ -132,6 +134,13 @@ async def ensure_topics(settings: Settings) -> None:
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+def _topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    configs = {"min.insync.replicas": str(min(2, settings.topic_replication_factor))}
+    if name == settings.quarantine_topic:
+        configs["retention.ms"] = str(QUARANTINE_RETENTION_MS)
+    return configs
 
 
 @functools.lru_cache(maxsize=4096)

@@ -1,5 +1,5 @@
-"""The AsyncAPI 3.0 document of the service's three topics (commands,
-events, dead letters): channels, messages with their keys and headers,
+"""The AsyncAPI 3.0 document of the service's four topics (commands,
+events, dead letters, quarantine): channels, messages with their keys and headers,
 operations, and the delivery guarantees in words. Payloads reference the
 JSON Schema files written beside it."""
 
@@ -22,6 +22,7 @@ from worker.contracts.topics import (
     DEAD_LETTER_CHANNEL,
     DEAD_LETTER_SETTING,
     EVENTS,
+    QUARANTINE,
     TOPICS,
     JsonObject,
     Topic,
@@ -41,11 +42,12 @@ INFO: JsonObject = {
     "title": "Fanfare cart-reservation worker: Kafka topics",
     "version": CONTRACT_VERSION,
     "description": (
-        "Commands in, events out, poison parked. Every delivery is at least "
+        "Commands in, events out, poison parked, untranslatable deliveries "
+        "quarantined. Every delivery is at least "
         "once and ordered per key only; `commandId` and `eventId` are stable "
         "across re-deliveries, so consumers dedupe on them. Topic names and "
         "the partition count shown are the defaults (env `COMMANDS_TOPIC`, "
-        "`EVENTS_TOPIC`, `DEAD_LETTER_TOPIC`, `TOPIC_PARTITIONS`). Payload "
+        "`EVENTS_TOPIC`, `DEAD_LETTER_TOPIC`, `QUARANTINE_TOPIC`, `TOPIC_PARTITIONS`). Payload "
         "schemas are JSON Schema draft 2020-12 files beside this document, "
         "generated from the pydantic models."
     ),
@@ -154,6 +156,19 @@ moves past it, so a crash in between parks it again: dedupe on \
 Order: records keep the original key, so the parked commands of one key stay \
 in the order they were parked."""
 
+QUARANTINE_TEXT = """\
+Signed, in-tolerance Fanfare deliveries whose `data` failed validation or \
+translation, written by the receiver before it answers 400 (503 if the write \
+is not acknowledged), credentials digested; and the markers the quarantine \
+tool writes once it re-drove an event into the commands topic.
+
+Delivery: at least once; each of Fanfare's retries is quarantined again with \
+the same `eventId`. Dedupe on `eventId`: an event with a `quarantine.replayed` \
+record is done.
+
+Order: per key only. Key: {keys}. An event's deliveries and its marker share \
+a partition, the marker after the deliveries it settles."""
+
 DEAD_LETTER_HEADERS: JsonObject = {
     "type": "object",
     "description": "Kafka record headers; every value is a UTF-8 string.",
@@ -242,7 +257,7 @@ def _messages_ref(channel: str, names: Sequence[str]) -> list[JsonObject]:
 
 
 def asyncapi_document() -> JsonObject:
-    """The AsyncAPI 3.0 document of the service's three topics."""
+    """The AsyncAPI 3.0 document of the service's four topics."""
     channels: JsonObject = {}
     messages: JsonObject = {}
     names: dict[str, list[str]] = {}
@@ -263,7 +278,11 @@ def asyncapi_document() -> JsonObject:
 
 def _topic_channel(topic: Topic, messages: JsonObject) -> tuple[JsonObject, list[str]]:
     """A topic's channel; its messages are added to the components'."""
-    texts = {COMMANDS.channel: COMMANDS_TEXT, EVENTS.channel: EVENTS_TEXT}
+    texts = {
+        COMMANDS.channel: COMMANDS_TEXT,
+        EVENTS.channel: EVENTS_TEXT,
+        QUARANTINE.channel: QUARANTINE_TEXT,
+    }
     prop = discriminator(union_schema(topic))
     names: list[str] = []
     channel_messages: JsonObject = {}
@@ -325,6 +344,14 @@ def _operations(names: dict[str, list[str]]) -> JsonObject:
             "Publish events",
             "The outbox relay publishes committed events, in order per key.",
             names[events],
+        ),
+        "quarantineDelivery": _operation(
+            "send",
+            QUARANTINE.channel,
+            "Quarantine a delivery, or mark it re-driven",
+            "The receiver keeps a signed delivery it cannot translate before answering "
+            "400; `worker quarantine replay` marks each event it re-drove.",
+            names[QUARANTINE.channel],
         ),
         "parkPoisonCommand": _operation(
             "send",

@@ -1,5 +1,5 @@
 """The topics the contracts describe, their message models (the unions
-`Command` and `Event`), and each model's record key."""
+`Command`, `Event` and `QuarantineRecord`), and each model's record key."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic.json_schema import JsonSchemaMode
 from worker.config import Settings
 from worker.domain.commands import COMMAND_ADAPTER, Command
 from worker.domain.events import EVENT_ADAPTER, Event
+from worker.fanfare.quarantine import QUARANTINE_ADAPTER, QuarantineRecord
 
 JsonObject = dict[str, Any]
 
@@ -61,7 +62,15 @@ EVENTS = Topic(
     mode="serialization",
     title="Event",
 )
-TOPICS = (COMMANDS, EVENTS)
+QUARANTINE = Topic(
+    channel="quarantine",
+    setting="quarantine_topic",
+    union=QuarantineRecord,
+    adapter=QUARANTINE_ADAPTER,
+    mode="serialization",
+    title="QuarantineRecord",
+)
+TOPICS = (COMMANDS, EVENTS, QUARANTINE)
 DEAD_LETTER_CHANNEL = "deadLetters"
 DEAD_LETTER_SETTING = "dead_letter_topic"
 

@@ -136,11 +136,15 @@ def field_path(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """What the HTTP layer knows about this attempt (a plain record: every
-    field comes from the receiver itself, nothing to validate)."""
+    field comes from the receiver itself, nothing to validate), or what the
+    quarantine kept of it."""
 
     delivery_id: str | None
     secret_fingerprint: str
     received_at: datetime
+    # A delivery re-driven from quarantine: its grants were stored as their
+    # digests (`sha256:<hex>`), which translation then takes as they are.
+    grants_digested: bool = False
 
 
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)

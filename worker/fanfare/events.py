@@ -34,6 +34,7 @@ from worker.fanfare.envelope import (
     Delivery,
     Envelope,
 )
+from worker.fanfare.forwarding import stored_digest
 
 Disposition = Literal["command", "not_acted_on", "unknown"]
 # Why an event became no command; the receiver's answer says it.
@@ -74,8 +75,14 @@ def _common(
         "source": _source(envelope, delivery),
         "experience_id": data.experience_id,
         "consumer_id": data.consumer_id,
-        "grant_digest": ids.grant_digest(grant) if grant is not None else None,
+        "grant_digest": _digest(grant, delivery) if grant is not None else None,
     }
+
+
+def _digest(grant: str, delivery: Delivery) -> str:
+    if delivery.grants_digested:
+        return stored_digest(grant)
+    return ids.grant_digest(grant)
 
 
 def _admission(kind: Literal["queue", "draw", "auction"]) -> Translator:
@@ -227,7 +234,8 @@ def metric_label(event_type: str) -> str:
 
 def translate(envelope: Envelope, delivery: Delivery) -> Translation:
     """What this event becomes. Raises pydantic.ValidationError when `data`
-    lacks what the type needs."""
+    lacks what the type needs; on a delivery re-driven from quarantine,
+    ValueError when a stored grant is not a digest."""
     translator = translator_for(envelope.type)
     if translator is None:
         return Translation("unknown", reason="unknown_event_type")

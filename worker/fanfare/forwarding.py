@@ -17,6 +17,9 @@ from worker.fanfare.envelope import Delivery, Envelope
 # `checkoutGrant` or `apiSecret` are all caught; a false positive costs only a
 # digest in place of a value.
 CREDENTIAL_KEY_PARTS = ("token", "grant", "secret", "password", "credential")
+# What a redacted credential starts with; the SHA-256 hex follows.
+DIGEST_PREFIX = "sha256:"
+_HEX = frozenset("0123456789abcdef")
 
 
 def redact(value: Any) -> Any:
@@ -26,13 +29,22 @@ def redact(value: Any) -> Any:
         out: dict[str, Any] = {}
         for key, item in value.items():
             if any(part in key.lower() for part in CREDENTIAL_KEY_PARTS) and isinstance(item, str):
-                out[key] = "sha256:" + ids.grant_digest(item)
+                out[key] = DIGEST_PREFIX + ids.grant_digest(item)
             else:
                 out[key] = redact(item)
         return out
     if isinstance(value, list):
         return [redact(item) for item in value]
     return value
+
+
+def stored_digest(value: str) -> str:
+    """The grant digest a redacted credential holds. Raises ValueError when
+    `value` is not one (a stored record always holds digests, never grants)."""
+    digest = value.removeprefix(DIGEST_PREFIX)
+    if digest == value or len(digest) != 64 or not set(digest) <= _HEX:
+        raise ValueError("a stored grant is not a sha256:<hex> digest")
+    return digest
 
 
 @dataclass(frozen=True)
