@@ -72,6 +72,7 @@ COUNTERS = frozenset(
     {
         "fanfare_reservations_webhook_requests_total",
         "fanfare_reservations_webhook_produce_errors_total",
+        "fanfare_reservations_quarantined_total",
         "fanfare_reservations_commands_applied_total",
         "fanfare_reservations_batches_applied_total",
         "fanfare_reservations_commands_parked_total",

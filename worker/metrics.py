@@ -47,6 +47,13 @@ PRODUCER_REPLACEMENTS = Counter(
     "task died, e.g. OutOfOrderSequenceNumber after a broker outage)",
     namespace=NAMESPACE,
 )
+QUARANTINED = Counter(
+    "quarantined",
+    "Signed deliveries whose data failed translation, kept in the quarantine topic, by "
+    "event type (folded as webhook_requests_total) and validation error type",
+    ["event_type", "reason"],
+    namespace=NAMESPACE,
+)
 WEBHOOK_VERIFIED = Counter(
     "webhook_verified",
     "Verified webhooks by the fingerprint of the secret that matched "

@@ -36,5 +36,8 @@ class Meters:
             counter = self._verified[fingerprint] = metrics.WEBHOOK_VERIFIED.labels(fingerprint)
         counter.inc()
 
+    def quarantined(self, event_type: str, reason: str) -> None:
+        metrics.QUARANTINED.labels(event_type, reason).inc()
+
     def produce_error(self, error: str) -> None:
         metrics.WEBHOOK_PRODUCE_ERRORS.labels(error).inc()

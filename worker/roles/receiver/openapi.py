@@ -132,7 +132,9 @@ WEBHOOK = Endpoint(
         _refusal(
             400,
             "Body cut short or badly framed, not JSON, or the envelope or event data is "
-            "invalid; `field` names the failing path.",
+            "invalid; `field` names the failing path. Invalid event data is answered only "
+            "once the delivery is in the quarantine topic (credentials digested), from "
+            "where an operator re-drives it after a fix.",
             "MALFORMED_BODY",
             "MALFORMED_JSON",
             "INVALID_ENVELOPE",
@@ -155,7 +157,8 @@ WEBHOOK = Endpoint(
         ),
         _refusal(
             503,
-            "Kafka did not acknowledge in time; retry later.",
+            "Kafka did not acknowledge the command, forwarded event or quarantined "
+            "delivery in time; retry later.",
             "BROKER_UNAVAILABLE",
             headers=("Retry-After",),
         ),

@@ -1,7 +1,9 @@
 """The webhook handler: read, verify, translate, make durable, answer.
 
 Each step either hands the next one what it needs or raises `Refusal` with
-the answer; a 2xx is given only once Kafka acknowledged the record.
+the answer; a 2xx is given only once Kafka acknowledged the record, and so
+is the 400 of a signed delivery whose data cannot be translated: it is
+quarantined first (worker.fanfare.quarantine).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from worker.adapters import kafka_sender
 from worker.clock import Clock
 from worker.config import Settings
 from worker.domain.commands import CommandBase, encode_command
+from worker.fanfare import quarantine
 from worker.fanfare.envelope import Delivery, Envelope, clean_delivery_id, field_path
 from worker.fanfare.events import Translation, metric_label, translate
 from worker.fanfare.forwarding import forwarded_record
@@ -77,7 +80,10 @@ class WebhookHandler:
             secret_fingerprint=secret.fingerprint,
             received_at=received_at,
         )
-        translation = _translated(envelope, delivery, context)
+        try:
+            translation = translate(envelope, delivery)
+        except ValidationError as exc:
+            raise Refusal(await self._quarantine(exc, raw, envelope, delivery, context)) from None
         if translation.command is not None:
             return await self._produce_command(translation.command, envelope, context)
         topic = self.settings.forward_unknown_events_topic
@@ -147,6 +153,35 @@ class WebhookHandler:
             log_fields={**context, "topic": topic},
         )
 
+    async def _quarantine(
+        self,
+        exc: ValidationError,
+        raw: dict[str, Any],
+        envelope: Envelope,
+        delivery: Delivery,
+        context: dict[str, Any],
+    ) -> Answer:
+        """The 400 for data Fanfare cannot fix, given once the delivery is
+        in quarantine, where an operator can re-drive it after a fix. If
+        Kafka does not acknowledge it, _send raises the 503 so Fanfare
+        retries: a signed delivery is never dropped."""
+        path, message = field_path(exc, "data")
+        reason = quarantine.refusal_reason(exc)
+        error = quarantine.QuarantineError(
+            code="INVALID_EVENT_DATA", field=path, message=message, reason=reason
+        )
+        record = quarantine.encode(quarantine.quarantined(raw, envelope, delivery, error))
+        label = metric_label(envelope.type)
+        topic = self.settings.quarantine_topic
+        await self._send(topic, record.value, record.key, record.headers, context, label)
+        self.meters.quarantined(label, reason)
+        answer = refused(
+            400, "INVALID_EVENT_DATA", message, "invalid_body", field=path, quarantined=True,
+            **context,
+        )  # fmt: skip
+        answer.event_type = label
+        return answer
+
     async def _send(
         self,
         topic: str,
@@ -200,16 +235,6 @@ def _context(request: web.Request, envelope: Envelope, secret: Secret) -> dict[s
         # The header is not signed and the body is: the body decides.
         context["header_event_type_mismatch"] = True
     return context
-
-
-def _translated(envelope: Envelope, delivery: Delivery, context: dict[str, Any]) -> Translation:
-    try:
-        return translate(envelope, delivery)
-    except ValidationError as exc:
-        path, message = field_path(exc, "data")
-        answer = refused(400, "INVALID_EVENT_DATA", message, "invalid_body", field=path, **context)
-        answer.event_type = metric_label(envelope.type)
-        raise Refusal(answer) from None
 
 
 def _ignored(translation: Translation, envelope: Envelope, context: dict[str, Any]) -> Answer:
