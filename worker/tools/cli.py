@@ -12,7 +12,7 @@ from typing import Any
 from worker.adapters import postgres
 from worker.config import ConfigError, Settings, load_settings
 from worker.logs import configure_logging
-from worker.tools import dlq, operator, reconcile, replay, reprocess
+from worker.tools import dlq, operator, quarantine, reconcile, replay, reprocess
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -41,6 +41,7 @@ COMMANDS: dict[str, Command] = {
     "replay": replay.command,
     "reprocess": reprocess.command,
     "dlq": dlq.command,
+    "quarantine": quarantine.command,
 }
 
 
@@ -57,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     replay.add_parser(sub)
     reprocess.add_parser(sub)
     dlq.add_parser(sub)
+    quarantine.add_parser(sub)
     return parser
 
 
