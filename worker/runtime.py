@@ -100,7 +100,7 @@ def _receiver(
     stop: asyncio.Event,
 ) -> Awaitable[None]:
     """The webhook receiver, ready when every topic it writes to is."""
-    topics = [settings.commands_topic]
+    topics = [settings.commands_topic, settings.quarantine_topic]
     if settings.forward_unknown_events_topic:
         topics.append(settings.forward_unknown_events_topic)
     app = build_app(
