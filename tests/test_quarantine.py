@@ -195,6 +195,23 @@ async def _scenario(
     await _applied(conn, fine["id"])
     assert await _counts(conn, refused) == (0, 1)
 
+    await _inspect(iso, env, grants)
+
+    # The fix is deployed: re-drive everything, once.
+    once = await run_cli(env, "quarantine", "replay", "--all")
+    assert once.returncode == 0, once.stderr
+    assert len(re.findall(r"^re-driven ", once.stdout, re.M)) == 3, once.stdout
+    assert len(re.findall(r"^skipped ", once.stdout, re.M)) == 1, once.stdout
+    for sent in refused:
+        await _applied(conn, sent["id"])
+    assert await _counts(conn, refused) == (3, 4)
+
+    await _second_time_nothing_new(iso, env, conn, refused)
+
+
+async def _inspect(iso: Settings, env: dict[str, str], grants: list[str]) -> None:
+    """Every refused delivery is kept, as its grant's digest and never the
+    grant, and the tool lists and shows them."""
     stored = await read_all(iso, iso.quarantine_topic, expect_at_least=4)
     assert len(stored) == 4
     for grant in grants:
@@ -209,17 +226,6 @@ async def _scenario(
     shown = await run_cli(env, "quarantine", "show", "--offset", entry.group(1))
     assert shown.returncode == 0, shown.stderr
     assert orjson.loads(shown.stdout)["state"] == "pending"
-
-    # The fix is deployed: re-drive everything, once.
-    once = await run_cli(env, "quarantine", "replay", "--all")
-    assert once.returncode == 0, once.stderr
-    assert len(re.findall(r"^re-driven ", once.stdout, re.M)) == 3, once.stdout
-    assert len(re.findall(r"^skipped ", once.stdout, re.M)) == 1, once.stdout
-    for sent in refused:
-        await _applied(conn, sent["id"])
-    assert await _counts(conn, refused) == (3, 4)
-
-    await _second_time_nothing_new(iso, env, conn, refused)
 
 
 async def _second_time_nothing_new(
