@@ -36,6 +36,16 @@ class ApiOut(BaseModel):
     )
 
 
+class MissingItem(ApiOut):
+    """A checkout line the admission's holds do not cover."""
+
+    product_id: str
+    variant_id: str | None
+    requested: int = Field(description="Units the items ask for on this stock row")
+    held: int = Field(description="Units the admission's active holds cover (0: none)")
+    error: Literal["RESERVATION_MISSING", "RESERVATION_INSUFFICIENT"]
+
+
 class ErrorBody(ApiOut):
     error: str = Field(description="Stable code, e.g. ADMISSION_MISMATCH")
     message: str
@@ -43,6 +53,11 @@ class ErrorBody(ApiOut):
     command_id: UUID | None = Field(default=None, description="The write that was refused")
     committed: int | None = Field(
         default=None, description="STOCK_BELOW_COMMITTED: units reserved or sold"
+    )
+    missing: list[MissingItem] | None = Field(
+        default=None,
+        description="RESERVATION_MISSING, RESERVATION_INSUFFICIENT: every line that is "
+        "missing or short, in the items' order; `error` is the first one's",
     )
 
 

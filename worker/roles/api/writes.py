@@ -145,7 +145,7 @@ async def _wait_applied(state: ApiState, command_id: UUID) -> AppliedCommand | N
 def answer_outcome(command_id: UUID, outcome: dict[str, Any]) -> web.Response:
     """An applied outcome as HTTP: refusals keep the guide's error shape."""
     if outcome.get("status") == "rejected":
-        extra = {"committed": outcome["committed"]} if "committed" in outcome else {}
+        extra = {k: outcome[k] for k in ("committed", "missing") if k in outcome}
         raise ApiError.refusal(
             str(outcome.get("error", "REJECTED")),
             str(outcome.get("message", "")),
