@@ -174,7 +174,7 @@ async def test_refusals_list_every_line_missing_or_short_and_change_nothing(
     assert refused["missing"] == [
         {"productId": q, "variantId": "M", "requested": 1, "held": 0,
          "error": "RESERVATION_MISSING"},
-        {"productId": p, "variantId": None, "requested": 3, "held": 2,
+        {"productId": p, "requested": 3, "held": 2,
          "error": "RESERVATION_INSUFFICIENT"},
     ]  # fmt: skip
     short = await engine(b.complete(exp, cons, "g-ref", "o-1", b.line(p, 3), absent, at=at))

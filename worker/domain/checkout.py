@@ -54,10 +54,12 @@ class MissingLine:
         return f"No reservation for {self.product_id}"
 
     def wire(self) -> dict[str, Any]:
-        """As the API answers it and an outcome records it."""
+        """As the API answers it and an outcome records it: `variantId` only
+        for a product with variants (the API's error bodies omit nulls)."""
+        variant = {"variantId": self.variant_id} if self.variant_id else {}
         return {
             "productId": self.product_id,
-            "variantId": self.variant_id or None,
+            **variant,
             "requested": self.requested,
             "held": self.held,
             "error": self.code,

@@ -40,7 +40,7 @@ class MissingItem(ApiOut):
     """A checkout line the admission's holds do not cover."""
 
     product_id: str
-    variant_id: str | None
+    variant_id: str | None = Field(default=None, description="Absent for no variant")
     requested: int = Field(description="Units the items ask for on this stock row")
     held: int = Field(description="Units the admission's active holds cover (0: none)")
     error: Literal["RESERVATION_MISSING", "RESERVATION_INSUFFICIENT"]
