@@ -663,6 +663,7 @@ async def test_complete_sells_the_ordered_line_and_releases_the_other(
     status, answer = await post_webhook(service.webhook_url, envelope, SECRET)
     assert status == 200, answer
     command = await wait_for(lambda: _applied(api, answer["commandId"]))
+    assert command is not None
     assert command["outcome"]["duplicate"] is True
     assert (await api.get(f"/v1/stock?productId={cap}")).body["reserved"] == 0
 
