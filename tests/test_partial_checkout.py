@@ -207,7 +207,7 @@ async def test_a_later_fanfare_completion_or_ending_leaves_a_partial_sale_as_it_
         assert fanfare == {"status": "converted", "orderId": "o-1", "duplicate": True}
     # An ending from before the sale, arriving late: the sale stands.
     left = await engine(b.end(exp, cons, None, reason="left", at=T0 + timedelta(minutes=1)))
-    assert left["status"] != "released"
+    assert left["status"] == "already_ended"
     conflict = await engine(b.complete(exp, cons, None, "o-2", at=sold_at + timedelta(seconds=9)))
     assert conflict["error"] == "ORDER_CONFLICT"
     assert sorted(await engine.statuses(exp, cons)) == rows
