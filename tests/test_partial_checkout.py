@@ -8,6 +8,7 @@ counters must equal the row sums (guarantee 2)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest_asyncio
 from tests import builders as b
 from tests.engine_backends import Engine
 from tests.helpers import unique
-from worker.domain.checkout import NOT_ORDERED
+from worker.domain.checkout import NOT_ORDERED, Hold, MissingLine, ordered_units, short_lines
+from worker.domain.model import ReservationStatus
 
 T0 = datetime.now(UTC).replace(microsecond=0)
 SOON = T0 + timedelta(seconds=30)  # inside the admission's window
@@ -213,3 +215,40 @@ async def test_a_later_fanfare_completion_or_ending_leaves_a_partial_sale_as_it_
     assert sorted(await engine.statuses(exp, cons)) == rows
     assert (await engine.stock(p), await engine.stock(q)) == counters
     assert await engine.admission("g-late") == ("converted", "checkout")
+
+
+# --- the rules alone -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Held:
+    product_id: str
+    variant_id: str
+    quantity: int
+
+
+def test_an_order_takes_each_row_from_its_holds_in_turn() -> None:
+    holds = [_Held("p", "", 2), _Held("p", "", 3), _Held("q", "M", 1), _Held("r", "", 4)]
+    order = [b.line("p", 3), b.line("r", 4), b.line("p", 1)]
+    # p: 4 ordered over holds of 2 and 3; q left out; r whole.
+    assert ordered_units(holds, order) == [2, 2, 0, 4]
+    assert ordered_units(holds, []) == [0, 0, 0, 0]
+
+
+def test_every_short_line_is_listed_in_the_items_order() -> None:
+    def hold(product: str, quantity: int, variant: str = "") -> Hold:
+        return Hold("r", "g", product, variant, quantity, ReservationStatus.ACTIVE, T0)
+
+    active = [hold("p", 2), hold("p", 1), hold("q", 1, "M")]
+    items = [b.line("x", 1), b.line("p", 2), b.line("q", 2, "M"), b.line("p", 2)]
+    assert short_lines(active, items) == [
+        MissingLine("x", "", 1, 0),
+        MissingLine("p", "", 4, 3),
+        MissingLine("q", "M", 2, 1),
+    ]
+    assert [m.code for m in short_lines(active, items)] == [
+        "RESERVATION_MISSING",
+        "RESERVATION_INSUFFICIENT",
+        "RESERVATION_INSUFFICIENT",
+    ]
+    assert short_lines(active, [b.line("p", 3), b.line("q", 1, "M")]) == []
