@@ -27,7 +27,13 @@ from worker.domain.commands import (
     PutCart,
     SetStock,
 )
-from worker.domain.model import CartLine, ExperienceSettings, MultiItemPolicy, Strategy
+from worker.domain.model import (
+    CartLine,
+    ExperienceSettings,
+    MultiItemPolicy,
+    OnComplete,
+    Strategy,
+)
 from worker.roles.scheduler import expiry_command
 
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
@@ -44,6 +50,7 @@ FactKind = Literal[
     "lost",
     "fanfare_expired",
     "complete",
+    "checkout",
     "expiry",
 ]
 ENDINGS: dict[str, tuple[Any, Any]] = {
@@ -62,6 +69,7 @@ class Setup:
     buffer: int = 60
     pool_size: int | None = None
     all_or_nothing: bool = False
+    convert_all: bool = False  # onComplete: convert_all rather than convert_ordered
     on_hand: tuple[int, ...] = (AMPLE,)  # per product
 
     @property
@@ -82,6 +90,7 @@ class Setup:
             multi_item_policy=(
                 MultiItemPolicy.ALL_OR_NOTHING if self.all_or_nothing else MultiItemPolicy.PARTIAL
             ),
+            on_complete=OnComplete.CONVERT_ALL if self.convert_all else OnComplete.CONVERT_ORDERED,
         )
 
     @property
@@ -99,6 +108,8 @@ class Setup:
                 head += f", pool {self.pool_size}"
             if self.all_or_nothing:
                 head += ", all_or_nothing"
+            if self.convert_all:
+                head += ", convert_all"
         stock = ", ".join(
             f"p{n}={'ample' if q >= AMPLE else q}" for n, q in enumerate(self.on_hand)
         )
@@ -109,19 +120,20 @@ class Setup:
 class Fact:
     """One thing that happened. `grant`: the admission's own grant (admit),
     or the grant the command names (expiry, a Fanfare expiry or completion
-    that carries one); None for Fanfare's grant-less endings and completions."""
+    that carries one, the checkout API's complete); None for Fanfare's
+    grant-less endings and completions."""
 
     kind: FactKind
     at: int  # seconds after T0: Fanfare's time, the API's receive time, or expires_at
     consumer: int = 0
     grant: int | None = None
-    items: tuple[tuple[int, int], ...] = ()  # cart: (product, quantity)
-    order: int | None = None  # complete
+    items: tuple[tuple[int, int], ...] = ()  # cart, checkout: (product, quantity)
+    order: int | None = None  # complete, checkout
     experience_kind: Literal["queue", "draw", "auction"] = "queue"
 
     @property
     def origin(self) -> Literal["api", "fanfare", "scheduler"]:
-        if self.kind in ("configure", "stock", "cart"):
+        if self.kind in ("configure", "stock", "cart", "checkout"):
             return "api"
         if self.kind == "expiry":
             return "scheduler"
@@ -136,8 +148,9 @@ class Fact:
             case "stock":
                 return f"set stock of p{self.consumer}"
             case "cart":
-                lines = ", ".join(f"p{p}x{q}" for p, q in self.items) or "empty"
-                return f"{who} puts cart [{lines}]"
+                return f"{who} puts cart [{self.lines()}]"
+            case "checkout":
+                return f"{who} checks out order o{self.order} [{self.lines()}]{named} (API)"
             case "admit":
                 return f"{who} admitted with g{self.grant} ({self.experience_kind})"
             case "complete":
@@ -146,6 +159,9 @@ class Fact:
                 return f"scheduler expires g{self.grant} (expires_at)"
             case _:
                 return f"{who} {self.kind}{named}"
+
+    def lines(self) -> str:
+        return ", ".join(f"p{p}x{q}" for p, q in self.items) or "empty"
 
 
 @dataclass(frozen=True)
@@ -265,6 +281,7 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
                 buffer_seconds=s.buffer_seconds,
                 pool_size=s.pool_size,
                 multi_item_policy=s.multi_item_policy,
+                on_complete=s.on_complete,
             )
         case "stock":
             return SetStock(
@@ -289,14 +306,17 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
                 admitted_at=when,
                 experience_kind=f.experience_kind,
             )
-        case "complete":
+        case "complete" | "checkout":
             assert f.order is not None
+            # The checkout API's complete names its lines; Fanfare's none.
+            lines = [CartLine(product_id=names.product(p), quantity=q) for p, q in f.items]
             return CompleteCheckout(
                 **common,
                 experience_id=exp,
                 consumer_id=consumer,
                 grant_digest=digest,
                 order_id=names.order(f.order),
+                items=lines if f.kind == "checkout" else None,
             )
         case "expiry":
             assert digest is not None

@@ -472,7 +472,11 @@ async def test_validate_answers_in_the_guides_order(api: Api, service: ServicePr
     for pending, status, code in expected:
         answer = await pending
         assert (answer.status, answer.body["error"]) == (status, code), answer.body
-        assert set(answer.body) == {"error", "message"}
+        # A line refusal lists its lines; the first one names it.
+        lines = {"missing"} if status == 400 else set()
+        assert set(answer.body) == {"error", "message", *lines}
+        if lines:
+            assert answer.body["missing"][0]["error"] == code
 
     # Validation is a read: the holds are as they were.
     stock = await api.get(f"/v1/stock?productId={shoe}")
@@ -595,6 +599,79 @@ async def test_concurrent_retries_convert_once(api: Api, service: ServiceProcess
     assert len(converting) == 1, by_command
     stock = await api.get(f"/v1/stock?productId={product}")
     assert (stock.body["reserved"], stock.body["sold"]) == (0, 3)
+
+
+async def test_validate_lists_every_missing_line(api: Api, service: ServiceProcess) -> None:
+    experience, consumer = unique("queue"), unique("cons")
+    shoe, shirt, hat = unique("prod"), unique("prod"), unique("prod")
+    grant = "eyJ" + unique("grant")
+    await _stock(api, shoe, 10)
+    await api.put(_cart_path(experience, consumer), {"items": [{"productId": shoe, "quantity": 2}]})
+    await _admitted(api, service, experience, consumer, grant)
+    items = ((shirt, 1), (shoe, 2), (hat, 3))
+    expected = [
+        {"productId": shirt, "requested": 1, "held": 0,
+         "error": "RESERVATION_MISSING"},
+        {"productId": hat, "requested": 3, "held": 0,
+         "error": "RESERVATION_MISSING"},
+    ]  # fmt: skip
+
+    answer = await api.post("/v1/checkout/validate", _checkout(experience, consumer, grant, *items))
+    assert (answer.status, answer.body["error"]) == (400, "RESERVATION_MISSING"), answer.body
+    assert answer.body["message"] == f"No reservation for {shirt}"
+    assert answer.body["missing"] == expected
+    # complete refuses with the same list, and sells nothing.
+    body = {**_checkout(experience, consumer, grant, *items), "orderId": unique("ord")}
+    refused = await api.post("/v1/checkout/complete", body)
+    assert (refused.status, refused.body["missing"]) == (400, expected), refused.body
+    stock = await api.get(f"/v1/stock?productId={shoe}")
+    assert (stock.body["reserved"], stock.body["sold"]) == (2, 0)
+
+
+async def test_complete_sells_the_ordered_line_and_releases_the_other(
+    api: Api, service: ServiceProcess
+) -> None:
+    experience, consumer = unique("queue"), unique("cons")
+    shoe, cap = unique("prod"), unique("prod")
+    grant, order = "eyJ" + unique("grant"), unique("ord")
+    await _stock(api, shoe, 10)
+    await _stock(api, cap, 10)
+    cart = [{"productId": shoe, "quantity": 2}, {"productId": cap, "quantity": 1}]
+    await api.put(_cart_path(experience, consumer), {"items": cart})
+    holds = {h["productId"]: h for h in await _admitted(api, service, experience, consumer, grant)}
+
+    body = {**_checkout(experience, consumer, grant, (shoe, 2)), "orderId": order}
+    done = await api.post("/v1/checkout/complete", body)
+    assert done.status == 200, done.body
+    assert done.body["reservations"] == [holds[shoe]["reservationId"]]
+    assert done.body["released"] == [holds[cap]["reservationId"]]
+    for product, counters in ((shoe, (0, 2, 8)), (cap, (0, 0, 10))):
+        stock = (await api.get(f"/v1/stock?productId={product}")).body
+        assert (stock["reserved"], stock["sold"], stock["available"]) == counters, product
+    after = {h["productId"]: h for h in (await api.get(_holds_path(experience, consumer))).body[
+        "reservations"]}  # fmt: skip
+    assert (after[shoe]["status"], after[shoe]["orderId"]) == ("converted", order)
+    assert (after[cap]["status"], after[cap]["endReason"]) == ("released", "not_ordered")
+
+    # Fanfare's order event for the same order arrives later: the sale stands.
+    envelope = {
+        "id": unique("whk"),
+        "type": "order.completed",
+        "timestamp": now().isoformat().replace("+00:00", "Z"),
+        "organizationId": "org_test",
+        "data": {"queueId": experience, "consumerId": consumer, "orderId": order},
+    }
+    status, answer = await post_webhook(service.webhook_url, envelope, SECRET)
+    assert status == 200, answer
+    command = await wait_for(lambda: _applied(api, answer["commandId"]))
+    assert command is not None
+    assert command["outcome"]["duplicate"] is True
+    assert (await api.get(f"/v1/stock?productId={cap}")).body["reserved"] == 0
+
+
+async def _applied(api: Api, command_id: str) -> dict[str, Any] | None:
+    answer = await api.get(f"/v1/commands/{command_id}")
+    return answer.body if answer.status == 200 else None
 
 
 async def test_command_outcomes_and_idempotency_keys(api: Api) -> None:

@@ -193,6 +193,7 @@ def test_traffic_exercises_every_fact() -> None:
         "ended:superseded",
         "ended:window_elapsed",
         "ended:checkout",
+        "ended:not_ordered",
         "from:released",
         "reservation.late_conversion_unfilled",
     }

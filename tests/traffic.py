@@ -2,9 +2,10 @@
 command and most decisions the engine can take (holds, rejections, cart
 changes, supersedes, remembered endings, expiries on time and too early,
 releases, operator releases by id, consumer and product, checkouts with
-and without a grant, conflicting orders, refused stock levels and pool
-sizes), with duplicates and out-of-order arrivals. Every time comes from the
-commands, so the same seed always means the same traffic."""
+and without a grant, the checkout API's partial orders, conflicting orders,
+refused stock levels and pool sizes), with duplicates and out-of-order
+arrivals. Every time comes from the commands, so the same seed always means
+the same traffic."""
 
 from __future__ import annotations
 
@@ -86,8 +87,10 @@ def traffic(seed: int, consumers: int = 40) -> list[CommandBase]:
         grant = f"{exp}-{who}-g1"
         at = T0 + timedelta(seconds=7 * n)
         story: list[CommandBase] = []
+        cart: list[CartLine] = []
         if rng.random() < 0.8:
-            story.append(b.cart(exp, who, *_lines(rng), at=at - timedelta(seconds=1)))
+            cart = _lines(rng)
+            story.append(b.cart(exp, who, *cart, at=at - timedelta(seconds=1)))
         admit = b.admit(exp, who, grant, at)
         roll = rng.random()
         if roll < 0.08:
@@ -105,11 +108,18 @@ def traffic(seed: int, consumers: int = 40) -> list[CommandBase]:
             story.append(admit)
         tail = rng.random()
         if tail < 0.2:
-            story.append(b.cart(exp, who, *_lines(rng), at=at + timedelta(seconds=15)))
+            cart = _lines(rng)
+            story.append(b.cart(exp, who, *cart, at=at + timedelta(seconds=15)))
             if rng.random() < 0.5:
-                story.append(b.cart(exp, who, *_lines(rng), at=at + timedelta(seconds=25)))
+                cart = _lines(rng)
+                story.append(b.cart(exp, who, *cart, at=at + timedelta(seconds=25)))
         if tail < 0.35 and rng.random() < 0.5:
-            story.append(b.complete(exp, who, grant, f"o-{exp}-{n}", at=at + timedelta(seconds=60)))
+            # Every other one through the checkout API: one unit of the
+            # cart's first line, the rest released (not_ordered).
+            first = cart[0] if cart and n % 2 else None
+            ordered = [b.line(first.product_id, 1, first.variant_id)] if first else []
+            sold_at = at + timedelta(seconds=60)
+            story.append(b.complete(exp, who, grant, f"o-{exp}-{n}", *ordered, at=sold_at))
         elif tail < 0.5:
             story.append(b.end(exp, who, grant, at=at + timedelta(seconds=40)))
         elif tail < 0.6:

@@ -1,14 +1,22 @@
 """Checkout checks, shared by the API's validate (a read) and the consumer's
 complete (a write), in the guide's order: ADMISSION_MISMATCH, then
 RESERVATION_EXPIRED, then per line RESERVATION_MISSING and
-RESERVATION_INSUFFICIENT."""
+RESERVATION_INSUFFICIENT. Every line that fails is listed (the guide's
+`missing`); the first one names the refusal. Then what an order that
+passed sells of each hold."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 from worker.domain.model import CartLine, ReservationStatus, sum_lines
+from worker.domain.stock import StockKey
+
+# Why an active hold the order left out went back (onComplete convert_ordered).
+NOT_ORDERED = "not_ordered"
 
 
 @dataclass(frozen=True)
@@ -27,9 +35,42 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class MissingLine:
+    """A stock row the checkout asks for more of than the admission holds."""
+
+    product_id: str
+    variant_id: str  # '' for no variant
+    requested: int
+    held: int
+
+    @property
+    def code(self) -> str:
+        return "RESERVATION_INSUFFICIENT" if self.held else "RESERVATION_MISSING"
+
+    @property
+    def message(self) -> str:
+        if self.held:
+            return f"Reservation only covers {self.held} units"
+        return f"No reservation for {self.product_id}"
+
+    def wire(self) -> dict[str, Any]:
+        """As the API answers it and an outcome records it: `variantId` only
+        for a product with variants (the API's error bodies omit nulls)."""
+        variant = {"variantId": self.variant_id} if self.variant_id else {}
+        return {
+            "productId": self.product_id,
+            **variant,
+            "requested": self.requested,
+            "held": self.held,
+            "error": self.code,
+        }
+
+
+@dataclass(frozen=True)
 class CheckoutError:
     code: str
     message: str
+    missing: tuple[MissingLine, ...] = ()
 
 
 def check_checkout(
@@ -58,16 +99,48 @@ def check_checkout(
         return CheckoutError(
             "RESERVATION_EXPIRED", "The reservation for this admission has expired."
         )
-    active = [h for h in mine if h.status is ReservationStatus.ACTIVE]
-    held: dict[tuple[str, str], int] = {}
+    missing = short_lines([h for h in mine if h.status is ReservationStatus.ACTIVE], items)
+    if missing:
+        return CheckoutError(missing[0].code, missing[0].message, tuple(missing))
+    return None
+
+
+def short_lines(active: list[Hold], items: list[CartLine]) -> list[MissingLine]:
+    """Every stock row of `items` the active holds do not cover, in the
+    items' order (two lines on one row are checked together)."""
+    held: dict[StockKey, int] = {}
     for h in active:
         held[(h.product_id, h.variant_id)] = held.get((h.product_id, h.variant_id), 0) + h.quantity
-    for (product, variant), wanted in sum_lines(items).items():
-        have = held.get((product, variant))
-        if have is None:
-            return CheckoutError("RESERVATION_MISSING", f"No reservation for {product}")
-        if have < wanted:
-            return CheckoutError(
-                "RESERVATION_INSUFFICIENT", f"Reservation only covers {have} units"
-            )
-    return None
+    return [
+        MissingLine(product, variant, wanted, held.get((product, variant), 0))
+        for (product, variant), wanted in sum_lines(items).items()
+        if held.get((product, variant), 0) < wanted
+    ]
+
+
+class HeldUnits(Protocol):
+    """A hold as an order sees it: a row and how many units it holds."""
+
+    @property
+    def product_id(self) -> str: ...
+
+    @property
+    def variant_id(self) -> str: ...
+
+    @property
+    def quantity(self) -> int: ...
+
+
+def ordered_units(holds: Sequence[HeldUnits], items: list[CartLine]) -> list[int]:
+    """How many units of each hold, in the order given, an order that passed
+    the checks sells: all of it, none (it goes back), or part (what is left
+    of its row's ordered quantity once the holds before it were taken)."""
+    left = sum_lines(items)
+    sold = []
+    for h in holds:
+        key = (h.product_id, h.variant_id)
+        take = min(left.get(key, 0), h.quantity)
+        if take:
+            left[key] -= take
+        sold.append(take)
+    return sold

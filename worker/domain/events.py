@@ -66,7 +66,9 @@ class ReservationCreated(ExperienceEvent):
     created_at: AwareDatetime
     expires_at: AwareDatetime
     replaces: UUID | None = Field(
-        default=None, description="The hold this one replaced after a cart change"
+        default=None,
+        description="The hold this one replaced, released by the same command: after a cart "
+        "change, or the ordered part of a hold the checkout API's order took only part of",
     )
 
 

@@ -1,29 +1,40 @@
 """Applying a checkout completion: the admission's holds become a sale,
 exactly once per order id, from the checkout API or Fanfare's completion
 events, whichever comes first. The API's complete is checked against the
-holds as they stand; Fanfare's is decided by when it happened."""
+holds as they stand and sells the lines it names (worker.engine.order)
+unless the experience converts all; Fanfare's names no lines, so it sells
+the cart and is decided by when it happened (worker.engine.sale)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from worker.adapters.unit_of_work import UnitOfWork
-from worker.domain.checkout import check_checkout
+from worker.domain.checkout import MissingLine, check_checkout
 from worker.domain.commands import CompleteCheckout
 from worker.domain.endings import CHECKOUT_REASON, AdmissionStatus, Fact, Verdict, owner_of
-from worker.domain.model import ExperienceSettings
+from worker.domain.model import ExperienceSettings, OnComplete
 from worker.engine.base import Applied
 from worker.engine.events import Events
+from worker.engine.order import Order, sell_order
 from worker.engine.settle import close, keep, settle
 from worker.logs import get_logger
 
 log = get_logger("worker.engine")
 
 
-def _reject(events: Events, cmd: CompleteCheckout, code: str, message: str) -> Applied:
+def _reject(
+    events: Events,
+    cmd: CompleteCheckout,
+    code: str,
+    message: str,
+    missing: tuple[MissingLine, ...] = (),
+) -> Applied:
     events.checkout_rejected(cmd, code, message)
-    return Applied(
-        {"status": "rejected", "error": code, "message": message},
-        events.items,
-    )
+    outcome: dict[str, Any] = {"status": "rejected", "error": code, "message": message}
+    if missing:
+        outcome["missing"] = [line.wire() for line in missing]
+    return Applied(outcome, events.items)
 
 
 def complete_checkout(
@@ -31,7 +42,7 @@ def complete_checkout(
 ) -> Applied:
     if cmd.items is None:
         return _completed_at_fanfare(uow, cmd, defaults)
-    return _checkout(uow, cmd)
+    return _checkout(uow, cmd, defaults)
 
 
 def _conflict(uow: UnitOfWork, events: Events, cmd: CompleteCheckout, grant_digest: str) -> Applied:
@@ -106,9 +117,10 @@ def _warn_order(
     )
 
 
-def _checkout(uow: UnitOfWork, cmd: CompleteCheckout) -> Applied:
+def _checkout(uow: UnitOfWork, cmd: CompleteCheckout, defaults: ExperienceSettings) -> Applied:
     """The checkout API's complete: the guide's checks against the holds as
-    they stand, then the admission's active holds are sold."""
+    they stand, then the order is sold: its lines (onComplete
+    convert_ordered), or every active hold of the admission (convert_all)."""
     events = Events(cmd)
     if cmd.grant_digest is not None:
         admission = uow.admission_state(cmd.grant_digest)
@@ -121,19 +133,23 @@ def _checkout(uow: UnitOfWork, cmd: CompleteCheckout) -> Applied:
     holds = uow.consumer_holds(cmd.experience_id, cmd.consumer_id)
     error = check_checkout(holds, cmd.grant_digest, cmd.items or [], cmd.occurred_at)
     if error is not None:
-        return _reject(events, cmd, error.code, error.message)
+        return _reject(events, cmd, error.code, error.message, error.missing)
     if admission is None or admission.status != AdmissionStatus.ACTIVE:
         return _reject(events, cmd, "RESERVATION_MISSING", "No active reservation")
 
     verdict = Verdict(AdmissionStatus.CONVERTED, CHECKOUT_REASON, cmd.occurred_at, cmd.order_id)
-    converted = close(
-        uow, events, (cmd.experience_id, cmd.consumer_id), admission.grant_digest, verdict
-    )
+    pair, grant_digest = (cmd.experience_id, cmd.consumer_id), admission.grant_digest
+    settings = uow.admission_settings(grant_digest) or defaults
+    if settings.on_complete is OnComplete.CONVERT_ALL:
+        order = Order(converted=close(uow, events, pair, grant_digest, verdict))
+    else:
+        order = sell_order(uow, events, pair, grant_digest, verdict, cmd.items or [], settings)
     return Applied(
         {
             "status": "converted",
             "orderId": cmd.order_id,
-            "reservations": [str(h.reservation_id) for h in converted],
+            "reservations": [str(h.reservation_id) for h in order.converted],
+            "released": [str(h.reservation_id) for h in order.released],
         },
         events.items,
     )

@@ -168,7 +168,7 @@ def _apply(
         result.holds += sold.holds
         result.unfilled += sold.unfilled
         if before.status is AdmissionStatus.ACTIVE:
-            _closed(uow, events, pair, grant_digest, after)
+            closed(uow, events, pair, grant_digest, after)
             return
     elif before.status is AdmissionStatus.ACTIVE:
         result.holds += len(close(uow, events, pair, grant_digest, after))
@@ -228,11 +228,12 @@ def close(
         events.hold_ended(
             pair, grant_digest, h, status=status, reason=reason, at=at, order_id=after.order_id
         )
-    _closed(uow, events, pair, grant_digest, after)
+    closed(uow, events, pair, grant_digest, after)
     return held
 
 
-def _closed(uow: UnitOfWork, events: Events, pair: Pair, grant_digest: str, after: Verdict) -> None:
+def closed(uow: UnitOfWork, events: Events, pair: Pair, grant_digest: str, after: Verdict) -> None:
+    """The admission itself ends as its verdict says, its holds already moved."""
     at, reason = _at(after), after.reason or ""
     uow.close_admission(grant_digest, after.status.value, reason, at, after.order_id)
     events.admission_ended(pair, grant_digest, after, reason, at)

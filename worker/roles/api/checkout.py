@@ -1,5 +1,6 @@
 """Checkout: validate (a read: the checks complete makes, changing nothing)
-and complete (a write: the admission's holds become a sale for the order)."""
+and complete (a write: the order's lines become a sale, and the admission's
+other holds go back, or all of them are sold: the experience's onComplete)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ class CheckoutConvertedOutcome(ApiOut):
     reservations: list[UUID] | None = Field(
         default=None, description="The holds this call converted"
     )
+    released: list[UUID] | None = Field(
+        default=None,
+        description="The holds this call released (reason not_ordered): those the order "
+        "left out, and those it took only part of, whose ordered part converted as a new "
+        "hold listed in reservations. Empty under onComplete convert_all",
+    )
     duplicate: bool | None = Field(
         default=None, description="true: an earlier call already converted them for this order"
     )
@@ -75,7 +82,8 @@ async def validate_checkout(request: web.Request) -> web.Response:
     holds = await queries.consumer_holds(state.pool, body.experience_id, body.consumer_id)
     error = check_checkout(holds, digest, [item.line() for item in body.items], at)
     if error is not None:
-        raise ApiError.refusal(error.code, error.message)
+        missing = [line.wire() for line in error.missing] or None
+        raise ApiError.refusal(error.code, error.message, missing=missing)
     mine = [h for h in holds if h.grant_digest == digest and h.status is ReservationStatus.ACTIVE]
     return model_answer(ValidationPassed(holds=[hold_view(h, at) for h in mine]))
 
@@ -108,13 +116,15 @@ ROUTES = (
         "checkout",
         description="The checks complete makes, in the same order, at the request's receive "
         "time: ADMISSION_MISMATCH, RESERVATION_EXPIRED, then per line RESERVATION_MISSING "
-        "and RESERVATION_INSUFFICIENT.",
+        "and RESERVATION_INSUFFICIENT. A line refusal lists every line that is missing or "
+        "short in `missing`; `error` is the first one's.",
         body=CheckoutRequest,
         replies=(
             Reply(200, "The holds cover the items", ValidationPassed),
             Reply(
                 400,
-                "RESERVATION_MISSING, RESERVATION_INSUFFICIENT or INVALID_BODY",
+                "RESERVATION_MISSING or RESERVATION_INSUFFICIENT (with `missing`: every "
+                "line missing or short), or INVALID_BODY",
                 ErrorBody,
             ),
             _MISMATCH,
@@ -126,20 +136,24 @@ ROUTES = (
         "POST",
         "/v1/checkout/complete",
         "completeCheckout",
-        "Convert the admission's holds into a sale for the order",
+        "Convert the order's lines into a sale; the admission's other holds go back",
         complete_checkout,
         "checkout",
-        description="Same checks as validate, at the request's receive time. Converts "
-        "exactly once per order id: a retry (same Idempotency-Key, or a new one with the "
-        "same orderId) answers converted again and changes nothing; another orderId for "
-        "converted holds is ORDER_CONFLICT.",
+        description="Same checks as validate, at the request's receive time. Under the "
+        "experience's onComplete convert_ordered (the default) the quantities on the items "
+        "convert and the rest of the admission's active holds are released (reason "
+        "not_ordered); under convert_all every active hold converts. Converts exactly once "
+        "per order id: a retry (same Idempotency-Key, or a new one with the same orderId) "
+        "answers converted again and changes nothing; another orderId for converted holds "
+        "is ORDER_CONFLICT.",
         body=CompleteRequest,
         replies=(
             Reply(200, "Converted (or already converted for this order)", CheckoutConvertedOutcome),
             PENDING_REPLY,
             Reply(
                 400,
-                "RESERVATION_MISSING, RESERVATION_INSUFFICIENT or INVALID_*",
+                "RESERVATION_MISSING or RESERVATION_INSUFFICIENT (with `missing`: every "
+                "line missing or short), or INVALID_*",
                 ErrorBody,
             ),
             _MISMATCH,

@@ -36,6 +36,16 @@ class ApiOut(BaseModel):
     )
 
 
+class MissingItem(ApiOut):
+    """A checkout line the admission's holds do not cover."""
+
+    product_id: str
+    variant_id: str | None = Field(default=None, description="Absent for no variant")
+    requested: int = Field(description="Units the items ask for on this stock row")
+    held: int = Field(description="Units the admission's active holds cover (0: none)")
+    error: Literal["RESERVATION_MISSING", "RESERVATION_INSUFFICIENT"]
+
+
 class ErrorBody(ApiOut):
     error: str = Field(description="Stable code, e.g. ADMISSION_MISMATCH")
     message: str
@@ -46,6 +56,11 @@ class ErrorBody(ApiOut):
     )
     used: int | None = Field(
         default=None, description="POOL_BELOW_USED: units the pool has handed out"
+    )
+    missing: list[MissingItem] | None = Field(
+        default=None,
+        description="RESERVATION_MISSING, RESERVATION_INSUFFICIENT: every line that is "
+        "missing or short, in the items' order; `error` is the first one's",
     )
 
 

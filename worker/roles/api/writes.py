@@ -67,7 +67,7 @@ NOT_DURABLE_REPLY = Reply(
 WRITE_ERRORS = (INVALID_REPLY, NOT_DURABLE_REPLY)
 # What a refusal's outcome may carry besides its code and message, as
 # ErrorBody names it.
-REFUSAL_FIELDS = ("committed", "used")
+REFUSAL_FIELDS = ("committed", "used", "missing")
 
 
 class PendingCommands:
