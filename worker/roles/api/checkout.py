@@ -96,7 +96,9 @@ async def complete_checkout(request: web.Request) -> web.Response:
     return await write(request, command, idempotent)
 
 
-_MISMATCH = Reply(403, "The grant is not the active admission's (ADMISSION_MISMATCH)", ErrorBody)
+_MISMATCH = Reply(
+    403, "The grant is not the active admission's (ADMISSION_MISMATCH)", ErrorBody, refusal=True
+)
 
 ROUTES = (
     Operation(
@@ -114,11 +116,18 @@ ROUTES = (
             Reply(200, "The holds cover the items", ValidationPassed),
             Reply(
                 400,
-                "RESERVATION_MISSING, RESERVATION_INSUFFICIENT or INVALID_BODY",
+                "RESERVATION_MISSING or RESERVATION_INSUFFICIENT (the holds do not cover a "
+                "line; a refusal), or INVALID_BODY",
                 ErrorBody,
+                refusal=True,
             ),
             _MISMATCH,
-            Reply(409, "The admission's holds have expired (RESERVATION_EXPIRED)", ErrorBody),
+            Reply(
+                409,
+                "The admission's holds have expired (RESERVATION_EXPIRED)",
+                ErrorBody,
+                refusal=True,
+            ),
             DATABASE_UNAVAILABLE_REPLY,
         ),
     ),
@@ -139,14 +148,17 @@ ROUTES = (
             PENDING_REPLY,
             Reply(
                 400,
-                "RESERVATION_MISSING, RESERVATION_INSUFFICIENT or INVALID_*",
+                "RESERVATION_MISSING or RESERVATION_INSUFFICIENT (the holds do not cover a "
+                "line; a refusal), or INVALID_*",
                 ErrorBody,
+                refusal=True,
             ),
             _MISMATCH,
             Reply(
                 409,
                 "RESERVATION_EXPIRED, or ORDER_CONFLICT (already converted for another order)",
                 ErrorBody,
+                refusal=True,
             ),
             NOT_DURABLE_REPLY,
         ),

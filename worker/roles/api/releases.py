@@ -9,7 +9,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from worker.adapters import queries
 from worker.config import OPERATOR_SCOPE
@@ -25,9 +25,29 @@ from worker.roles.api.writes import INVALID_REPLY, PENDING_REPLY, envelope, writ
 log = get_logger("worker.api")
 
 
+def _form(given: tuple[str, ...], absent: tuple[str, ...]) -> dict[str, Any]:
+    """One form of a release in JSON Schema: these fields given (not null),
+    those absent or null."""
+    properties: dict[str, Any] = {name: {"type": "null"} for name in absent}
+    properties.update({name: {"not": {"type": "null"}} for name in given})
+    return {"required": list(given), "properties": properties}
+
+
+# _one_form in JSON Schema: exactly one of the three forms.
+RELEASE_FORMS: dict[str, Any] = {
+    "oneOf": [
+        _form(("reservationIds",), ("experienceId", "consumerId", "productId", "variantId")),
+        _form(("experienceId", "consumerId"), ("reservationIds", "productId", "variantId")),
+        _form(("experienceId", "productId"), ("reservationIds", "consumerId")),
+    ]
+}
+
+
 class ReleaseRequest(ApiBody):
     """One of three forms: `reservationIds`; `experienceId` and
     `consumerId`; or `experienceId`, `productId` and maybe `variantId`."""
+
+    model_config = ConfigDict(json_schema_extra=RELEASE_FORMS)
 
     reservation_ids: list[UUID] | None = Field(
         default=None, min_length=1, max_length=RELEASE_MAX_IDS
