@@ -95,28 +95,31 @@ def test_the_experience_label_is_all_by_default_and_capped_when_named() -> None:
 async def test_a_standby_scheduler_exports_the_database_gauges(
     settings: Settings, db: asyncpg.Pool
 ) -> None:
-    """Another replica leads (it holds the lock); this one stands by and
+    """Another replica leads (it holds the lock: the session's service, or
+    this connection when that one is not running); this one stands by and
     still exports holds_active, read from the same database."""
     leader = await db.acquire()
+    took = await leader.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY)
     try:
-        assert await leader.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY)
         metrics.HOLDS_ACTIVE.set(-1)
-        standby = ExpiryScheduler(
-            settings, db, kafka_sender.ProducerSlot(kafka.durable_producer(settings), None)
-        )
+        # A standby never produces: the producer is never started.
+        producer = kafka.durable_producer(settings)
+        standby = ExpiryScheduler(settings, db, kafka_sender.ProducerSlot(producer, None))
         stop = asyncio.Event()
         task = asyncio.create_task(standby.run(stop))
         try:
-            expected = await queries.active_hold_count(db)
 
             async def exported() -> bool:
-                return REGISTRY.get_sample_value("fanfare_reservations_holds_active") == expected
+                active = await queries.active_hold_count(db)
+                return REGISTRY.get_sample_value("fanfare_reservations_holds_active") == active
 
             await wait_for(exported, timeout=15)
             assert not standby.leader
         finally:
             stop.set()
             await task
+            await producer.stop()
     finally:
-        await leader.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
+        if took:
+            await leader.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
         await db.release(leader)
