@@ -82,7 +82,7 @@ async def _healthy(base: str) -> bool:
         return False
 
 
-async def test_no_request_derived_from_the_document_gets_a_5xx(
+async def test_every_request_derived_from_the_document_is_answered_as_documented(
     stack: Stack, settings: Settings, tmp_path: Path
 ) -> None:
     async with isolated_settings(stack, settings) as iso:
