@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import ValidationError
 
 from tests.conftest import service_env
 from tests.helpers import ServiceProcess, unique, wait_for
@@ -96,6 +97,33 @@ def test_a_version_the_build_does_not_read_is_refused_by_schema_and_decoder() ->
     assert not _validator(topics.COMMANDS.union_file).is_valid(future)
     with pytest.raises(ValueError, match="schemaVersion"):
         decode_command(orjson.dumps(future))
+
+
+def _command_of(kind: str, **fields: Any) -> dict[str, Any]:
+    wire = {k: V1_CART[k] for k in ("commandId", "occurredAt", "receivedAt", "source")}
+    return {**wire, "type": kind, "schemaVersion": 1, "experienceId": "queue_v1", **fields}
+
+
+@pytest.mark.parametrize(
+    ("wire", "valid"),
+    [
+        (_command_of("experience.configure", strategy="pool", poolSize=3), True),
+        (_command_of("experience.configure", strategy="pool", pools=[]), False),
+        (_command_of("experience.configure", strategy="pool", poolSize=None), False),
+        (_command_of("holds.release", reason="r", consumerId="c"), True),
+        (_command_of("holds.release", reason="r", consumerId="c", productId="p"), False),
+        (_command_of("holds.release", reason="r", consumerId="c", variantId="v"), False),
+    ],
+)
+def test_conditional_rules_are_in_the_schema_as_the_decoder_applies_them(
+    wire: dict[str, Any], valid: bool
+) -> None:
+    assert _validator(topics.COMMANDS.union_file).is_valid(wire) is valid
+    if valid:
+        decode_command(orjson.dumps(wire))
+    else:
+        with pytest.raises(ValidationError):
+            decode_command(orjson.dumps(wire))
 
 
 # --- events: a subscriber decoding with the published schemas -----------------------

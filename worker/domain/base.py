@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -31,3 +31,21 @@ class WireModel(BaseModel):
         frozen=True,
         extra="ignore",
     )
+
+
+def one_of_forms(*forms: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
+    """JSON Schema for a message that comes in exactly one of several forms,
+    each given as (the fields it gives, not null; the fields it leaves
+    absent or null), for the schema of a model whose validator checks it."""
+    return {
+        "oneOf": [
+            {
+                "required": list(given),
+                "properties": {
+                    **{name: {"type": "null"} for name in absent},
+                    **{name: {"not": {"type": "null"}} for name in given},
+                },
+            }
+            for given, absent in forms
+        ]
+    }

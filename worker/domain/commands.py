@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from worker.domain.base import SchemaVersion, WireModel
+from worker.domain.base import SchemaVersion, WireModel, one_of_forms
 from worker.domain.model import (
     POOL_SIZE_RULE,
     CartLine,
@@ -149,6 +149,15 @@ class ReleaseHolds(ExperienceCommand):
     still held at the command's time ends `released`, reason `operator`;
     admissions stay as they are. Who asked is `source.secretId`, the API
     key's fingerprint."""
+
+    # _one_selection in JSON Schema.
+    model_config = ConfigDict(
+        json_schema_extra=one_of_forms(
+            (("reservationIds",), ("consumerId", "productId", "variantId")),
+            (("consumerId",), ("reservationIds", "productId", "variantId")),
+            (("productId",), ("reservationIds", "consumerId")),
+        )
+    )
 
     type: Literal["holds.release"] = "holds.release"
     reservation_ids: list[UUID] | None = Field(

@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, model_validator
 from worker.adapters import queries
 from worker.config import OPERATOR_SCOPE
 from worker.domain import ids
+from worker.domain.base import one_of_forms
 from worker.domain.commands import RELEASE_MAX_IDS, CommandBase, OperatorReason, ReleaseHolds
 from worker.domain.model import Identifier
 from worker.logs import get_logger
@@ -25,22 +26,12 @@ from worker.roles.api.writes import INVALID_REPLY, PENDING_REPLY, envelope, writ
 log = get_logger("worker.api")
 
 
-def _form(given: tuple[str, ...], absent: tuple[str, ...]) -> dict[str, Any]:
-    """One form of a release in JSON Schema: these fields given (not null),
-    those absent or null."""
-    properties: dict[str, Any] = {name: {"type": "null"} for name in absent}
-    properties.update({name: {"not": {"type": "null"}} for name in given})
-    return {"required": list(given), "properties": properties}
-
-
 # _one_form in JSON Schema: exactly one of the three forms.
-RELEASE_FORMS: dict[str, Any] = {
-    "oneOf": [
-        _form(("reservationIds",), ("experienceId", "consumerId", "productId", "variantId")),
-        _form(("experienceId", "consumerId"), ("reservationIds", "productId", "variantId")),
-        _form(("experienceId", "productId"), ("reservationIds", "consumerId")),
-    ]
-}
+RELEASE_FORMS = one_of_forms(
+    (("reservationIds",), ("experienceId", "consumerId", "productId", "variantId")),
+    (("experienceId", "consumerId"), ("reservationIds", "productId", "variantId")),
+    (("experienceId", "productId"), ("reservationIds", "consumerId")),
+)
 
 
 class ReleaseRequest(ApiBody):
