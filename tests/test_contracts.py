@@ -293,7 +293,6 @@ def _admit_wire() -> dict[str, Any]:
         ("missing required field", lambda w: w.pop("experienceId")),
         ("unknown type", lambda w: w.update(type="admission.unknown")),
         ("grant not a digest", lambda w: w.update(grantDigest="eyJ-clear-grant")),
-        ("unknown property", lambda w: w.update(grant="eyJ-clear-grant")),
         ("bad command id", lambda w: w.update(commandId="not-a-uuid")),
         ("wrong schema version", lambda w: w.update(schemaVersion=2)),
     ],

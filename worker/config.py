@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     api_wait_seconds: float = Field(
         default=5.0, gt=0, description="How long an API write waits for its applied outcome"
     )
+    metrics_experience_labels: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Experiences a process names in the hold counters' `experience` label; "
+        "later ones are `other`. 0: none, every experience is `all`",
+    )
     ops_host: str = Field(default="127.0.0.1", description="bind host of the ops endpoints")
     ops_port: int = Field(
         default=9090, ge=0, le=65535, description="healthz/readyz/metrics of non-HTTP roles"

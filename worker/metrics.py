@@ -2,8 +2,9 @@
 
 A plain module of metric objects: a role imports what it records, `/metrics`
 renders the lot. Label values are bounded by construction (outcome names,
-event types we know, exception class names, secret fingerprints); nothing a
-sender controls becomes a label as it is.
+event types we know, exception class names, secret fingerprints, and
+experience ids only through ExperienceLabels); nothing a sender controls
+becomes a label as it is.
 """
 
 from __future__ import annotations
@@ -123,6 +124,33 @@ CONSUMER_LAG = Gauge(
 
 # --- holds (the guide's outcome metrics) ------------------------------------------
 
+# The `experience` label of the hold counters, when experiences are not told apart.
+ALL_EXPERIENCES = "all"
+# ... and for experiences past the cap.
+OTHER_EXPERIENCES = "other"
+
+
+class ExperienceLabels:
+    """The `experience` label's value for an experience id, bounded: each
+    experience is a series of its own in every hold counter, and a merchant
+    with a drop a day would add hundreds a year. `limit` 0 (the default of
+    METRICS_EXPERIENCE_LABELS): every experience is `all`. `limit` N: the
+    first N experiences this process counts keep their id, later ones are
+    `other`, so a process exports at most N + 1 values per counter."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._named: set[str] = set()
+
+    def __call__(self, experience_id: str) -> str:
+        if experience_id in self._named:
+            return experience_id
+        if len(self._named) < self.limit:
+            self._named.add(experience_id)
+            return experience_id
+        return OTHER_EXPERIENCES if self.limit else ALL_EXPERIENCES
+
+
 HOLDS_CREATED = Counter(
     "holds_created", "Holds taken, per experience", ["experience"], namespace=NAMESPACE
 )
@@ -155,7 +183,11 @@ HOLD_DURATION = Histogram(
     namespace=NAMESPACE,
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600),
 )
-HOLDS_ACTIVE = Gauge("holds_active", "Active holds (read from the database)", namespace=NAMESPACE)
+HOLDS_ACTIVE = Gauge(
+    "holds_active",
+    "Active holds (read from the database by every scheduler process, leading or not)",
+    namespace=NAMESPACE,
+)
 
 # --- relay, scheduler, reconcile ----------------------------------------------------
 

@@ -61,6 +61,10 @@ IDEMPOTENCY_KEY_PARAMETER: JsonObject = {
 }
 
 
+# On a response: a well-formed request may get it (a business refusal).
+REFUSAL_EXTENSION = "x-business-refusal"
+
+
 class ContractError(Exception):
     """A route or model that cannot be described (a misuse of the table)."""
 
@@ -76,6 +80,10 @@ class Reply:
     headers: tuple[str, ...] = ()
     # Schema for a body no model describes (e.g. the metrics text).
     raw_schema: JsonObject | None = None
+    # A business refusal: a request the schema allows, refused by the state
+    # it meets (no such hold, an order already sold). Documented with
+    # REFUSAL_EXTENSION, so a tool can tell it from a malformed request.
+    refusal: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,8 @@ def responses(
             entry["content"] = content
         if reply.headers:
             entry["headers"] = {name: RESPONSE_HEADERS[name] for name in reply.headers}
+        if reply.refusal:
+            entry[REFUSAL_EXTENSION] = True
         out[str(reply.status)] = entry
     return out
 

@@ -19,9 +19,14 @@ from worker.logs import get_logger
 
 log = get_logger(__name__)
 
-# The relay's header on every published event: its outbox sequence number,
-# which orders events across partitions for subscribers and for replay.
+# The relay's headers on every published event: its outbox sequence number,
+# which orders events across partitions for subscribers and for replay, and
+# its `type`, so a subscriber can skip what it does not fold without
+# decoding the value. schemas/asyncapi.json documents every header.
 SEQ_HEADER = "outbox-seq"
+EVENT_TYPE_HEADER = "event-type"
+# On a command `dlq replay` re-injected: the dead letter it came from.
+REPLAYED_HEADER = "dlq-replayed-from"
 # The broker, or the road to it, is away: try again later.
 UNREACHABLE: tuple[type[BaseException], ...] = (KafkaError, TimeoutError)
 # Quarantined deliveries wait for a parser fix and an operator, long after

@@ -24,11 +24,14 @@ Schema mode, per direction:
   schema describes what `encode_event` writes (computed fields and custom
   serializers, should any appear, are described as they are on the wire).
 
-Both use the camelCase aliases (`by_alias=True`), as on the wire.
+Both use the camelCase aliases (`by_alias=True`), as on the wire. Every
+message schema requires `type` and `schemaVersion` and allows properties it
+does not list, since readers ignore them (README, "Compatibility").
 
 
 Modules: `topics` (the topics and their message models), `json_schema`,
-`asyncapi` (the document and its parts), `files` (writing and staleness).
+`headers` (each topic's record headers), `asyncapi` (the document and its
+parts), `files` (writing and staleness).
 
     python -m worker.contracts           # (re)write schemas/
     python -m worker.contracts --check   # exit 1 listing stale files

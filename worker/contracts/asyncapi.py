@@ -11,6 +11,12 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
+from worker.contracts.headers import (
+    COMMAND_HEADERS,
+    DEAD_LETTER_HEADERS,
+    EVENT_HEADERS,
+    QUARANTINE_HEADERS,
+)
 from worker.contracts.json_schema import (
     discriminator,
     message_schema,
@@ -33,10 +39,16 @@ from worker.contracts.topics import (
 )
 
 # Version of the contract as a whole; every message also carries its own
-# `schemaVersion`. Bump the major on a breaking change.
-CONTRACT_VERSION = "1.0.0"
+# `schemaVersion`. A minor change (an optional field, a message type, a
+# header) bumps the minor; a breaking one the major (README, "Compatibility").
+CONTRACT_VERSION = "1.1.0"
 KAFKA_BINDING_VERSION = "0.4.0"
 PAYLOAD_SCHEMA_FORMAT = "application/schema+json;version=draft-2020-12"
+TOPIC_HEADERS = {
+    COMMANDS.channel: COMMAND_HEADERS,
+    EVENTS.channel: EVENT_HEADERS,
+    QUARANTINE.channel: QUARANTINE_HEADERS,
+}
 
 INFO: JsonObject = {
     "title": "Fanfare cart-reservation worker: Kafka topics",
@@ -49,7 +61,12 @@ INFO: JsonObject = {
         "the partition count shown are the defaults (env `COMMANDS_TOPIC`, "
         "`EVENTS_TOPIC`, `DEAD_LETTER_TOPIC`, `QUARANTINE_TOPIC`, `TOPIC_PARTITIONS`). Payload "
         "schemas are JSON Schema draft 2020-12 files beside this document, "
-        "generated from the pydantic models."
+        "generated from the pydantic models.\n\n"
+        "Compatibility: read tolerantly. Every message states `type` and "
+        "`schemaVersion`; a minor release may add optional fields and new message "
+        "types, so ignore fields you do not know (the schemas allow them) and skip "
+        "types you do not fold. A breaking change ships as a new `schemaVersion` "
+        "written alongside the old one for a stated window, never in place."
     ),
 }
 
@@ -77,6 +94,7 @@ def _message(topic: Topic, model: type[BaseModel], prop: str) -> JsonObject:
         "title": model.__name__,
         "description": f"{doc}\n\n{details}" if doc else details,
         "contentType": "application/json",
+        "headers": TOPIC_HEADERS[topic.channel],
         "payload": {
             "schemaFormat": PAYLOAD_SCHEMA_FORMAT,
             "schema": {"$ref": topic.message_file(model)},
@@ -168,55 +186,6 @@ record is done.
 
 Order: per key only. Key: {keys}. An event's deliveries and its marker share \
 a partition, the marker after the deliveries it settles."""
-
-DEAD_LETTER_HEADERS: JsonObject = {
-    "type": "object",
-    "description": "Kafka record headers; every value is a UTF-8 string.",
-    "required": [
-        "origin-topic",
-        "origin-partition",
-        "origin-offset",
-        "error-class",
-        "error-reason",
-        "attempts",
-    ],
-    "properties": {
-        "origin-topic": {
-            "type": "string",
-            "description": "Topic the command was read from (the commands topic).",
-        },
-        "origin-partition": {
-            "type": "string",
-            "pattern": "^[0-9]+$",
-            "description": "Partition of the original record, in decimal.",
-        },
-        "origin-offset": {
-            "type": "string",
-            "pattern": "^[0-9]+$",
-            "description": "Offset of the original record, in decimal.",
-        },
-        "error-class": {
-            "type": "string",
-            "description": (
-                "Class of the error that made it poison: a decoding or validation "
-                "error (e.g. `ValidationError`) or a database data or integrity "
-                "error raised while applying it."
-            ),
-        },
-        "error-reason": {
-            "type": "string",
-            "description": "The error's message, truncated.",
-        },
-        "attempts": {
-            "type": "string",
-            "pattern": "^[1-9][0-9]*$",
-            "description": (
-                "Attempts at applying the batch when the command was parked "
-                "(above 1 when transient errors forced retries), in decimal."
-            ),
-        },
-    },
-}
 
 
 def _dead_letter_message() -> JsonObject:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import core_schema
 
 from worker.contracts.topics import JsonObject, Topic, env
 
@@ -14,15 +15,29 @@ if TYPE_CHECKING:  # the type pydantic itself uses for this hook
     from pydantic._internal._core_utils import CoreSchemaOrField
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# What every message states, whatever defaults its model gives them: a
+# reader tells messages apart by `type` and their form by `schemaVersion`.
+ENVELOPE_REQUIRED = ("type", "schemaVersion")
 
 
 class _Generator(GenerateJsonSchema):
     """pydantic's generator without the titles it derives from field names
     ("Grantdigest"): the camelCase property name says it better. Titles
-    given explicitly with `Field(title=...)` are kept."""
+    given explicitly with `Field(title=...)` are kept. A message's `type`
+    and `schemaVersion` are required. Unknown properties are allowed (no
+    `additionalProperties: false`): the models ignore them on reading."""
 
     def field_title_should_be_set(self, schema: CoreSchemaOrField) -> bool:
         return False
+
+    def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
+        json_schema = super().model_schema(schema)
+        properties = json_schema.get("properties", {})
+        if all(name in properties for name in ENVELOPE_REQUIRED):
+            required = json_schema.get("required", [])
+            missing = [name for name in ENVELOPE_REQUIRED if name not in required]
+            json_schema["required"] = missing + required
+        return json_schema
 
 
 def _finish(schema: JsonObject, title: str, description: str | None) -> JsonObject:

@@ -12,10 +12,18 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter, model_validator
+from pydantic import (
+    AwareDatetime,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
 
-from worker.domain.base import WireModel
+from worker.domain.base import SchemaVersion, WireModel, one_of_forms
 from worker.domain.model import (
+    POOL_SIZE_RULE,
     CartLine,
     ExperienceSettings,
     Identifier,
@@ -46,7 +54,7 @@ class CommandSource(WireModel):
 
 class CommandBase(WireModel):
     command_id: UUID
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     occurred_at: AwareDatetime
     received_at: AwareDatetime
     source: CommandSource
@@ -96,6 +104,8 @@ class SetStock(CommandBase):
 class ConfigureExperience(ExperienceCommand, ExperienceSettings):
     """An experience's settings; they apply to admissions after it."""
 
+    model_config = ConfigDict(json_schema_extra=POOL_SIZE_RULE)
+
     type: Literal["experience.configure"] = "experience.configure"
 
     @model_validator(mode="after")
@@ -139,6 +149,15 @@ class ReleaseHolds(ExperienceCommand):
     still held at the command's time ends `released`, reason `operator`;
     admissions stay as they are. Who asked is `source.secretId`, the API
     key's fingerprint."""
+
+    # _one_selection in JSON Schema.
+    model_config = ConfigDict(
+        json_schema_extra=one_of_forms(
+            (("reservationIds",), ("consumerId", "productId", "variantId")),
+            (("consumerId",), ("reservationIds", "productId", "variantId")),
+            (("productId",), ("reservationIds", "consumerId")),
+        )
+    )
 
     type: Literal["holds.release"] = "holds.release"
     reservation_ids: list[UUID] | None = Field(

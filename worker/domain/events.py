@@ -13,13 +13,13 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter
 
-from worker.domain.base import WireModel
+from worker.domain.base import SchemaVersion, WireModel
 from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus, Strategy
 
 
 class EventBase(WireModel):
     event_id: UUID
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     command_id: UUID
     occurred_at: AwareDatetime
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -38,14 +38,25 @@ class MultiItemPolicy(StrEnum):
     ALL_OR_NOTHING = "all_or_nothing"
 
 
-def check_pool_size(
-    strategy: Strategy, pool_size: int | None, pools: Sequence[ProductPool]
-) -> None:
+def check_pool_size(strategy: Strategy, pool_size: int | None, pools: Sequence[object]) -> None:
     """The pool strategy caps units per product, so it needs a cap: poolSize
     for every product, or pools for the products listed (the others then
     have no pool and hold nothing)."""
     if strategy is Strategy.POOL and pool_size is None and not pools:
         raise ValueError("poolSize or pools is required for the pool strategy")
+
+
+# check_pool_size as JSON Schema, for the schemas of the messages and bodies
+# it checks: with strategy pool, a poolSize (not null) or a non-empty pools.
+POOL_SIZE_RULE: dict[str, Any] = {
+    "if": {"properties": {"strategy": {"const": Strategy.POOL.value}}, "required": ["strategy"]},
+    "then": {
+        "anyOf": [
+            {"properties": {"poolSize": {"type": "integer"}}, "required": ["poolSize"]},
+            {"properties": {"pools": {"minItems": 1}}, "required": ["pools"]},
+        ]
+    },
+}
 
 
 class ProductRef(WireModel):

@@ -19,7 +19,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
-from worker.domain.base import WireModel
+from worker.domain.base import SchemaVersion, WireModel
 from worker.domain.model import Identifier
 from worker.fanfare.envelope import Delivery, Envelope
 from worker.fanfare.forwarding import redact
@@ -43,7 +43,7 @@ class QuarantinedDelivery(WireModel):
     `sha256:<SHA-256 hex>`: never the clear grant."""
 
     type: Literal["fanfare.quarantined"] = "fanfare.quarantined"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier = Field(description="Fanfare's event id (the command id derives from it)")
     event_type: Identifier = Field(description="Fanfare's event type")
     organization_id: Identifier
@@ -76,7 +76,7 @@ class QuarantineReplayed(WireModel):
     Written after the command it produced was acknowledged."""
 
     type: Literal["quarantine.replayed"] = "quarantine.replayed"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier = Field(description="The Fanfare event id re-driven")
     entry: str = Field(description="Partition:offset of the quarantined delivery re-driven")
     command_id: UUID | None = Field(
@@ -99,10 +99,15 @@ class QuarantineWrite:
     headers: list[tuple[str, bytes]]
 
 
+# Headers on every quarantine record, so the tool and readers filter without decoding.
+EVENT_ID_HEADER = "fanfare-event-id"
+EVENT_TYPE_HEADER = "fanfare-event-type"  # deliveries only, not markers
+
+
 def encode(record: QuarantinedDelivery | QuarantineReplayed) -> QuarantineWrite:
-    headers = [("fanfare-event-id", record.event_id.encode("utf-8"))]
+    headers = [(EVENT_ID_HEADER, record.event_id.encode("utf-8"))]
     if isinstance(record, QuarantinedDelivery):
-        headers.append(("fanfare-event-type", record.event_type.encode("utf-8")))
+        headers.append((EVENT_TYPE_HEADER, record.event_type.encode("utf-8")))
     return QuarantineWrite(
         key=record.partition_key().encode("utf-8"),
         value=record.model_dump_json(by_alias=True).encode("utf-8"),

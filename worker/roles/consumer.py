@@ -94,6 +94,7 @@ class CommandConsumer:
             window_seconds=settings.reservation_window_seconds,
             buffer_seconds=settings.reservation_buffer_seconds,
         )
+        self.experience_labels = metrics.ExperienceLabels(settings.metrics_experience_labels)
         self.batches_applied = 0
         self.commands_applied = 0
         self._offsets_to_commit: dict[TopicPartition, int] = {}
@@ -232,7 +233,7 @@ class CommandConsumer:
         applied = len(results)
         self.batches_applied += 1
         self.commands_applied += applied
-        _record_metrics(results, parked)
+        _record_metrics(results, parked, self.experience_labels)
         self._record_lag(advanced)
         log.info(
             "batch_applied",
@@ -312,7 +313,11 @@ HOLD_COUNTERS = {
 }
 
 
-def _record_metrics(results: list[tuple[Command, Applied]], parked: list[Poison]) -> None:
+def _record_metrics(
+    results: list[tuple[Command, Applied]],
+    parked: list[Poison],
+    experience_label: Callable[[str], str],
+) -> None:
     """Counted per batch, then one increment per label set: a label lookup
     per command and per event was a measurable share of a batch."""
     metrics.BATCHES_APPLIED.inc()
@@ -324,7 +329,7 @@ def _record_metrics(results: list[tuple[Command, Applied]], parked: list[Poison]
             kind = str(getattr(event, "type", ""))
             if kind not in HOLD_COUNTERS:
                 continue
-            holds[(kind, getattr(event, "experience_id", ""))] += 1
+            holds[(kind, experience_label(getattr(event, "experience_id", "")))] += 1
             if isinstance(event, ReservationEnded) and event.created_at is not None:
                 held = (event.ended_at - event.created_at).total_seconds()
                 metrics.HOLD_DURATION.labels(kind.split(".")[1]).observe(max(0.0, held))

@@ -23,7 +23,12 @@ import asyncpg
 
 from worker import metrics
 from worker.adapters import kafka, postgres
-from worker.adapters.kafka import SEQ_HEADER, last_header_values, partition_of
+from worker.adapters.kafka import (
+    EVENT_TYPE_HEADER,
+    SEQ_HEADER,
+    last_header_values,
+    partition_of,
+)
 from worker.adapters.kafka_sender import ProducerSlot, producer_from
 from worker.adapters.store import Conn
 from worker.config import Settings
@@ -113,7 +118,7 @@ class OutboxRelay:
     async def _publish(self, conn: Conn) -> int:
         async with conn.transaction():
             rows = await conn.fetch(
-                """SELECT seq, partition_key, payload FROM outbox
+                """SELECT seq, event_type, partition_key, payload FROM outbox
                    WHERE published_at IS NULL ORDER BY seq LIMIT $1""",
                 self.batch,
             )
@@ -153,7 +158,10 @@ class OutboxRelay:
                     bytes(r["payload"]),
                     key=r["partition_key"].encode("utf-8"),
                     partition=partition,
-                    headers=[(SEQ_HEADER, str(r["seq"]).encode("ascii"))],
+                    headers=[
+                        (SEQ_HEADER, str(r["seq"]).encode("ascii")),
+                        (EVENT_TYPE_HEADER, r["event_type"].encode("utf-8")),
+                    ],
                 )
                 for r, partition in placed
             ]

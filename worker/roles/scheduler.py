@@ -91,6 +91,8 @@ class ExpiryScheduler:
         while not stop.is_set():
             if await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY):
                 break
+            # A standby reads the same database: its gauges are as true as the leader's.
+            await self._refresh_gauges()
             await self._sleep(stop, 1.0)
         else:
             return
@@ -122,7 +124,7 @@ class ExpiryScheduler:
         return max(0.0, min(self.max_sleep_s, (next_due - now).total_seconds()))
 
     async def _refresh_gauges(self) -> None:
-        """Database-wide gauges, read by the leading scheduler every few seconds."""
+        """Database-wide gauges, read by every scheduler every few seconds."""
         moment = asyncio.get_running_loop().time()
         if moment < self._gauges_due:
             return

@@ -28,8 +28,6 @@ from worker.tools.arguments import offset
 
 log = get_logger("worker.dlq")
 
-REPLAYED_HEADER = "dlq-replayed-from"
-
 
 @dataclass(frozen=True)
 class Parked:
@@ -219,7 +217,7 @@ async def replay_parked(settings: Settings, refs: Sequence[str], everything: boo
                 settings.commands_topic,
                 p.value,
                 key=p.key,
-                headers=[(REPLAYED_HEADER, p.ref.encode())],
+                headers=[(kafka.REPLAYED_HEADER, p.ref.encode())],
             )
             print(
                 f"re-injected {p.ref} ({p.command_type or 'undecodable'} "

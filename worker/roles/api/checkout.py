@@ -104,7 +104,9 @@ async def complete_checkout(request: web.Request) -> web.Response:
     return await write(request, command, idempotent)
 
 
-_MISMATCH = Reply(403, "The grant is not the active admission's (ADMISSION_MISMATCH)", ErrorBody)
+_MISMATCH = Reply(
+    403, "The grant is not the active admission's (ADMISSION_MISMATCH)", ErrorBody, refusal=True
+)
 
 ROUTES = (
     Operation(
@@ -124,11 +126,17 @@ ROUTES = (
             Reply(
                 400,
                 "RESERVATION_MISSING or RESERVATION_INSUFFICIENT (with `missing`: every "
-                "line missing or short), or INVALID_BODY",
+                "line missing or short; a refusal), or INVALID_BODY",
                 ErrorBody,
+                refusal=True,
             ),
             _MISMATCH,
-            Reply(409, "The admission's holds have expired (RESERVATION_EXPIRED)", ErrorBody),
+            Reply(
+                409,
+                "The admission's holds have expired (RESERVATION_EXPIRED)",
+                ErrorBody,
+                refusal=True,
+            ),
             DATABASE_UNAVAILABLE_REPLY,
         ),
     ),
@@ -153,14 +161,16 @@ ROUTES = (
             Reply(
                 400,
                 "RESERVATION_MISSING or RESERVATION_INSUFFICIENT (with `missing`: every "
-                "line missing or short), or INVALID_*",
+                "line missing or short; a refusal), or INVALID_*",
                 ErrorBody,
+                refusal=True,
             ),
             _MISMATCH,
             Reply(
                 409,
                 "RESERVATION_EXPIRED, or ORDER_CONFLICT (already converted for another order)",
                 ErrorBody,
+                refusal=True,
             ),
             NOT_DURABLE_REPLY,
         ),

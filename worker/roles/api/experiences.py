@@ -6,11 +6,12 @@ from typing import Literal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from worker.adapters import queries
 from worker.domain.commands import ConfigureExperience
 from worker.domain.model import (
+    POOL_SIZE_RULE,
     ExperienceSettings,
     Identifier,
     MultiItemPolicy,
@@ -26,8 +27,18 @@ from worker.roles.api.models import ApiBody, ApiOut, ApiParams, ErrorBody
 from worker.roles.api.writes import PENDING_REPLY, WRITE_ERRORS, envelope, write
 
 
+class PoolEntry(ApiBody):
+    """One product's pool size, as a request gives it."""
+
+    product_id: Identifier
+    variant_id: Identifier | None = None
+    size: int = Field(ge=0, le=1_000_000_000)
+
+
 class ExperienceConfig(ApiBody):
     """How an experience holds stock; applies to admissions after it."""
+
+    model_config = ConfigDict(json_schema_extra=POOL_SIZE_RULE)
 
     strategy: Strategy = Field(
         default=Strategy.SOFT,
@@ -77,8 +88,8 @@ class ExperienceConfig(ApiBody):
         description="convert_ordered: a completion converts the ordered quantities and "
         "releases the rest; convert_all: it converts every active hold of the admission",
     )
-    pools: tuple[ProductPool, ...] = Field(
-        default=(),
+    pools: list[PoolEntry] = Field(
+        default=[],
         description="Pool sizes per product (pool strategy), each product (and variant) at "
         "most once; poolSize for the rest",
     )
@@ -86,6 +97,9 @@ class ExperienceConfig(ApiBody):
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ExperienceConfig:
         check_pool_size(self.strategy, self.pool_size, self.pools)
+        keys = [(p.product_id, p.variant_id or "") for p in self.pools]
+        if len(keys) != len(set(keys)):
+            raise ValueError("pools lists a product (and variant) more than once")
         return self
 
 
@@ -201,6 +215,7 @@ ROUTES = (
                 "A pool size below the units that pool has handed out (POOL_BELOW_USED); "
                 "nothing changed",
                 ErrorBody,
+                refusal=True,
             ),
             *WRITE_ERRORS,
         ),

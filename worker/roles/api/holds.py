@@ -18,8 +18,19 @@ from worker.adapters.queries import HoldFilter, ListedHold
 from worker.config import OPERATOR_SCOPE
 from worker.domain.model import Identifier, ReservationStatus
 from worker.openapi import Operation, Reply
-from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_query
-from worker.roles.api.models import ApiOut, ApiParams, ReservationView, seconds_remaining
+from worker.roles.api.http import (
+    DATABASE_UNAVAILABLE_REPLY,
+    api_state,
+    model_answer,
+    parse_query,
+)
+from worker.roles.api.models import (
+    ApiOut,
+    ApiParams,
+    ErrorBody,
+    ReservationView,
+    seconds_remaining,
+)
 
 LIMIT_DEFAULT = 100
 LIMIT_MAX = 500
@@ -140,7 +151,17 @@ ROUTES = (
         "never a grant. Page with nextCursor (a keyset position: a hold present throughout is "
         "never repeated or skipped). Needs a key with the operator scope.",
         query_model=HoldsQuery,
-        replies=(Reply(200, "A page of holds", HoldsPage), *READ_ERRORS),
+        replies=(
+            Reply(200, "A page of holds", HoldsPage),
+            Reply(
+                400,
+                "Invalid parameter (INVALID_PARAMETER); a cursor this API did not give is "
+                "one, though any string fits the schema (a refusal)",
+                ErrorBody,
+                refusal=True,
+            ),
+            DATABASE_UNAVAILABLE_REPLY,
+        ),
         scope=OPERATOR_SCOPE,
     ),
 )

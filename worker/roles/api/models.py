@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from worker.domain.checkout import Hold
@@ -17,9 +17,29 @@ from worker.domain.model import CartLine, Identifier, Quantity, ReservationStatu
 
 class ApiBody(BaseModel):
     """A request body: camelCase only, unknown fields refused, and no silent
-    coercion ("10" is not 10), so a client bug surfaces as a clear 400."""
+    coercion ("10" is not 10), so a client bug surfaces as a clear 400.
+
+    Unlike the topics' messages, which readers take tolerantly, a body the
+    API does not understand whole is refused: its client is in front of us
+    and can be told. One number is not a coercion: JSON has a single number
+    type, and JSON Schema counts 284.0 as the integer 284, so an integral
+    number is an integer whichever way it is written (284.5 still is not)."""
 
     model_config = ConfigDict(alias_generator=to_camel, extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {name: _integral(value) for name, value in data.items()}
+        return data
+
+
+def _integral(value: Any) -> Any:
+    """284.0 as 284; anything else as it is, for strict validation to judge."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class ApiParams(BaseModel):

@@ -9,11 +9,12 @@ from typing import Any, Literal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from worker.adapters import queries
 from worker.config import OPERATOR_SCOPE
 from worker.domain import ids
+from worker.domain.base import one_of_forms
 from worker.domain.commands import RELEASE_MAX_IDS, CommandBase, OperatorReason, ReleaseHolds
 from worker.domain.model import Identifier
 from worker.logs import get_logger
@@ -25,9 +26,19 @@ from worker.roles.api.writes import INVALID_REPLY, PENDING_REPLY, envelope, writ
 log = get_logger("worker.api")
 
 
+# _one_form in JSON Schema: exactly one of the three forms.
+RELEASE_FORMS = one_of_forms(
+    (("reservationIds",), ("experienceId", "consumerId", "productId", "variantId")),
+    (("experienceId", "consumerId"), ("reservationIds", "productId", "variantId")),
+    (("experienceId", "productId"), ("reservationIds", "consumerId")),
+)
+
+
 class ReleaseRequest(ApiBody):
     """One of three forms: `reservationIds`; `experienceId` and
     `consumerId`; or `experienceId`, `productId` and maybe `variantId`."""
+
+    model_config = ConfigDict(json_schema_extra=RELEASE_FORMS)
 
     reservation_ids: list[UUID] | None = Field(
         default=None, min_length=1, max_length=RELEASE_MAX_IDS

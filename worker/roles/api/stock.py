@@ -98,6 +98,7 @@ ROUTES = (
                 409,
                 "onHand below the units reserved and sold (STOCK_BELOW_COMMITTED); nothing changed",
                 ErrorBody,
+                refusal=True,
             ),
             *WRITE_ERRORS,
         ),
