@@ -91,10 +91,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=1,
         metavar="N",
         help="run each stage N times and report the run with the median headline figure "
-        "(all N values kept in the JSON): for a noisy, shared machine",
+        "(all N values kept in the JSON), the baseline first in every other run "
+        "(default: 3, or 1 with --smoke)",
     )
     parser.add_argument(
         "--keep-stack",
@@ -123,6 +123,11 @@ async def run_stage(
         + (f": {result.reason[:300]}" if result.reason else ""),
         flush=True,
     )
+    passed = sum(c.passed for c in result.checks)
+    print(f"   checks: {passed} of {len(result.checks)} passed", flush=True)
+    for c in result.checks:
+        if not c.passed:
+            print(f"   CHECK FAILED {name}: {c.name}: {c.detail[:300]}", flush=True)
     return result
 
 
@@ -162,7 +167,10 @@ async def run_all(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]
 
     for name in names:
         step = ingest_step if name == "ingest" else STAGES[name].run
-        runs = [await run_stage(name, step, ctx) for _ in range(args.repeat)]
+        runs = []
+        for index in range(args.repeat):
+            ctx.repeat_index = index
+            runs.append(await run_stage(name, step, ctx))
         results.append(median_run(runs))
     return {"machine": info, "results": results, "ctx": ctx}
 
@@ -185,6 +193,8 @@ def median_run(runs: list[StageResult]) -> StageResult:
         "headline": runs[0].figures[0].name if runs[0].figures else None,
         "values": [r.figures[0].value if r.figures else None for r in runs],
         "baselines": [r.figures[0].baseline if r.figures else None for r in runs],
+        "figures": [{f.name: [f.value, f.baseline, f.ceiling] for f in r.figures} for r in runs],
+        "order": [r.details.get("service", {}).get("order") for r in runs],
         "reported": "the run with the median headline value",
     }
     return chosen
@@ -199,6 +209,8 @@ def quiet_logs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.smoke else 3
     quiet_logs()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
