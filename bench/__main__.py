@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from bench import machine, report
+from bench import ceilings, machine, report
 from bench.core import FULL, SMOKE, Context, StageResult
 from bench.procs import REPO, SECRET, stop_all_sync
 from bench.snapshot import snapshot
@@ -158,6 +158,9 @@ async def run_all(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]
         root, sha = snapshot(args.worker_rev)
         ctx.worker_root, ctx.worker_label = root, f"commit {sha[:12]} ({args.worker_rev})"
     info["worker"] = {"runs_from": ctx.worker_label, "root": str(ctx.worker_root)}
+    info["worker"]["commit"] = machine.measured_commit(args.worker_rev)
+    print("measuring the machine's ceilings (pg_test_fsync, Kafka perf tests)", flush=True)
+    ctx.ceilings = info["ceilings"] = await ceilings.measure(ctx)
     print(f"service runs from the {ctx.worker_label}", flush=True)
     names = args.only or list(STAGES)
     results: list[StageResult] = []
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
             "mode": "smoke" if args.smoke else "full",
+            "commit": outcome["machine"]["worker"]["commit"],
+            "repeat": args.repeat,
             "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
             "sizes": ctx.sizes.__dict__,
             "commit_timestamps": ctx.commit_timestamps,
@@ -264,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {m['python']}, PostgreSQL {m['postgresql']['version']} "
         f"(fsync={m['postgresql']['fsync']}), Kafka {m['kafka']['version']}; "
         f"load average at start {m['loadavg_at_start']}"
+    )
+    measured = m["worker"]["commit"]
+    print(
+        f"commit measured: {measured['commit'][:12]}"
+        + (" with uncommitted changes" if measured["dirty"] else "")
+        + f" ({measured['from']}); median of {args.repeat} run(s) per stage"
     )
     print(report.table(results, previous))
     print(f"\nresults: {args.out / 'results.json'}")

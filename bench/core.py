@@ -151,6 +151,8 @@ class Context:
     # work tree, or a snapshot of a commit (--worker-rev).
     worker_root: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1])
     worker_label: str = "work tree"
+    # The machine's ceilings measured at the run's start (bench/ceilings.py).
+    ceilings: dict[str, Any] = field(default_factory=dict)
     # Figures later stages may size themselves by (e.g. the apply rate).
     measured: dict[str, float] = field(default_factory=dict)
 

@@ -77,6 +77,17 @@ def _git() -> dict[str, Any]:
     }
 
 
+def measured_commit(worker_rev: str | None) -> dict[str, Any]:
+    """The commit whose service the run measured, and whether the tree it
+    ran from had uncommitted changes (a --worker-rev snapshot never has)."""
+    if worker_rev:
+        sha = _run("git", "rev-parse", "--verify", f"{worker_rev}^{{commit}}").stdout.strip()
+        return {"commit": sha, "dirty": False, "from": f"--worker-rev {worker_rev}"}
+    dirty = _run("git", "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    head = _run("git", "rev-parse", "HEAD").stdout.strip()
+    return {"commit": head, "dirty": bool(dirty), "from": "work tree"}
+
+
 def _pip_version(name: str) -> str | None:
     from importlib import metadata
 

@@ -12,6 +12,7 @@ import random
 from datetime import UTC, datetime
 
 from bench.ceiling_pg import CEILING_NAME, pg_ceiling, share
+from bench.ceilings import kafka_figure
 from bench.checks import check_side
 from bench.core import Context, Figure, StageResult, extra_database, fresh_namespace
 from bench.stages.drain import check_watch, drain_race, side_json
@@ -96,6 +97,7 @@ async def run(ctx: Context, result: StageResult) -> None:
             else None,
             note="first applied to last applied (start-up excluded)",
         ),
+        kafka_figure(ctx, "transitions/s vs Kafka read", rate, "consumer"),
         Figure(
             "drain time",
             service.seconds,

@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from bench.ceilings import commit_floor
 from bench.checks import check
 from bench.core import Context, Figure, StageResult, connect, create_pool, fresh_namespace
 from bench.measure import summary, wait_for_count
@@ -250,6 +251,10 @@ def _analyse(
     )
     _checks(result, s.e2e_rate, achieved, sent, accepted, missing, negative_send)
     _figures(result, s.e2e_rate, achieved, primary, from_send, method, negative_2xx)
+    for name in ("2xx to hold p50", "send to hold p50"):
+        figure = result.figure(name)
+        if figure is not None:
+            commit_floor(ctx, figure)
 
 
 def _checks(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bench.ceiling_pg import CEILING_NAME, pg_ceiling, share
+from bench.ceilings import kafka_figure
 from bench.checks import check, check_side
 from bench.core import Context, Figure, StageResult, extra_database, fresh_namespace
 from bench.stages.drain import check_watch, drain_race, side_json
@@ -77,6 +78,7 @@ async def run(ctx: Context, result: StageResult) -> None:
             target=">= 20,000/s",
             meets=bool(rate and rate >= 20_000),
         ),
+        kafka_figure(ctx, "transitions/s vs Kafka read", rate, "consumer"),
         Figure(
             "drain time",
             service.seconds,

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.ceilings import kafka_figure
 from bench.checks import check
 from bench.core import Context, Figure, StageResult, fresh_namespace
 from bench.measure import percentile
@@ -237,4 +238,5 @@ async def run(ctx: Context, result: StageResult, loadgen: str = "auto") -> None:
             ratio=p99 / bp99 if bp99 else None,
             note="at saturation",
         ),
+        kafka_figure(ctx, "webhooks/s vs Kafka produce", rps, "producer"),
     ]
