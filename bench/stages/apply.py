@@ -15,7 +15,7 @@ from bench.ceiling_pg import CEILING_NAME, pg_ceiling, share
 from bench.ceilings import kafka_figure
 from bench.checks import check_side
 from bench.core import Context, Figure, StageResult, extra_database, fresh_namespace
-from bench.stages.drain import check_watch, drain_race, side_json
+from bench.stages.drain import Side, check_watch, drain_race, side_json
 from bench.workload import Builder, Record
 
 NAME = "apply"
@@ -58,11 +58,10 @@ async def run(ctx: Context, result: StageResult) -> None:
         await check_side(result, "service", ns.database_url, "stock", held)
         await check_side(result, "naive", naive_dsn, "inventory", held)
         ceiling = await pg_ceiling(ctx, ns, result, timed)
-    result.details["units_held_expected"] = sum(held.values())
-    rate, base = service.rate, naive.rate
-    ratio = rate / base if rate and base else None
-    ctx.measured["apply_rate"] = rate or 0.0
+    check_watch(result, service, naive)
+    ctx.measured["apply_rate"] = service.rate or 0.0
     result.details.update(
+        units_held_expected=sum(held.values()),
         commands_timed=len(timed),
         commands_setup=len(setup),
         products=ctx.sizes.apply_products,
@@ -71,7 +70,13 @@ async def run(ctx: Context, result: StageResult) -> None:
         service=side_json(service),
         naive=side_json(naive),
     )
-    result.figures += [
+    result.figures += _figures(ctx, service, naive, ceiling)
+
+
+def _figures(ctx: Context, service: Side, naive: Side, ceiling: float | None) -> list[Figure]:
+    rate, base = service.rate, naive.rate
+    ratio = rate / base if rate and base else None
+    return [
         Figure(
             "transitions/s",
             rate,
@@ -107,4 +112,3 @@ async def run(ctx: Context, result: StageResult) -> None:
             ratio=(service.seconds / naive.seconds) if service.seconds and naive.seconds else None,
         ),
     ]
-    check_watch(result, service, naive)

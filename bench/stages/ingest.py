@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.ceilings import kafka_figure
 from bench.checks import check
-from bench.core import Context, Figure, StageResult, fresh_namespace
+from bench.core import Context, Figure, Namespace, StageResult, fresh_namespace
 from bench.measure import percentile
 from bench.procs import SECRET, Child, free_port, python_module, service_env, worker_role
 
@@ -88,7 +88,7 @@ def _load(ctx: Context, tool: str, url: str, seconds: float, out: Path) -> dict[
     return loaded
 
 
-def _figures(raw: dict[str, Any]) -> dict[str, float]:
+def _round_figures(raw: dict[str, Any]) -> dict[str, float]:
     seconds = raw["duration_us"] / 1e6
     errors = sum(raw["errors"].values())
     ok = raw["requests"] - raw["errors"]["status"]
@@ -129,7 +129,7 @@ async def _server_round(
         await child.stop()
         # Stopping lets the answers in flight at the window's end land.
         after = await on_topic() if on_topic else 0
-    figures = _figures(raw)
+    figures = _round_figures(raw)
     figures["on_topic"] = after - before
     if figures["errors"] > 0.01 * max(1, figures["requests"]):
         raise RuntimeError(f"{label}: {figures['errors']} errors of {figures['requests']}: {raw}")
@@ -159,30 +159,43 @@ def check_window(result: StageResult, receiver: list[dict[str, float]], connecti
         )
 
 
+async def _rounds(
+    ctx: Context, ns: Namespace, tool: str, rounds: int
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Rounds of the bare server and the receiver, which goes first
+    alternating from round to round and from one repeat to the next."""
+    bare: list[dict[str, float]] = []
+    receiver: list[dict[str, float]] = []
+
+    async def count() -> int:
+        settings = ns.settings
+        topic, bootstrap = settings.commands_topic, settings.kafka_bootstrap_servers
+        return await _records_on_topic(bootstrap, topic, ctx.partitions)
+
+    async def bare_round(rnd: int) -> None:
+        port = free_port()
+        args = ["--port", str(port)]
+        child = python_module(f"bare-{rnd}", "bench.bare_server", args, ctx.log_dir(NAME))
+        bare.append(await _server_round(ctx, child, port, tool, "bare", rnd))
+
+    async def receiver_round(rnd: int) -> None:
+        env = service_env(ns.settings)
+        port = int(env["LISTEN_PORT"])
+        child = worker_role(f"receiver-{rnd}", "receiver", env, ctx.log_dir(NAME), ctx.worker_root)
+        receiver.append(await _server_round(ctx, child, port, tool, "receiver", rnd, count))
+
+    for rnd in range(rounds):
+        order = (bare_round, receiver_round)
+        for step in order if (rnd + ctx.repeat_index) % 2 == 0 else reversed(order):
+            await step(rnd)
+    return bare, receiver
+
+
 async def run(ctx: Context, result: StageResult, loadgen: str = "auto") -> None:
     tool = pick_loadgen(loadgen)
     rounds = 1 if ctx.smoke else 2
-    bare: list[dict[str, float]] = []
-    receiver: list[dict[str, float]] = []
     async with fresh_namespace(ctx) as ns:
-
-        async def count() -> int:
-            settings = ns.settings
-            topic, bootstrap = settings.commands_topic, settings.kafka_bootstrap_servers
-            return await _records_on_topic(bootstrap, topic, ctx.partitions)
-
-        for rnd in range(rounds):
-            port = free_port()
-            child = python_module(
-                f"bare-{rnd}", "bench.bare_server", ["--port", str(port)], ctx.log_dir(NAME)
-            )
-            bare.append(await _server_round(ctx, child, port, tool, "bare", rnd))
-            env = service_env(ns.settings)
-            port = int(env["LISTEN_PORT"])
-            child = worker_role(
-                f"receiver-{rnd}", "receiver", env, ctx.log_dir(NAME), ctx.worker_root
-            )
-            receiver.append(await _server_round(ctx, child, port, tool, "receiver", rnd, count))
+        bare, receiver = await _rounds(ctx, ns, tool, rounds)
     check_window(result, receiver, ctx.sizes.ingest_connections)
     result.details.update(
         loadgen=tool,
@@ -193,14 +206,23 @@ async def run(ctx: Context, result: StageResult, loadgen: str = "auto") -> None:
         records_of_measured_windows=sum(r["on_topic"] for r in receiver),
         server_processes={"receiver": 1, "bare": 1},
     )
+    result.figures += _figures(ctx, tool, rounds, bare, receiver)
 
+
+def _figures(
+    ctx: Context,
+    tool: str,
+    rounds: int,
+    bare: list[dict[str, float]],
+    receiver: list[dict[str, float]],
+) -> list[Figure]:
     def med(rows: list[dict[str, float]], key: str) -> float:
         return percentile([r[key] for r in rows], 50)
 
     rps, base = med(receiver, "rps"), med(bare, "rps")
     p50, bp50 = med(receiver, "p50_ms"), med(bare, "p50_ms")
     p99, bp99 = med(receiver, "p99_ms"), med(bare, "p99_ms")
-    result.figures += [
+    return [
         Figure(
             "webhooks/s",
             rps,
