@@ -70,7 +70,7 @@ def test_bench_smoke_runs_every_stage_and_never_oversells(stack: Stack, tmp_path
     assert hot["details"]["stock_after"]["reserved"] == hot["details"]["units"]
     assert stages["expiry"]["details"]["reserved_after"] == 0
     assert stages["e2e"]["details"]["accepted"] == stages["e2e"]["details"]["planned"]
-    for name in ("ingest", "apply", "hot_sku", "e2e") + (
+    for name in ("ingest", "apply", "hot_sku", "e2e", "expiry") + (
         ("rebuild",) if stages["rebuild"]["status"] == "ok" else ()
     ):
         checks = stages[name]["checks"]
