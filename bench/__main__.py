@@ -149,16 +149,7 @@ async def run_all(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]
         commit_timestamps=info["postgresql"]["track_commit_timestamp"] == "on",
         profile=args.profile,
     )
-    if args.worker_root:
-        root = args.worker_root.resolve()
-        if not (root / "worker" / "__main__.py").exists() or not (root / "sql").is_dir():
-            raise SystemExit(f"--worker-root {root}: no worker/__main__.py and sql/ there")
-        ctx.worker_root, ctx.worker_label = root, f"folder {root}"
-    if args.worker_rev:
-        root, sha = snapshot(args.worker_rev)
-        ctx.worker_root, ctx.worker_label = root, f"commit {sha[:12]} ({args.worker_rev})"
-    info["worker"] = {"runs_from": ctx.worker_label, "root": str(ctx.worker_root)}
-    info["worker"]["commit"] = machine.measured_commit(args.worker_rev)
+    info["worker"] = worker_source(args, ctx)
     print("measuring the machine's ceilings (pg_test_fsync, Kafka perf tests)", flush=True)
     ctx.ceilings = info["ceilings"] = await ceilings.measure(ctx)
     print(f"service runs from the {ctx.worker_label}", flush=True)
@@ -176,6 +167,26 @@ async def run_all(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]
             runs.append(await run_stage(name, step, ctx))
         results.append(median_run(runs))
     return {"machine": info, "results": results, "ctx": ctx}
+
+
+def worker_source(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """Point the context at the service to measure (--worker-rev, else
+    --worker-root, else the work tree); where it runs from, and its commit."""
+    folder = REPO
+    if args.worker_root:
+        root = args.worker_root.resolve()
+        if not (root / "worker" / "__main__.py").exists() or not (root / "sql").is_dir():
+            raise SystemExit(f"--worker-root {root}: no worker/__main__.py and sql/ there")
+        ctx.worker_root, ctx.worker_label = root, f"folder {root}"
+        folder = root
+    if args.worker_rev:
+        root, sha = snapshot(args.worker_rev)
+        ctx.worker_root, ctx.worker_label = root, f"commit {sha[:12]} ({args.worker_rev})"
+    return {
+        "runs_from": ctx.worker_label,
+        "root": str(ctx.worker_root),
+        "commit": machine.measured_commit(args.worker_rev, folder),
+    }
 
 
 def median_run(runs: list[StageResult]) -> StageResult:
