@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.core import Context, Figure, create_topic, delete_topics, scalar
+from bench.eventlog import generate
 from bench.procs import REPO
 from bench.workload import Builder
 
@@ -37,7 +38,7 @@ def _java(main: str, args: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def record_size() -> int:
+def command_bytes() -> int:
     """Bytes of a command record as the stages put them on the topic (the
     mean of an admission and a one-line cart, the drains' mix)."""
     b = Builder()
@@ -45,6 +46,13 @@ def record_size() -> int:
     admit = b.admit("drop-x", "c1", "grant-x-1", now)
     cart = b.cart("drop-x", "c1", [("sku-x-1", 1)], now)
     return (len(admit.value) + len(cart.value)) // 2
+
+
+def event_bytes() -> int:
+    """Mean bytes of an event record of the rebuild's log."""
+    pairs, _ = generate(2_000)
+    sizes = [len(value) for _, value in pairs]
+    return sum(sizes) // len(sizes)
 
 
 def _producer_rate(out: str) -> float:
@@ -61,10 +69,9 @@ def _consumer_rate(out: str) -> float:
     return float(last[5])
 
 
-async def kafka_ceiling(ctx: Context, records: int) -> dict[str, Any]:
+async def kafka_ceiling(ctx: Context, records: int, size: int) -> dict[str, Any]:
     """Records/s one producer (acks=all) writes, and one consumer reads back,
-    on a fresh topic with the stages' partitions."""
-    size = record_size()
+    on a fresh topic with the stages' partitions, records of `size` bytes."""
     topic = f"bceiling-{uuid.uuid4().hex[:8]}"
     bootstrap = ctx.stack.kafka_bootstrap
     producer = [
@@ -128,17 +135,22 @@ async def measure(ctx: Context) -> dict[str, Any]:
     """Every machine ceiling of the run, measured once before the stages."""
     method = await scalar(ctx.stack.database_url, "SHOW wal_sync_method")
     out: dict[str, Any] = {"commit": await asyncio.to_thread(pg_test_fsync, str(method))}
-    try:
-        out["kafka"] = await kafka_ceiling(ctx, 20_000 if ctx.smoke else 200_000)
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        out["kafka"] = {"error": f"{type(exc).__name__}: {exc}"}
+    records = 20_000 if ctx.smoke else 200_000
+    for kind, size in (("kafka", command_bytes()), ("kafka_events", event_bytes())):
+        try:
+            out[kind] = await kafka_ceiling(ctx, records, size)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            out[kind] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
 
-def kafka_figure(ctx: Context, name: str, value: float | None, side: str) -> Figure:
+def kafka_figure(
+    ctx: Context, name: str, value: float | None, side: str, kind: str = "kafka"
+) -> Figure:
     """A rate next to what Kafka alone takes (`producer`) or gives
-    (`consumer`) at the same record size."""
-    ceiling = ctx.ceilings.get("kafka", {}).get(f"{side}_records_per_second")
+    (`consumer`) at the same record size: commands' (`kafka`) or events'
+    (`kafka_events`)."""
+    ceiling = ctx.ceilings.get(kind, {}).get(f"{side}_records_per_second")
     return Figure(
         name,
         value,

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from bench.ceilings import kafka_figure
 from bench.checks import check_no_oversell, compare, held_by_product
 from bench.core import Context, Figure, StageResult, connect, extra_database, fresh_namespace
 from bench.eventlog import Expected, generate
@@ -153,4 +154,7 @@ async def run(ctx: Context, result: StageResult) -> None:
             meets=bool(rate and rate >= 30_000),
             note=f"{sent:,} events, process start to exit",
         )
+    )
+    result.figures.append(
+        kafka_figure(ctx, "events/s vs Kafka read", rate, "consumer", "kafka_events")
     )
