@@ -129,7 +129,7 @@ def test_fold_comparison_names_what_differs() -> None:
 
 
 def test_ingest_window_check_fails_on_lost_or_extra_records() -> None:
-    fine = {"ok": 100.0, "requests": 100.0, "on_topic": 102.0}
+    fine = {"ok": 100.0, "requests": 100.0, "errors": 0.0, "on_topic": 102.0}
     lost = dict(fine, on_topic=99.0)
     extra = dict(fine, on_topic=200.0)  # e.g. the warm-up counted in
     result = StageResult("ingest", "t")

@@ -301,10 +301,12 @@ def _checks(
     # A commit cannot precede its webhook's send: if one does, the clocks
     # compared are not the ones this stage thinks they are.
     check(result, "no commit before its send", negative_send == 0, f"{negative_send} did")
+    # Under 90% of the asked rate the figures are marked (see _figures);
+    # under half of it they describe another load altogether.
     check(
         result,
-        "achieved the asked rate (>= 90%)",
-        achieved is not None and achieved >= 0.9 * rate,
+        "achieved at least half the asked rate",
+        achieved is not None and achieved >= 0.5 * rate,
         f"asked {rate:.0f}/s, sent at {achieved or 0:.0f}/s",
     )
 
