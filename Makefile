@@ -55,7 +55,9 @@ clean: stack-down
 # Benchmarks against baselines measured in the same run. Not part of
 # `make test` (tests/test_bench_smoke.py runs the smoke size there). Own
 # PostgreSQL/Kafka under .stack/bench unless DATABASE_URL/KAFKA_BOOTSTRAP_SERVERS.
-# e.g. make bench BENCH_ARGS="--only apply hot_sku --repeat 3"
+# Every headline is the median of 3 runs unless --repeat says otherwise; a
+# failed correctness check fails the target.
+# e.g. make bench BENCH_ARGS="--only apply hot_sku --repeat 5"
 bench: $(STAMP) kafka-jars
 	@command -v wrk >/dev/null || echo "bench: wrk missing (apt-get install -y wrk); ingest uses the Python load generator, which caps the bare baseline"
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from bench import machine, report
+from bench import ceilings, machine, report
 from bench.core import FULL, SMOKE, Context, StageResult
 from bench.procs import REPO, SECRET, stop_all_sync
 from bench.snapshot import snapshot
@@ -91,10 +91,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=1,
         metavar="N",
         help="run each stage N times and report the run with the median headline figure "
-        "(all N values kept in the JSON): for a noisy, shared machine",
+        "(all N values kept in the JSON), the baseline first in every other run "
+        "(default: 3, or 1 with --smoke)",
     )
     parser.add_argument(
         "--keep-stack",
@@ -123,6 +123,11 @@ async def run_stage(
         + (f": {result.reason[:300]}" if result.reason else ""),
         flush=True,
     )
+    passed = sum(c.passed for c in result.checks)
+    print(f"   checks: {passed} of {len(result.checks)} passed", flush=True)
+    for c in result.checks:
+        if not c.passed:
+            print(f"   CHECK FAILED {name}: {c.name}: {c.detail[:300]}", flush=True)
     return result
 
 
@@ -144,15 +149,9 @@ async def run_all(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]
         commit_timestamps=info["postgresql"]["track_commit_timestamp"] == "on",
         profile=args.profile,
     )
-    if args.worker_root:
-        root = args.worker_root.resolve()
-        if not (root / "worker" / "__main__.py").exists() or not (root / "sql").is_dir():
-            raise SystemExit(f"--worker-root {root}: no worker/__main__.py and sql/ there")
-        ctx.worker_root, ctx.worker_label = root, f"folder {root}"
-    if args.worker_rev:
-        root, sha = snapshot(args.worker_rev)
-        ctx.worker_root, ctx.worker_label = root, f"commit {sha[:12]} ({args.worker_rev})"
-    info["worker"] = {"runs_from": ctx.worker_label, "root": str(ctx.worker_root)}
+    info["worker"] = worker_source(args, ctx)
+    print("measuring the machine's ceilings (pg_test_fsync, Kafka perf tests)", flush=True)
+    ctx.ceilings = info["ceilings"] = await ceilings.measure(ctx)
     print(f"service runs from the {ctx.worker_label}", flush=True)
     names = args.only or list(STAGES)
     results: list[StageResult] = []
@@ -162,9 +161,32 @@ async def run_all(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]
 
     for name in names:
         step = ingest_step if name == "ingest" else STAGES[name].run
-        runs = [await run_stage(name, step, ctx) for _ in range(args.repeat)]
+        runs = []
+        for index in range(args.repeat):
+            ctx.repeat_index = index
+            runs.append(await run_stage(name, step, ctx))
         results.append(median_run(runs))
     return {"machine": info, "results": results, "ctx": ctx}
+
+
+def worker_source(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """Point the context at the service to measure (--worker-rev, else
+    --worker-root, else the work tree); where it runs from, and its commit."""
+    folder = REPO
+    if args.worker_root:
+        root = args.worker_root.resolve()
+        if not (root / "worker" / "__main__.py").exists() or not (root / "sql").is_dir():
+            raise SystemExit(f"--worker-root {root}: no worker/__main__.py and sql/ there")
+        ctx.worker_root, ctx.worker_label = root, f"folder {root}"
+        folder = root
+    if args.worker_rev:
+        root, sha = snapshot(args.worker_rev)
+        ctx.worker_root, ctx.worker_label = root, f"commit {sha[:12]} ({args.worker_rev})"
+    return {
+        "runs_from": ctx.worker_label,
+        "root": str(ctx.worker_root),
+        "commit": machine.measured_commit(args.worker_rev, folder),
+    }
 
 
 def median_run(runs: list[StageResult]) -> StageResult:
@@ -185,6 +207,8 @@ def median_run(runs: list[StageResult]) -> StageResult:
         "headline": runs[0].figures[0].name if runs[0].figures else None,
         "values": [r.figures[0].value if r.figures else None for r in runs],
         "baselines": [r.figures[0].baseline if r.figures else None for r in runs],
+        "figures": [{f.name: [f.value, f.baseline, f.ceiling] for f in r.figures} for r in runs],
+        "order": [r.details.get("service", {}).get("order") for r in runs],
         "reported": "the run with the median headline value",
     }
     return chosen
@@ -199,6 +223,8 @@ def quiet_logs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.smoke else 3
     quiet_logs()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
             "mode": "smoke" if args.smoke else "full",
+            "commit": outcome["machine"]["worker"]["commit"],
+            "repeat": args.repeat,
             "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
             "sizes": ctx.sizes.__dict__,
             "commit_timestamps": ctx.commit_timestamps,
@@ -252,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {m['python']}, PostgreSQL {m['postgresql']['version']} "
         f"(fsync={m['postgresql']['fsync']}), Kafka {m['kafka']['version']}; "
         f"load average at start {m['loadavg_at_start']}"
+    )
+    measured = m["worker"]["commit"]
+    print(
+        f"commit measured: {measured['commit'][:12]}"
+        + (" with uncommitted changes" if measured["dirty"] else "")
+        + f" ({measured['from']}); median of {args.repeat} run(s) per stage"
     )
     print(report.table(results, previous))
     print(f"\nresults: {args.out / 'results.json'}")

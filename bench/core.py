@@ -32,6 +32,20 @@ class Figure:
     target: str | None = None
     meets: bool | None = None
     note: str | None = None
+    # The machine's limit for the same work, measured in the same run, and
+    # the figure's share of it (bigger is closer to the limit).
+    ceiling: float | None = None
+    ceiling_name: str | None = None
+    ceiling_share: float | None = None
+
+
+@dataclass
+class Check:
+    """One correctness check a stage ran (bench/checks.py)."""
+
+    name: str
+    passed: bool
+    detail: str
 
 
 @dataclass
@@ -44,6 +58,7 @@ class StageResult:
     figures: list[Figure] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     charts: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
 
     def figure(self, name: str) -> Figure | None:
         return next((f for f in self.figures if f.name == name), None)
@@ -129,10 +144,15 @@ class Context:
     commit_timestamps: bool
     partitions: int = 12
     profile: str | None = None  # the stage whose service process py-spy records
+    # Which of the repeated runs of a stage this is: odd runs measure the
+    # baseline first, so neither side always runs on the warmer machine.
+    repeat_index: int = 0
     # Where `python -m worker` runs from and its migrations come from: the
     # work tree, or a snapshot of a commit (--worker-rev).
     worker_root: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1])
     worker_label: str = "work tree"
+    # The machine's ceilings measured at the run's start (bench/ceilings.py).
+    ceilings: dict[str, Any] = field(default_factory=dict)
     # Figures later stages may size themselves by (e.g. the apply rate).
     measured: dict[str, float] = field(default_factory=dict)
 

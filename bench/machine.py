@@ -77,6 +77,22 @@ def _git() -> dict[str, Any]:
     }
 
 
+def measured_commit(worker_rev: str | None, folder: Path) -> dict[str, Any]:
+    """The commit whose service the run measured, and whether the tree it
+    ran from (`folder`) had uncommitted changes; a --worker-rev snapshot
+    never has."""
+
+    def git(*args: str) -> str:
+        return _run("git", "-C", str(folder), *args).stdout.strip()
+
+    if worker_rev:
+        sha = git("rev-parse", "--verify", f"{worker_rev}^{{commit}}")
+        return {"commit": sha, "dirty": False, "from": f"--worker-rev {worker_rev}"}
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    source = "work tree" if folder == REPO else f"folder {folder}"
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(dirty), "from": source}
+
+
 def _pip_version(name: str) -> str | None:
     from importlib import metadata
 

@@ -25,6 +25,12 @@ def _ratio(f: Figure) -> str:
     return "-" if f.ratio is None else f"{f.ratio:.2f}x"
 
 
+def _ceiling(f: Figure) -> str:
+    if f.ceiling is None:
+        return "-"
+    return f"{fmt(f.ceiling, f.unit)} ({f.ceiling_name})"
+
+
 def _meets(f: Figure) -> str:
     if f.target is None:
         return ""
@@ -32,13 +38,14 @@ def _meets(f: Figure) -> str:
 
 
 def table(results: list[StageResult], previous: dict[str, Any] | None = None) -> str:
-    head = ["stage", "figure", "value", "baseline (same run)", "ratio", "target", "met"]
+    head = ["stage", "figure", "value", "baseline (same run)", "ratio"]
+    head += ["ceiling (same run)", "share", "target", "met"]
     if previous is not None:
         head.append("previous run")
     rows: list[list[str]] = []
     for r in results:
         if r.status != "ok" and not r.figures:
-            rows.append([r.name, f"[{r.status}] {r.reason or ''}"[:90], "", "", "", "", ""])
+            rows.append([r.name, f"[{r.status}] {r.reason or ''}"[:90]] + [""] * 7)
             continue
         for i, f in enumerate(r.figures):
             base = "-" if f.baseline is None else f"{fmt(f.baseline, f.unit)} ({f.baseline_name})"
@@ -48,6 +55,8 @@ def table(results: list[StageResult], previous: dict[str, Any] | None = None) ->
                 fmt(f.value, f.unit) if r.status != "not available" else "not available",
                 base,
                 _ratio(f),
+                _ceiling(f),
+                "-" if f.ceiling_share is None else f"{f.ceiling_share:.0%}",
                 f.target or "",
                 _meets(f),
             ]
@@ -55,7 +64,7 @@ def table(results: list[StageResult], previous: dict[str, Any] | None = None) ->
                 row.append(_previous(previous, r.name, f))
             rows.append(row)
         if r.status not in ("ok",):
-            rows.append(["", f"[{r.status}] {(r.reason or '')[:80]}", "", "", "", "", ""])
+            rows.append(["", f"[{r.status}] {(r.reason or '')[:80]}"] + [""] * 7)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False))
     out = [line, "  ".join("-" * w for w in widths)]

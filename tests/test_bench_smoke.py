@@ -1,7 +1,9 @@
 """`python -m bench --smoke` runs every stage at a small size against the
 session's PostgreSQL and Kafka and writes its results. It asserts nothing
 about speed (a shared machine's numbers are noise at this size): only that
-each stage ran, the JSON is complete, and nothing was ever oversold."""
+each stage ran, its correctness checks ran and passed, the machine's
+ceilings were measured, the JSON is complete, and nothing was ever oversold.
+The checks themselves are shown to fail on doctored numbers below."""
 
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from bench.checks import check_no_oversell, compare
+from bench.core import StageResult
+from bench.stages.ingest import check_window
 from tests.stack import Stack
-
-pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "apply", "hot_sku", "e2e", "expiry", "rebuild", "failover")
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_bench_smoke_runs_every_stage_and_never_oversells(stack: Stack, tmp_path: Path) -> None:
     env = dict(
@@ -66,6 +70,68 @@ def test_bench_smoke_runs_every_stage_and_never_oversells(stack: Stack, tmp_path
     assert hot["details"]["stock_after"]["reserved"] == hot["details"]["units"]
     assert stages["expiry"]["details"]["reserved_after"] == 0
     assert stages["e2e"]["details"]["accepted"] == stages["e2e"]["details"]["planned"]
+    for name in ("ingest", "apply", "hot_sku", "e2e", "expiry") + (
+        ("rebuild",) if stages["rebuild"]["status"] == "ok" else ()
+    ):
+        checks = stages[name]["checks"]
+        assert checks, name
+        assert all(c["passed"] for c in checks), (name, checks)
+    assert "CHECK FAILED" not in done.stdout
+    ceilings = results["machine"]["ceilings"]
+    assert ceilings["commit"]["commit_flush_us"] > 0, ceilings
+    assert ceilings["kafka"]["producer_records_per_second"] > 0, ceilings
+    assert ceilings["kafka"]["consumer_records_per_second"] > 0, ceilings
+    for name in ("apply", "hot_sku"):
+        headline = stages[name]["figures"][0]
+        assert headline["ceiling"] > 0, headline
+        assert headline["ceiling_share"] > 0, headline
+        assert stages[name]["details"]["ceiling_postgresql"]["rows_per_command"]["inbox"] == 1
+    commit = results["run"]["commit"]
+    assert len(commit["commit"]) == 40
+    assert isinstance(commit["dirty"], bool)
     # The printed table.
     assert "webhooks/s" in done.stdout
     assert "transitions/s" in done.stdout
+    assert "commit measured:" in done.stdout
+
+
+def _product(**counts: int) -> dict[str, int | str]:
+    row: dict[str, int | str] = {"product_id": "p", "variant_id": "", "active_rows": 0}
+    row.update(on_hand=10, reserved=0, sold=0, active=0, converted=0)
+    row.update(counts)
+    return row
+
+
+def test_oversell_check_fails_on_rows_over_on_hand_with_consistent_counters() -> None:
+    result = StageResult("hot_sku", "t")
+    check_no_oversell(result, "service", [_product(reserved=11, active=11)])
+    assert result.status == "failed"
+    assert [c.name for c in result.checks if not c.passed] == [
+        "service: held + sold rows <= on_hand"
+    ]
+    assert "held + sold rows <= on_hand" in (result.reason or "")
+
+
+def test_counter_check_fails_when_counters_and_rows_disagree() -> None:
+    result = StageResult("apply", "t")
+    check_no_oversell(result, "naive", [_product(reserved=3, active=4, sold=1, converted=1)])
+    assert [c.name for c in result.checks if not c.passed] == [
+        "naive: counters = sums of hold rows"
+    ]
+
+
+def test_fold_comparison_names_what_differs() -> None:
+    result = StageResult("apply", "t")
+    assert compare(result, "units", {"a": 2, "b": 1}, {"a": 2, "b": 1})
+    assert not compare(result, "units", {"a": 2, "b": 1}, {"a": 3, "b": 1})
+    assert result.status == "failed"
+    assert "'a': (2, 3)" in result.checks[-1].detail
+
+
+def test_ingest_window_check_fails_on_lost_or_extra_records() -> None:
+    fine = {"ok": 100.0, "requests": 100.0, "errors": 0.0, "on_topic": 102.0}
+    lost = dict(fine, on_topic=99.0)
+    extra = dict(fine, on_topic=200.0)  # e.g. the warm-up counted in
+    result = StageResult("ingest", "t")
+    check_window(result, [fine, lost, extra], connections=16)
+    assert [c.passed for c in result.checks] == [True, False, False]

@@ -21,7 +21,8 @@ import asyncpg
 import orjson
 
 from bench import naive
-from bench.core import Context, Namespace, connect, create_pool, extra_database, scalar
+from bench.checks import check
+from bench.core import Context, Namespace, StageResult, connect, create_pool, scalar
 from bench.measure import Progress, final_oversell, oversell_watch, summary, wait_for_count
 from bench.procs import Child, service_env, worker_role
 from bench.profiling import DbActivity, Profiler, db_activity
@@ -160,66 +161,89 @@ async def _run_naive(
 async def drain_race(
     ctx: Context,
     ns: Namespace,
+    naive_dsn: str,
     stage: str,
     setup: list[Record],
     timed: list[Record],
     timeout: float,
     profile: bool = False,
 ) -> tuple[Side, Side]:
+    """Both sides drain the same records, the naive code into `naive_dsn`,
+    an empty database the caller keeps for its checks."""
     check_valid(setup + timed)
     setup_seconds = await produce(ns.settings, setup)
-    # The service: setup, then the timed part from a cold consumer process.
     await _run_service_consumer(ctx, ns, f"{stage}-service-setup", len(setup), timeout, False)
-    async with extra_database(ns.admin_url, "naive") as naive_dsn:
-        await naive.create_schema(naive_dsn)
-        await _run_naive(ctx, ns, naive_dsn, f"{stage}-naive-setup", len(setup), timeout, False)
-
-        produce_seconds = await produce(ns.settings, timed)
-        goal = len(setup) + len(timed)
-        progress, extra = await _run_service_consumer(
-            ctx, ns, f"{stage}-service", goal, timeout, True, profile
-        )
-        timed_ids = [r.command_id for r in timed]
-        first_applied = await _first_applied(ns.database_url, timed_ids)
-        batches = await batch_timeline(ns.database_url, timed_ids, ctx.commit_timestamps)
-        w = extra["watch"]
-        service = Side(
-            seconds=progress.seconds,
-            steady_seconds=(progress.reached_at - first_applied)
-            if progress.reached_at and first_applied
-            else None,
-            count=len(timed),
-            progress=[[t, max(0, n - len(setup))] for t, n in progress.series()],
-            oversell_samples=w.samples,
-            oversold_samples=w.oversold_samples,
-            oversell_worst=w.worst,
-            oversell_final=await final_oversell(ns.database_url, "stock"),
-            extra={"batches": batches, **({"profile": extra.get("profile")} if profile else {})},
-        )
-
-        child, lines, nw = await _run_naive(
-            ctx, ns, naive_dsn, f"{stage}-naive", len(timed), timeout, True
-        )
-        end = lines[-1]
-        first = next((ln["first"] for ln in lines if "first" in ln), None)
-        baseline = Side(
-            seconds=end["t"] - child.started_at,
-            steady_seconds=end["t"] - first if first else None,
-            count=len(timed),
-            progress=[[round(ln["t"] - child.started_at, 4), ln["n"]] for ln in lines if "n" in ln],
-            oversell_samples=nw.samples,
-            oversold_samples=nw.oversold_samples,
-            oversell_worst=nw.worst,
-            oversell_final=await final_oversell(naive_dsn, "inventory"),
-            extra={
-                "outcomes": end.get("outcomes", {}),
-                "holds": await scalar(
-                    naive_dsn, "SELECT count(*) FROM reservations WHERE status = 'active'"
-                ),
-            },
-        )
-        service.extra["produce_seconds"] = {"setup": setup_seconds, "timed": produce_seconds}
+    await naive.create_schema(naive_dsn)
+    await _run_naive(ctx, ns, naive_dsn, f"{stage}-naive-setup", len(setup), timeout, False)
+    produce_seconds = await produce(ns.settings, timed)
+    # The service reads the timed records from the topic in its own group,
+    # the naive code in another: either can go first. Odd repeats measure the
+    # baseline first.
+    if ctx.repeat_index % 2:
+        baseline = await _naive_timed(ctx, ns, stage, naive_dsn, len(timed), timeout)
+        service = await _service_timed(ctx, ns, stage, setup, timed, timeout, profile)
+    else:
+        service = await _service_timed(ctx, ns, stage, setup, timed, timeout, profile)
+        baseline = await _naive_timed(ctx, ns, stage, naive_dsn, len(timed), timeout)
+    service.extra["produce_seconds"] = {"setup": setup_seconds, "timed": produce_seconds}
+    service.extra["order"] = "naive first" if ctx.repeat_index % 2 else "service first"
     return service, baseline
+
+
+async def _service_timed(
+    ctx: Context,
+    ns: Namespace,
+    stage: str,
+    setup: list[Record],
+    timed: list[Record],
+    timeout: float,
+    profile: bool,
+) -> Side:
+    goal = len(setup) + len(timed)
+    progress, extra = await _run_service_consumer(
+        ctx, ns, f"{stage}-service", goal, timeout, True, profile
+    )
+    timed_ids = [r.command_id for r in timed]
+    first_applied = await _first_applied(ns.database_url, timed_ids)
+    batches = await batch_timeline(ns.database_url, timed_ids, ctx.commit_timestamps)
+    w = extra["watch"]
+    return Side(
+        seconds=progress.seconds,
+        steady_seconds=(progress.reached_at - first_applied)
+        if progress.reached_at and first_applied
+        else None,
+        count=len(timed),
+        progress=[[t, max(0, n - len(setup))] for t, n in progress.series()],
+        oversell_samples=w.samples,
+        oversold_samples=w.oversold_samples,
+        oversell_worst=w.worst,
+        oversell_final=await final_oversell(ns.database_url, "stock"),
+        extra={"batches": batches, **({"profile": extra.get("profile")} if profile else {})},
+    )
+
+
+async def _naive_timed(
+    ctx: Context, ns: Namespace, stage: str, naive_dsn: str, count: int, timeout: float
+) -> Side:
+    child, lines, nw = await _run_naive(ctx, ns, naive_dsn, f"{stage}-naive", count, timeout, True)
+    end = lines[-1]
+    first = next((ln["first"] for ln in lines if "first" in ln), None)
+    return Side(
+        seconds=end["t"] - child.started_at,
+        steady_seconds=end["t"] - first if first else None,
+        count=count,
+        progress=[[round(ln["t"] - child.started_at, 4), ln["n"]] for ln in lines if "n" in ln],
+        oversell_samples=nw.samples,
+        oversold_samples=nw.oversold_samples,
+        oversell_worst=nw.worst,
+        oversell_final=await final_oversell(naive_dsn, "inventory"),
+        extra={
+            "outcomes": end.get("outcomes", {}),
+            "holds": await scalar(
+                naive_dsn, "SELECT count(*) FROM reservations WHERE status = 'active'"
+            ),
+        },
+    )
 
 
 async def _first_applied(dsn: str, command_ids: list[str]) -> float | None:
@@ -296,3 +320,16 @@ def side_json(side: Side) -> dict[str, Any]:
         "progress": side.progress,
         **side.extra,
     }
+
+
+def check_watch(result: StageResult, service: Side, naive: Side) -> None:
+    """The oversell the watch sampled while each side drained, and at the end."""
+    for name, side in (("service", service), ("naive", naive)):
+        seen = side.oversold_samples + side.oversell_final
+        check(
+            result,
+            f"{name}: no oversell sampled while draining",
+            side.oversell_samples > 0 and seen == 0,
+            f"{side.oversell_samples} samples, {side.oversold_samples} oversold, "
+            f"{side.oversell_final} rows over at the end",
+        )
