@@ -819,9 +819,7 @@ async def _published_since(url: str, since: datetime) -> bool:
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
     try:
-        return bool(
-            await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at > $1", since)
-        )
+        return bool(await conn.fetchval("SELECT updated_at > $1 FROM outbox_position", since))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
     finally:
@@ -955,7 +953,10 @@ async def broker_sigkill(
         figures = await measure(pool, fanfare, flight)
         # The relay lived through it too: every event is published.
         await wait_for(
-            lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"),
+            lambda: pool.fetchval(
+                "SELECT count(*) = 0 FROM outbox WHERE "
+                "seq > (SELECT published_seq FROM outbox_position)"
+            ),
             timeout=60,
         )
         # Leadership leaves the dead node when the controller fences it,

@@ -114,9 +114,7 @@ async def ensure_topics(settings: Settings) -> None:
                 name,
                 num_partitions=settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
-                topic_configs={
-                    "min.insync.replicas": str(min(2, settings.topic_replication_factor))
-                },
+                topic_configs=_topic_configs(settings, name),
             )
             for name in wanted
             if name not in existing
@@ -135,6 +133,15 @@ async def ensure_topics(settings: Settings) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
+def _topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    configs = {"min.insync.replicas": str(min(2, settings.topic_replication_factor))}
+    if topic == settings.commands_topic:
+        # The inbox is kept longer than this plus Fanfare's retry span, so a
+        # command read again from the topic is still recognised (config.py).
+        configs["retention.ms"] = str(int(settings.commands_topic_retention_hours * 3_600_000))
+    return configs
+
+
 def _key_hash(key: bytes) -> int:
     # Keys are experience ids, few and repeated; murmur2 is pure Python.
     return int(murmur2(key)) & 0x7FFFFFFF

@@ -14,7 +14,7 @@ from typing import TypeVar
 import asyncpg
 from pydantic import ValidationError
 
-from worker.adapters import postgres
+from worker.adapters import postgres, store
 from worker.config import Settings
 from worker.domain.events import Event, decode_event, event_decoder
 from worker.logs import get_logger
@@ -253,7 +253,7 @@ async def verify(
     live = await asyncpg.connect(settings.database_url)
     try:
         # Committed but not yet published: the rebuild cannot have them yet.
-        unpublished = await live.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        unpublished = await store.outbox_backlog(live)
     finally:
         await live.close()
     async with scratch_database(settings.database_url, "replay_verify") as scratch:

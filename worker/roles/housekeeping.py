@@ -1,0 +1,75 @@
+"""Housekeeping: deletes what retention lets go (worker.adapters.retention),
+a small batch per table at a time, run by the leading scheduler so one
+replica prunes at once. A round takes one batch from each table; while any
+table gave a full batch there is more, and the next round follows at the
+scheduler's next tick; otherwise the next round is an interval away."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from worker import metrics
+from worker.adapters import retention
+from worker.config import Settings
+from worker.logs import get_logger
+
+log = get_logger("worker.housekeeping")
+
+BATCH_ROWS = 1000
+INTERVAL = timedelta(minutes=5)
+
+
+class Housekeeping:
+    def __init__(self, settings: Settings, batch: int = BATCH_ROWS) -> None:
+        self.inbox_retention = timedelta(hours=settings.inbox_retention_hours)
+        self.history_retention = timedelta(days=settings.history_retention_days)
+        self.batch = batch
+        self.next_round: datetime | None = None
+        # Rows deleted per table since this process started.
+        self.removed: dict[str, int] = dict.fromkeys(retention.TABLES, 0)
+
+    def cutoffs(self, now: datetime) -> dict[str, datetime]:
+        return {
+            "inbox": now - self.inbox_retention,
+            "history": now - self.history_retention,
+            # A grant comes back at most an inbox retention after its first
+            # delivery (config.py), long before its admission row goes: the
+            # tombstone covers that span again after the row is gone.
+            "tombstone": now - self.history_retention - self.inbox_retention,
+        }
+
+    async def run_due(self, pool: asyncpg.Pool, now: datetime) -> None:
+        """A round if one is due; the scheduler calls this every tick."""
+        if self.next_round is not None and now < self.next_round:
+            return
+        more = await self.round(pool, now)
+        self.next_round = None if more else now + INTERVAL
+
+    async def round(self, pool: asyncpg.Pool, now: datetime) -> bool:
+        """One batch from each table; whether any table has more."""
+        cutoffs = self.cutoffs(now)
+        more = False
+        removed: dict[str, int] = {}
+        for table, statement, cutoff in retention.STATEMENTS:
+            async with pool.acquire() as conn:
+                n = await retention.prune(conn, statement, cutoffs[cutoff], self.batch)
+            if n:
+                removed[table] = removed.get(table, 0) + n
+                self.removed[table] += n
+                metrics.RETENTION_ROWS_DELETED.labels(table).inc(n)
+            more = more or n >= self.batch
+        if removed:
+            log.info(
+                "retention_pruned",
+                removed=removed,
+                more=more,
+                history_cutoff=str(cutoffs["history"]),
+            )
+        return more
+
+    async def drain(self, pool: asyncpg.Pool, now: datetime) -> None:
+        """Rounds until nothing is left to prune as of `now`."""
+        while await self.round(pool, now):
+            pass
