@@ -132,7 +132,6 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
-@functools.lru_cache(maxsize=4096)
 def _topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     configs = {"min.insync.replicas": str(min(2, settings.topic_replication_factor))}
     if topic == settings.commands_topic:
@@ -142,6 +141,7 @@ def _topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     return configs
 
 
+@functools.lru_cache(maxsize=4096)
 def _key_hash(key: bytes) -> int:
     # Keys are experience ids, few and repeated; murmur2 is pure Python.
     return int(murmur2(key)) & 0x7FFFFFFF
