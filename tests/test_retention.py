@@ -27,15 +27,18 @@ import pytest_asyncio
 from tests import builders as b
 from tests.engine_backends import assert_counters_match_rows
 from tests.stack import Stack
-from worker.adapters import postgres
+from worker.adapters import postgres, retention
 from worker.adapters.queries import DueExpiry
 from worker.clock import ManualClock
-from worker.config import load_settings
+from worker.config import Settings, load_settings
 from worker.domain import ids
 from worker.domain.commands import Command
+from worker.domain.events import decode_event
 from worker.domain.model import ExperienceSettings
 from worker.engine import Coordinates, apply_batch, not_yet_applied
+from worker.replay.diff import compare
 from worker.replay.scratch import scratch_database
+from worker.replay.sink import Planner, write_planned
 from worker.roles.housekeeping import Housekeeping
 from worker.roles.scheduler import expiry_command
 
@@ -64,10 +67,10 @@ def grant(day: int, i: int) -> str:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+async def live(stack: Stack) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
     async with scratch_database(stack.database_url, "retention") as url:
         pool = await postgres.create_pool(url, max_size=3)
-        yield pool
+        yield url, pool
         await pool.close()
 
 
@@ -130,11 +133,17 @@ class Drops:
         return same, again
 
 
-async def end_of_day(pool: asyncpg.Pool, day: int) -> None:
+async def end_of_day(pool: asyncpg.Pool, day: int, topic: list[tuple[int, bytes]]) -> None:
     """The day's inbox and outbox stamps on the simulated clock, and the
-    relay's position at the end of the outbox."""
+    relay's position at the end of the outbox: its events go to `topic`,
+    which keeps them all, as the events topic does."""
     t = T0 + timedelta(days=day)
     async with pool.acquire() as conn, conn.transaction():
+        published = topic[-1][0] if topic else 0
+        rows = await conn.fetch(
+            "SELECT seq, payload FROM outbox WHERE seq > $1 ORDER BY seq", published
+        )
+        topic.extend((r["seq"], bytes(r["payload"])) for r in rows)
         await conn.execute("UPDATE inbox SET applied_at = $1 WHERE applied_at > $2", t, SIM_END)
         await conn.execute("UPDATE outbox SET created_at = $1 WHERE created_at > $2", t, SIM_END)
         await conn.execute(
@@ -154,11 +163,15 @@ def print_counts(counts: dict[int, dict[str, int]], removed: dict[str, int]) -> 
     print("removed: " + ", ".join(f"{t} {n}" for t, n in removed.items()))
 
 
-async def test_sixty_days_of_drops_keep_every_table_bounded(pool: asyncpg.Pool) -> None:
+async def test_sixty_days_of_drops_keep_every_table_bounded(
+    live: tuple[str, asyncpg.Pool],
+) -> None:
+    url, pool = live
     settings = load_settings(
-        database_url="unused", kafka_bootstrap_servers="unused", fanfare_webhook_secret="unused"
+        database_url=url, kafka_bootstrap_servers="unused", fanfare_webhook_secret="unused"
     )
     clock = ManualClock(T0)
+    topic: list[tuple[int, bytes]] = []
     housekeeping = Housekeeping(settings, batch=max(50, PER_DAY))
     drops = Drops(pool)
     counts: dict[int, dict[str, int]] = {}
@@ -166,7 +179,7 @@ async def test_sixty_days_of_drops_keep_every_table_bounded(pool: asyncpg.Pool) 
         same, again = drops.resent(day)
         for part in (drops.opening(day), drops.endings(day), same + again):
             await drops.apply(part)
-        await end_of_day(pool, day)
+        await end_of_day(pool, day, topic)
         clock.advance(86_400)
         await housekeeping.drain(pool, clock.now())
         for c in same:  # the inbox still knows the delivery: not applied again
@@ -182,6 +195,35 @@ async def test_sixty_days_of_drops_keep_every_table_bounded(pool: asyncpg.Pool) 
         "SELECT count(*) FROM grant_tombstones WHERE admission_grant = $1",
         ids.grant_digest(grant(DAYS - 33, 0)),
     )
+    assert await rebuilt_differences(settings, topic, clock.now()) == []
+
+
+async def rebuilt_differences(
+    settings: Settings, topic: list[tuple[int, bytes]], now: datetime
+) -> list[str]:
+    """What `replay --verify` does: every event folded into a scratch
+    database, which is pruned to the live one's cutoffs, then compared."""
+    async with scratch_database(settings.database_url, "retention_rebuilt") as url:
+        reader, writer = await asyncpg.connect(url), await asyncpg.connect(url)
+        try:
+            planner = Planner(reader, fresh=True)
+            for start in range(0, len(topic), 5000):
+                part = topic[start : start + 5000]
+                planned = await planner.plan([(seq, decode_event(p)) for seq, p in part])
+                async with writer.transaction():
+                    await write_planned(writer, planned)
+                planner.committed(planned)
+        finally:
+            await reader.close()
+            await writer.close()
+        pool = await postgres.create_pool(url, max_size=1)
+        try:
+            await retention.drain(pool, retention.cutoffs(settings, now), 1000)
+        finally:
+            await pool.close()
+        reports = await compare(settings.database_url, url)
+    print("rebuilt and compared: " + ", ".join(f"{r.table} {r.compared}" for r in reports))
+    return [d.render() for r in reports for d in r.diffs]
 
 
 def assert_bounded(counts: dict[int, dict[str, int]]) -> None:

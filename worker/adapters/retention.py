@@ -24,9 +24,12 @@ decision still needs goes with it:
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+
+import asyncpg
 
 from worker.adapters.store import Conn
+from worker.config import Settings
 
 PRUNE_INBOX = """DELETE FROM inbox WHERE command_id IN (
     SELECT command_id FROM inbox WHERE applied_at < $1 ORDER BY applied_at LIMIT $2)"""
@@ -113,7 +116,48 @@ STATEMENTS: tuple[tuple[str, str, str], ...] = (
 TABLES = tuple(dict.fromkeys(table for table, _, _ in STATEMENTS))
 
 
+def cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
+    """Each statement's cutoff as of `now`."""
+    inbox = timedelta(hours=settings.inbox_retention_hours)
+    history = timedelta(days=settings.history_retention_days)
+    return {
+        "inbox": now - inbox,
+        "history": now - history,
+        # A grant comes back at most an inbox retention after its first
+        # delivery (config.py), long before its admission row goes: the
+        # tombstone covers that span again after the row is gone.
+        "tombstone": now - history - inbox,
+    }
+
+
 async def prune(conn: Conn, statement: str, cutoff: datetime, limit: int) -> int:
     """Run one pruning statement; the number of rows it deleted."""
     status = await conn.execute(statement, cutoff, limit)
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def prune_round(
+    pool: asyncpg.Pool, until: dict[str, datetime], limit: int
+) -> tuple[dict[str, int], bool]:
+    """One batch from each table, each in its own transaction: the rows
+    deleted per table, and whether any table has more."""
+    removed: dict[str, int] = {}
+    more = False
+    for table, statement, cutoff in STATEMENTS:
+        async with pool.acquire() as conn:
+            n = await prune(conn, statement, until[cutoff], limit)
+        if n:
+            removed[table] = removed.get(table, 0) + n
+        more = more or n >= limit
+    return removed, more
+
+
+async def drain(pool: asyncpg.Pool, until: dict[str, datetime], limit: int) -> dict[str, int]:
+    """Rounds until nothing is left to prune before the cutoffs."""
+    total: dict[str, int] = {}
+    more = True
+    while more:
+        removed, more = await prune_round(pool, until, limit)
+        for table, n in removed.items():
+            total[table] = total.get(table, 0) + n
+    return total

@@ -23,22 +23,11 @@ INTERVAL = timedelta(minutes=5)
 
 class Housekeeping:
     def __init__(self, settings: Settings, batch: int = BATCH_ROWS) -> None:
-        self.inbox_retention = timedelta(hours=settings.inbox_retention_hours)
-        self.history_retention = timedelta(days=settings.history_retention_days)
+        self.settings = settings
         self.batch = batch
         self.next_round: datetime | None = None
         # Rows deleted per table since this process started.
         self.removed: dict[str, int] = dict.fromkeys(retention.TABLES, 0)
-
-    def cutoffs(self, now: datetime) -> dict[str, datetime]:
-        return {
-            "inbox": now - self.inbox_retention,
-            "history": now - self.history_retention,
-            # A grant comes back at most an inbox retention after its first
-            # delivery (config.py), long before its admission row goes: the
-            # tombstone covers that span again after the row is gone.
-            "tombstone": now - self.history_retention - self.inbox_retention,
-        }
 
     async def run_due(self, pool: asyncpg.Pool, now: datetime) -> None:
         """A round if one is due; the scheduler calls this every tick."""
@@ -49,23 +38,14 @@ class Housekeeping:
 
     async def round(self, pool: asyncpg.Pool, now: datetime) -> bool:
         """One batch from each table; whether any table has more."""
-        cutoffs = self.cutoffs(now)
-        more = False
-        removed: dict[str, int] = {}
-        for table, statement, cutoff in retention.STATEMENTS:
-            async with pool.acquire() as conn:
-                n = await retention.prune(conn, statement, cutoffs[cutoff], self.batch)
-            if n:
-                removed[table] = removed.get(table, 0) + n
-                self.removed[table] += n
-                metrics.RETENTION_ROWS_DELETED.labels(table).inc(n)
-            more = more or n >= self.batch
+        until = retention.cutoffs(self.settings, now)
+        removed, more = await retention.prune_round(pool, until, self.batch)
+        for table, n in removed.items():
+            self.removed[table] += n
+            metrics.RETENTION_ROWS_DELETED.labels(table).inc(n)
         if removed:
             log.info(
-                "retention_pruned",
-                removed=removed,
-                more=more,
-                history_cutoff=str(cutoffs["history"]),
+                "retention_pruned", removed=removed, more=more, history_cutoff=str(until["history"])
             )
         return more
 
