@@ -33,7 +33,12 @@ class Housekeeping:
         """A round if one is due; the scheduler calls this every tick."""
         if self.next_round is not None and now < self.next_round:
             return
-        more = await self.round(pool, now)
+        try:
+            more = await self.round(pool, now)
+        except asyncpg.PostgresError as exc:
+            # Expiries must not wait on it: tried again a round later.
+            log.warning("retention_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            more = False
         self.next_round = None if more else now + INTERVAL
 
     async def round(self, pool: asyncpg.Pool, now: datetime) -> bool:
