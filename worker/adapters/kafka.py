@@ -145,7 +145,7 @@ async def _check_commands_retention(admin: AIOKafkaAdminClient, settings: Settin
         [response] = await admin.describe_configs([resource])
         entries = response.resources[0][4]
         retention_ms = int(next(e[1] for e in entries if e[0] == "retention.ms"))
-    except (KafkaError, LookupError, ValueError, StopIteration) as exc:
+    except (KafkaError, LookupError, ValueError, TypeError, AttributeError, StopIteration) as exc:
         log.warning("commands_retention_unknown", error=type(exc).__name__)
         return
     hours = retention_ms / 3_600_000
