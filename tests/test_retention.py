@@ -1,8 +1,9 @@
 """Retention over 60 simulated days (README, Operations, "Retention").
 
-A drop a day: each consumer of a steady population puts a cart and is
-admitted; a third complete, a third leave, a third expire on the
-scheduler's command; a consumer with no admission leaves (remembered).
+A drop a day, each of seven weekly drops once a week: each consumer of a
+steady population puts a cart and is admitted; a third complete, a third
+leave, a third expire on the scheduler's command; a consumer with no
+admission leaves (remembered).
 Fanfare's re-sends come 44 h later, once with the same delivery (the inbox
 drops it) and once as a new delivery with the same grant (refused by the
 grant); grants whose admission retention already pruned come back too (a
@@ -47,7 +48,7 @@ PER_DAY = int(os.environ.get("RETENTION_SIM_ADMISSIONS_PER_DAY", "30"))
 T0 = datetime(2026, 1, 5, 18, 0, tzinfo=UTC)
 SIM_END = T0 + timedelta(days=DAYS + 1)
 DEFAULTS = ExperienceSettings()
-EXP, SKU = "weekly-drop", "sneaker"
+SKU = "sneaker"
 RESENT = 5  # admissions of each day re-sent 44 h later
 TABLES = (
     "inbox",
@@ -64,6 +65,11 @@ TABLES = (
 
 def grant(day: int, i: int) -> str:
     return f"grant-{day}-{i}"
+
+
+def drop(day: int) -> str:
+    """The experience of the day's drop: seven, each once a week."""
+    return f"weekly-drop-{day % 7}"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -95,27 +101,27 @@ class Drops:
             self.outcomes.setdefault(str(c.command_id), []).append(applied.outcome["status"])
 
     def opening(self, day: int) -> list[Command]:
-        t = T0 + timedelta(days=day)
+        t, exp = T0 + timedelta(days=day), drop(day)
         commands: list[Command] = [b.stock(SKU, 10**6)]
         for i in range(PER_DAY):
-            admit = b.admit(EXP, f"c{i}", grant(day, i), t + timedelta(seconds=i))
+            admit = b.admit(exp, f"c{i}", grant(day, i), t + timedelta(seconds=i))
             self.admits[(day, i)] = admit
-            commands += [b.cart(EXP, f"c{i}", b.line(SKU, 1 + day % 2), at=t), admit]
-        commands.append(b.end(EXP, f"ghost-{day % 7}", None, at=t))
+            commands += [b.cart(exp, f"c{i}", b.line(SKU, 1 + day % 2), at=t), admit]
+        commands.append(b.end(exp, "ghost", None, at=t))
         return commands
 
     def endings(self, day: int) -> list[Command]:
-        t = T0 + timedelta(days=day, minutes=5)
+        t, exp = T0 + timedelta(days=day, minutes=5), drop(day)
         commands: list[Command] = []
         for i in range(PER_DAY):
             g = grant(day, i)
             if i % 3 == 0:
-                commands.append(b.complete(EXP, f"c{i}", g, f"order-{day}-{i}", at=t))
+                commands.append(b.complete(exp, f"c{i}", g, f"order-{day}-{i}", at=t))
             elif i % 3 == 1:
-                commands.append(b.end(EXP, f"c{i}", g, at=t))
+                commands.append(b.end(exp, f"c{i}", g, at=t))
             else:
                 admitted = T0 + timedelta(days=day, seconds=i)
-                due = DueExpiry(ids.grant_digest(g), EXP, f"c{i}", DEFAULTS.expires_at(admitted))
+                due = DueExpiry(ids.grant_digest(g), exp, f"c{i}", DEFAULTS.expires_at(admitted))
                 commands.append(expiry_command(due, t))
         return commands
 
@@ -125,7 +131,7 @@ class Drops:
         t = T0 + timedelta(days=day, hours=20)
         same = [self.admits[(day - 2, i)] for i in range(RESENT)] if day >= 2 else []
         again = [
-            b.admit(EXP, f"c{i}", grant(before, i), t)
+            b.admit(drop(before), f"c{i}", grant(before, i), t)
             for before in (day - 2, day - 33)
             if before >= 0
             for i in range(RESENT)
@@ -236,10 +242,10 @@ def assert_bounded(counts: dict[int, dict[str, int]]) -> None:
         "admissions": history,
         "reservations": history,
         "admission_endings": 31 * (PER_DAY + 1),
-        "cart_versions": history + PER_DAY,
-        "carts": PER_DAY,
+        "cart_versions": history + 7 * PER_DAY,
+        "carts": 7 * PER_DAY,
         "grant_tombstones": 8 * PER_DAY + 2 * RESENT,
-        "sales_retired": 1,
+        "sales_retired": 7,  # a row per experience and product
     }
     for table, bound in bounds.items():
         assert counts[DAYS][table] <= bound, (table, counts[DAYS][table], bound)
