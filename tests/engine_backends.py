@@ -139,28 +139,32 @@ Engine = MemoryEngine | PostgresEngine
 
 async def assert_counters_match_rows(pool: asyncpg.Pool) -> None:
     """In a database: stock reserved = Σ active, sold = Σ converted, and each
-    pool's used = Σ active and converted of its experience and product."""
+    pool's used = Σ active and converted of its experience and product; sold
+    holds retention pruned count in both through sales_retired."""
     drift = await pool.fetch(
-        """SELECT s.product_id, s.variant_id, s.reserved, s.sold,
-                  COALESCE(sum(r.quantity) FILTER (WHERE r.status = 'active'), 0) AS active,
-                  COALESCE(sum(r.quantity) FILTER (WHERE r.status = 'converted'), 0)
-                    AS converted
-           FROM stock s LEFT JOIN reservations r USING (product_id, variant_id)
-           GROUP BY s.product_id, s.variant_id, s.reserved, s.sold
-           HAVING s.reserved <> COALESCE(sum(r.quantity) FILTER (WHERE r.status = 'active'), 0)
-               OR s.sold <> COALESCE(sum(r.quantity)
-                                     FILTER (WHERE r.status = 'converted'), 0)"""
+        """WITH held AS (
+               SELECT product_id, variant_id,
+                      sum(quantity) FILTER (WHERE status = 'active') AS active,
+                      sum(quantity) FILTER (WHERE status = 'converted') AS converted
+               FROM reservations GROUP BY 1, 2),
+           retired AS (
+               SELECT product_id, variant_id, sum(quantity) AS quantity
+               FROM sales_retired GROUP BY 1, 2)
+           SELECT s.product_id, s.variant_id, s.reserved, s.sold, h.active, h.converted,
+                  r.quantity AS retired
+           FROM stock s LEFT JOIN held h USING (product_id, variant_id)
+                LEFT JOIN retired r USING (product_id, variant_id)
+           WHERE s.reserved <> COALESCE(h.active, 0)
+              OR s.sold <> COALESCE(h.converted, 0) + COALESCE(r.quantity, 0)"""
     )
     assert [dict(r) for r in drift] == []
     pools = await pool.fetch(
-        """SELECT p.experience_id, p.product_id, p.variant_id, p.used,
-                  COALESCE(sum(r.quantity)
-                           FILTER (WHERE r.status IN ('active','converted')), 0) AS held
-           FROM experience_pools p LEFT JOIN reservations r
-             ON r.experience_id = p.experience_id AND r.product_id = p.product_id
-            AND r.variant_id = p.variant_id
-           GROUP BY p.experience_id, p.product_id, p.variant_id, p.used
-           HAVING p.used <> COALESCE(sum(r.quantity)
-                                     FILTER (WHERE r.status IN ('active','converted')), 0)"""
+        """SELECT p.experience_id, p.product_id, p.variant_id, p.used, h.held, r.quantity
+           FROM experience_pools p
+           LEFT JOIN (SELECT experience_id, product_id, variant_id, sum(quantity) AS held
+                      FROM reservations WHERE status IN ('active', 'converted')
+                      GROUP BY 1, 2, 3) h USING (experience_id, product_id, variant_id)
+           LEFT JOIN sales_retired r USING (experience_id, product_id, variant_id)
+           WHERE p.used <> COALESCE(h.held, 0) + COALESCE(r.quantity, 0)"""
     )
     assert [dict(r) for r in pools] == []

@@ -783,9 +783,9 @@ async def _crash_a_backend_mid_query(
 ) -> tuple[datetime, int]:
     """SIGKILL a PostgreSQL backend while it runs a query: the server goes
     through crash recovery and drops every connection mid-statement, the
-    way a crash of the database (or its host) looks to clients. The relay's
-    poll of the outbox is made to wait on a lock first, so at least one role
-    is caught inside a query, deterministically. Returns when it happened
+    way a crash of the database (or its host) looks to clients. The outbox
+    is locked first, so the relay's read of it or a consumer's write to it
+    waits inside a query, deterministically. Returns when it happened
     and what `just_before` counted right before it."""
     holder = await asyncpg.connect(url)
     watcher = await asyncpg.connect(url)
@@ -797,7 +797,7 @@ async def _crash_a_backend_mid_query(
             lambda: watcher.fetchval(
                 """SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                    WHERE l.relation = 'outbox'::regclass AND NOT l.granted
-                     AND a.query ILIKE 'SELECT%' LIMIT 1"""
+                     AND (a.query ILIKE 'SELECT%' OR a.query ILIKE 'INSERT%') LIMIT 1"""
             ),
             timeout=30,
         )
@@ -819,9 +819,7 @@ async def _published_since(url: str, since: datetime) -> bool:
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
     try:
-        return bool(
-            await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at > $1", since)
-        )
+        return bool(await conn.fetchval("SELECT updated_at > $1 FROM outbox_position", since))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
     finally:
@@ -955,7 +953,10 @@ async def broker_sigkill(
         figures = await measure(pool, fanfare, flight)
         # The relay lived through it too: every event is published.
         await wait_for(
-            lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"),
+            lambda: pool.fetchval(
+                "SELECT count(*) = 0 FROM outbox WHERE "
+                "seq > (SELECT published_seq FROM outbox_position)"
+            ),
             timeout=60,
         )
         # Leadership leaves the dead node when the controller fences it,

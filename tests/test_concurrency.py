@@ -133,7 +133,10 @@ async def test_three_consumers_never_oversell_and_publish_every_outcome(
             reservations = {str(r["id"]) for r in await db.fetch("SELECT id FROM reservations")}
             outbox_ids = {str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM outbox")}
             await wait_for(
-                lambda: db.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"),
+                lambda: db.fetchval(
+                    "SELECT count(*) = 0 FROM outbox WHERE "
+                    "seq > (SELECT published_seq FROM outbox_position)"
+                ),
                 timeout=120,
             )
             raw = await read_all(iso, iso.events_topic, expect_at_least=len(outbox_ids))

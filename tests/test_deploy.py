@@ -83,6 +83,7 @@ COUNTERS = frozenset(
         "fanfare_reservations_late_conversion_unfilled_total",
         "fanfare_reservations_outbox_published_total",
         "fanfare_reservations_expiries_published_total",
+        "fanfare_reservations_retention_rows_deleted_total",
     }
 )
 HISTOGRAMS = frozenset(

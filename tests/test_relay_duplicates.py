@@ -82,7 +82,11 @@ async def _feed(pool: asyncpg.Pool, stop: asyncio.Event) -> int:
 
 
 async def _published(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"))
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE seq <= (SELECT published_seq FROM outbox_position)"
+        )
+    )
 
 
 async def _read_topic(settings: Settings, topic: str) -> dict[int, list[int]]:

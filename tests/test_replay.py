@@ -346,7 +346,8 @@ async def test_replay_verify_rebuilds_live_state(stack: Stack, settings: Setting
             )
             await wait_for(
                 lambda: conn.fetchval(
-                    "SELECT count(*) > 0 AND bool_and(published_at IS NOT NULL) FROM outbox"
+                    "SELECT count(*) > 0 AND bool_and(seq <= (SELECT published_seq "
+                    "FROM outbox_position)) FROM outbox"
                 ),
                 timeout=60,
             )

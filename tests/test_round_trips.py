@@ -1,5 +1,5 @@
 """The unit of work's round trips are fixed per batch, however many commands
-it holds (README, Layout: the batch's rows are loaded in at most eleven
+it holds (README, Layout: the batch's rows are loaded in at most twelve
 set-based statements and written one statement per table)."""
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from worker.engine import Coordinates, apply_batch, apply_command
 
 DEFAULTS = ExperienceSettings()
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
-# experiences, admissions, carts, endings, cart versions, reservations,
-# holds released by id, holds released by product, stock created, stock
-# locked, pools.
-LOAD_STATEMENTS = 11
+# experiences, grant tombstones, admissions, carts, endings, cart versions,
+# reservations, holds released by id, holds released by product, stock
+# created, stock locked, pools.
+LOAD_STATEMENTS = 12
 # experiences, stock, carts, cart versions, admissions (new, changed),
-# endings, reservations (new, changed), pools, outbox, inbox.
-FLUSH_STATEMENTS = 12
+# endings, reservations (new, changed), pools, the outbox commit lock,
+# outbox, inbox.
+FLUSH_STATEMENTS = 13
 
 
 SENDS = frozenset(

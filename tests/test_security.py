@@ -521,7 +521,10 @@ async def test_admission_grants_are_never_logged_stored_or_produced(target: Targ
         )
     )
     await wait_for(
-        lambda: target.pool.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL")
+        lambda: target.pool.fetchval(
+            "SELECT count(*) = 0 FROM outbox WHERE "
+            "seq > (SELECT published_seq FROM outbox_position)"
+        )
     )
     await wait_for(
         lambda: asyncio.sleep(

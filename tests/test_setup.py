@@ -37,6 +37,11 @@ def test_secrets_and_keys_are_comma_separated_lists() -> None:
         ({"fanfare_webhook_secret": " , "}, "FANFARE_WEBHOOK_SECRET"),
         ({"consumer_batch_max": 0}, "CONSUMER_BATCH_MAX"),
         ({"log_level": "loud"}, "LOG_LEVEL"),
+        # Fanfare's 44.5 h retry span plus the commands topic's 120 h.
+        ({"inbox_retention_hours": 164}, "INBOX_RETENTION_HOURS"),
+        ({"commands_topic_retention_hours": 200}, "INBOX_RETENTION_HOURS"),
+        ({"history_retention_days": 6}, "HISTORY_RETENTION_DAYS"),
+        ({"history_retention_days": 0}, "HISTORY_RETENTION_DAYS"),
     ],
 )
 def test_invalid_value_names_the_variable(override: dict[str, object], variable: str) -> None:

@@ -34,6 +34,11 @@ def api_key_entry(entry: str) -> tuple[str, str]:
     return key, scope
 
 
+# Fanfare retries a failed delivery for about 44 hours (its guide): the
+# longest a duplicate of a webhook can come after the first one.
+FANFARE_RETRY_SPAN_HOURS = 44.5
+
+
 def _split_csv(value: object) -> object:
     # Lists arrive as comma-separated strings; pydantic-settings would
     # otherwise insist on JSON for list-typed variables.
@@ -129,6 +134,26 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Idle or unfinished-header connections closed after this"
     )
 
+    commands_topic_retention_hours: float = Field(
+        default=120.0,
+        gt=0,
+        description="retention.ms of the commands topic when the service creates it: how long "
+        "after it was written a command can still be read (and applied) again",
+    )
+    inbox_retention_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="Applied command ids kept this long; at least Fanfare's retry span plus "
+        "COMMANDS_TOPIC_RETENTION_HOURS",
+    )
+    history_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Ended admissions, ended holds, remembered endings and cart versions no "
+        "decision needs are deleted this long after their time; grant tombstones an "
+        "INBOX_RETENTION_HOURS later",
+    )
+
     consumer_batch_max: int = Field(default=500, ge=1)
     consumer_poll_ms: int = Field(default=200, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
@@ -151,6 +176,29 @@ class Settings(BaseSettings):
         session = info.data.get("consumer_session_timeout_ms")
         if session is not None and value * 3 > session:
             raise ValueError("must be at most a third of CONSUMER_SESSION_TIMEOUT_MS")
+        return value
+
+    @field_validator("inbox_retention_hours")
+    @classmethod
+    def _inbox_outlives_redelivery(cls, value: float, info: ValidationInfo) -> float:
+        # A duplicate arrives at most FANFARE_RETRY_SPAN_HOURS after the first
+        # delivery, and is readable on the commands topic for its retention.
+        topic = info.data.get("commands_topic_retention_hours")
+        if topic is not None and value < FANFARE_RETRY_SPAN_HOURS + topic:
+            raise ValueError(
+                f"must be at least {FANFARE_RETRY_SPAN_HOURS} h (Fanfare's retry span) plus "
+                f"COMMANDS_TOPIC_RETENTION_HOURS ({topic:g} h)"
+            )
+        return value
+
+    @field_validator("history_retention_days")
+    @classmethod
+    def _history_outlives_inbox(cls, value: float, info: ValidationInfo) -> float:
+        # A grant is refused by its tombstone once its admission is pruned:
+        # the tombstone must outlive every way the grant can come back.
+        inbox = info.data.get("inbox_retention_hours")
+        if inbox is not None and value * 24 < inbox:
+            raise ValueError(f"must cover INBOX_RETENTION_HOURS ({inbox:g} h)")
         return value
 
     @field_validator("fanfare_webhook_secret", "reservation_api_keys", mode="before")

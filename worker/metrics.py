@@ -200,6 +200,12 @@ OUTBOX_BACKLOG = Gauge(
 EXPIRIES_PUBLISHED = Counter(
     "expiries_published", "Expiry commands published by the scheduler", namespace=NAMESPACE
 )
+RETENTION_ROWS_DELETED = Counter(
+    "retention_rows_deleted",
+    "Rows deleted by retention (the leading scheduler's housekeeping), per table",
+    ["table"],
+    namespace=NAMESPACE,
+)
 RECONCILE_DRIFT_ROWS = Gauge(
     "reconcile_drift_rows",
     "Stock rows whose counters differed from their reservations at the last reconcile",

@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from worker.adapters import rows as tables
+from worker.adapters import store
 from worker.adapters.rows import EndingRow
 from worker.adapters.store import Conn
 
@@ -112,6 +113,7 @@ class BatchChanges:
     async def _outbox(self, conn: Conn) -> None:
         if not self.outbox:
             return
+        await store.hold_outbox_commit(conn)
         await conn.execute(
             """INSERT INTO outbox (event_id, event_type, partition_key, payload)
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
@@ -137,14 +138,44 @@ async def ensure_topics(settings: Settings) -> None:
             if set(wanted) <= set(await admin.list_topics()):
                 break
             await asyncio.sleep(0.1)
+        await _check_commands_retention(admin, settings)
     finally:
         await admin.close()
 
 
-def _topic_configs(settings: Settings, name: str) -> dict[str, str]:
+async def _check_commands_retention(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    """An existing commands topic keeps its own retention: if it is longer
+    than the setting, the inbox may forget a command the topic still holds
+    (config.py checks the settings, this what the broker says)."""
+    resource = ConfigResource(
+        ConfigResourceType.TOPIC, settings.commands_topic, configs={"retention.ms": None}
+    )
+    try:
+        [response] = await admin.describe_configs([resource])
+        entries = response.resources[0][4]
+        retention_ms = int(next(e[1] for e in entries if e[0] == "retention.ms"))
+    except (KafkaError, LookupError, ValueError, TypeError, AttributeError, StopIteration) as exc:
+        log.warning("commands_retention_unknown", error=type(exc).__name__)
+        return
+    hours = retention_ms / 3_600_000
+    if retention_ms < 0 or hours > settings.commands_topic_retention_hours:
+        log.error(
+            "commands_retention_exceeds_setting",
+            topic=settings.commands_topic,
+            retention_hours=round(hours, 1) if retention_ms >= 0 else "forever",
+            setting="COMMANDS_TOPIC_RETENTION_HOURS",
+            setting_hours=settings.commands_topic_retention_hours,
+        )
+
+
+def _topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     configs = {"min.insync.replicas": str(min(2, settings.topic_replication_factor))}
-    if name == settings.quarantine_topic:
+    if topic == settings.quarantine_topic:
         configs["retention.ms"] = str(QUARANTINE_RETENTION_MS)
+    if topic == settings.commands_topic:
+        # The inbox is kept longer than this plus Fanfare's retry span, so a
+        # command read again from the topic is still recognised (config.py).
+        configs["retention.ms"] = str(int(settings.commands_topic_retention_hours * 3_600_000))
     return configs
 
 

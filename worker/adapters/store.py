@@ -1,5 +1,6 @@
-"""SQL outside the unit of work on the consumer's path: consumed positions
-and the inbox check. Nothing here commits; named reads are in
+"""SQL outside the unit of work on the consumer's and the relay's paths:
+consumed positions, the inbox check, and the outbox's published position.
+Nothing here commits but `outbox_horizon`; named reads are in
 worker.adapters.queries."""
 
 from __future__ import annotations
@@ -59,3 +60,42 @@ async def inbox_seen(conn: Conn, command_ids: list[UUID]) -> set[UUID]:
         "SELECT command_id FROM inbox WHERE command_id = ANY($1::uuid[])", command_ids
     )
     return {r["command_id"] for r in rows}
+
+
+# Outbox sequences are drawn at insert, but transactions commit in any order:
+# a row with a lower sequence may become visible after a higher one. Every
+# transaction that writes the outbox holds this lock shared from its insert
+# to its commit; the relay takes it exclusively for an instant, so when it
+# has it, every sequence drawn so far is committed or rolled back, and
+# everything up to the highest one can be published in order, no gap left
+# behind the position.
+OUTBOX_COMMIT_LOCK = 0x4F5554424F58  # "OUTBOX"
+
+
+async def hold_outbox_commit(conn: Conn) -> None:
+    """Inside a transaction, before its outbox insert."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", OUTBOX_COMMIT_LOCK)
+
+
+async def outbox_horizon(conn: Conn) -> int:
+    """The highest outbox sequence below which no transaction is in flight."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", OUTBOX_COMMIT_LOCK)
+        # A statement after the lock: its snapshot sees every commit before it.
+        return int(await conn.fetchval("SELECT COALESCE(max(seq), 0) FROM outbox"))
+
+
+async def published_seq(conn: Conn | asyncpg.Pool) -> int:
+    """The last outbox sequence on the events topic: everything at or below
+    it is published."""
+    return int(await conn.fetchval("SELECT published_seq FROM outbox_position"))
+
+
+async def outbox_backlog(conn: Conn | asyncpg.Pool) -> int:
+    """Events committed and not yet published."""
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FROM outbox
+               WHERE seq > (SELECT published_seq FROM outbox_position)"""
+        )
+    )

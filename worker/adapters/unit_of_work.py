@@ -46,6 +46,8 @@ class UnitOfWork(BatchHolds):
         self.experiences_dirty: dict[str, datetime] = {}
         self.admissions: dict[str, TrackedAdmission] = {}
         self.admissions_by_pair: dict[Pair, list[TrackedAdmission]] = defaultdict(list)
+        # Grants whose admission row was pruned (worker.roles.housekeeping).
+        self.tombstones: set[str] = set()
         self.carts: dict[Pair, TrackedCart] = {}
         # Carts by time, complete for the consumers whose sales may need them
         # (`versions_read`; None: nothing was read, every row is in memory).
@@ -115,7 +117,7 @@ class UnitOfWork(BatchHolds):
     # --- admissions ----------------------------------------------------------------------
 
     def grant_seen(self, grant_digest: str) -> bool:
-        return grant_digest in self.admissions
+        return grant_digest in self.admissions or grant_digest in self.tombstones
 
     def _latest(self, experience_id: str, consumer_id: str) -> TrackedAdmission | None:
         rows = self.admissions_by_pair.get((experience_id, consumer_id), [])

@@ -1,6 +1,6 @@
 """What a unit of work reads before a batch is decided: the batch's
 footprint (every key its commands can touch) and the set-based statements
-that load those rows: at most eleven (one per table, two for stock, which
+that load those rows: at most twelve (one per table, two for stock, which
 may create rows, two more for the holds an operator releases by id or by
 product), however large the batch is.
 
@@ -158,6 +158,15 @@ async def _experiences(uow: UnitOfWork, conn: Conn, experiences: set[str]) -> No
 
 
 async def _admissions(uow: UnitOfWork, conn: Conn, fp: Footprint) -> None:
+    if fp.grant_digests:
+        # A pruned admission's grant is still seen: its tombstone.
+        uow.tombstones = {
+            r["admission_grant"]
+            for r in await conn.fetch(
+                "SELECT admission_grant FROM grant_tombstones WHERE admission_grant = ANY($1)",
+                sorted(fp.grant_digests),
+            )
+        }
     for r in await _by_pair_or_grant_digest(conn, "admissions", fp):
         row = TrackedAdmission.loaded(r)
         uow.track_admission(row)

@@ -9,12 +9,13 @@ import gc
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import asyncpg
 from pydantic import ValidationError
 
-from worker.adapters import postgres
+from worker.adapters import postgres, retention, store
 from worker.config import Settings
 from worker.domain.events import Event, decode_event, event_decoder
 from worker.logs import get_logger
@@ -25,6 +26,7 @@ from worker.replay.sink import Planned, Planner, write_planned
 from worker.replay.source import LogError, Record, Start, TopicLog, outbox_seq
 
 log = get_logger("worker.replay")
+PRUNE_BATCH = 5000
 decode = event_decoder()
 T = TypeVar("T")
 
@@ -253,12 +255,25 @@ async def verify(
     live = await asyncpg.connect(settings.database_url)
     try:
         # Committed but not yet published: the rebuild cannot have them yet.
-        unpublished = await live.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        unpublished = await store.outbox_backlog(live)
     finally:
         await live.close()
+    until = retention.cutoffs(settings, datetime.now(UTC))
     async with scratch_database(settings.database_url, "replay_verify") as scratch:
         result = await replay_into(
             settings, scratch, label="rebuild", interactive=interactive, batch_events=batch_events
         )
+        # The rebuild holds all the history the topic has, the live database
+        # what retention kept: both are pruned to the same cutoffs first.
+        for dsn in (settings.database_url, scratch):
+            await _prune(dsn, until)
         reports = await compare(settings.database_url, scratch)
     return Verification(result, reports, int(unpublished))
+
+
+async def _prune(dsn: str, until: dict[str, datetime]) -> None:
+    pool = await postgres.create_pool(dsn, max_size=1)
+    try:
+        await retention.drain(pool, until, PRUNE_BATCH)
+    finally:
+        await pool.close()

@@ -1,12 +1,16 @@
-"""Outbox relay: publishes committed events to the events topic, in commit
-order per key, at least once.
+"""Outbox relay: publishes committed events to the events topic, in outbox
+sequence order, at least once, and records how far it got as one position
+(worker.adapters.store.published_seq): one row written per published batch,
+never one per event. It reads only up to the outbox horizon, below which no
+transaction is still in flight, so no late commit is ever left behind the
+position.
 
 A publish that ends without every acknowledgement (a broker failure
 mid-publish, a timeout, a database error after the sends) leaves its
 outcome unknown: some events may be on their partition already. Before the
 next publish, and whenever a relay starts leading (the one before may have
 died between sending and marking), the relay reads the `outbox-seq` of each
-partition's last record and marks what is there as published instead of
+partition's last record and counts what is there as published instead of
 sending it again. Events reach a partition in sequence order (one relay
 at a time, the idempotent producer keeps order within a session), so
 everything up to that sequence is there. Subscribers still dedupe on the
@@ -22,7 +26,7 @@ import signal
 import asyncpg
 
 from worker import metrics
-from worker.adapters import kafka, postgres
+from worker.adapters import kafka, postgres, store
 from worker.adapters.kafka import (
     EVENT_TYPE_HEADER,
     SEQ_HEADER,
@@ -94,11 +98,7 @@ class OutboxRelay:
                     sent = await self.publish_once(conn)
                     if sent < self.batch:
                         # Caught up (or nearly): the backlog is what arrived since.
-                        metrics.OUTBOX_BACKLOG.set(
-                            await conn.fetchval(
-                                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-                            )
-                        )
+                        metrics.OUTBOX_BACKLOG.set(await store.outbox_backlog(conn))
                     delay = idle_s if sent else min(delay * 2, 0.5)
                 except kafka.UNREACHABLE as exc:
                     log.warning("relay_retry", error=type(exc).__name__, detail=str(exc)[:200])
@@ -116,23 +116,27 @@ class OutboxRelay:
             raise
 
     async def _publish(self, conn: Conn) -> int:
+        horizon = await store.outbox_horizon(conn)
         async with conn.transaction():
             rows = await conn.fetch(
                 """SELECT seq, event_type, partition_key, payload FROM outbox
-                   WHERE published_at IS NULL ORDER BY seq LIMIT $1""",
+                   WHERE seq > (SELECT published_seq FROM outbox_position)
+                     AND seq <= $2
+                   ORDER BY seq LIMIT $1""",
                 self.batch,
+                horizon,
             )
             if not rows:
                 return 0
             await self._send(rows)
             _crash_hook("relay_after_send")
             await conn.execute(
-                "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
-                [r["seq"] for r in rows],
+                "UPDATE outbox_position SET published_seq = $1, updated_at = now()",
+                rows[-1]["seq"],
             )
         self._unsettled = []
         self.in_doubt = False
-        # Counted as marked: the events found on Kafka were published by
+        # Counted as published: the events found on Kafka were published by
         # the publish whose outcome was unknown.
         self.published += len(rows)
         metrics.OUTBOX_PUBLISHED.inc(len(rows))

@@ -6,6 +6,9 @@ scans (the others wait to take over), so there is no storm of duplicates; and
 any duplicate that does occur (a takeover, a re-publish of an expiry not yet
 applied) carries the same command id, derived from the grant and its
 `expires_at`, so the consumers' inbox drops it.
+
+The leader also runs housekeeping (worker.roles.housekeeping): retention's
+deletions, one small batch per table per tick while there is a backlog.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from worker.config import Settings
 from worker.domain import ids
 from worker.domain.commands import CommandSource, EndAdmission, encode_command
 from worker.logs import get_logger
+from worker.roles.housekeeping import Housekeeping
 
 log = get_logger("worker.scheduler")
 
@@ -74,6 +78,7 @@ class ExpiryScheduler:
         self.published = 0
         self.leader = False
         self._gauges_due = 0.0
+        self.housekeeping = Housekeeping(settings)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -110,6 +115,7 @@ class ExpiryScheduler:
         """Publish what is due; return how long to sleep until the next due."""
         now = self.clock.now()
         await self._refresh_gauges()
+        await self.housekeeping.run_due(self.pool, now)
         due = await self.due(now)
         fresh = [d for d in due if self._should_send(d, now)]
         if fresh:

@@ -1,5 +1,6 @@
 """Reconcile: compare every stock row's counters with the sums of its
-reservations (reserved = Σ active, sold = Σ converted) and, with --repair,
+reservations (reserved = Σ active, sold = Σ converted plus the sold holds
+retention pruned, summed in sales_retired) and, with --repair,
 set them right in one transaction. Exit status 1 when drift was found."""
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Drift:
 LOCK_STOCK = "SELECT 1 FROM stock ORDER BY product_id, variant_id FOR UPDATE"
 FIND_DRIFT = """
 SELECT s.product_id, s.variant_id, s.reserved, s.sold,
-       COALESCE(r.active, 0) AS expected_reserved, COALESCE(r.converted, 0) AS expected_sold
+       COALESCE(r.active, 0) AS expected_reserved,
+       (COALESCE(r.converted, 0) + COALESCE(p.retired, 0))::int AS expected_sold
 FROM stock s
 LEFT JOIN (
     SELECT product_id, variant_id,
@@ -38,7 +40,12 @@ LEFT JOIN (
            sum(quantity) FILTER (WHERE status = 'converted') AS converted
     FROM reservations GROUP BY product_id, variant_id
 ) r USING (product_id, variant_id)
-WHERE s.reserved <> COALESCE(r.active, 0) OR s.sold <> COALESCE(r.converted, 0)
+LEFT JOIN (
+    SELECT product_id, variant_id, sum(quantity) AS retired
+    FROM sales_retired GROUP BY product_id, variant_id
+) p USING (product_id, variant_id)
+WHERE s.reserved <> COALESCE(r.active, 0)
+   OR s.sold <> COALESCE(r.converted, 0) + COALESCE(p.retired, 0)
 ORDER BY s.product_id, s.variant_id
 """
 
