@@ -14,6 +14,7 @@ from worker.domain.commands import (
     CompleteCheckout,
     ConfigureExperience,
     EndAdmission,
+    ExtendReservation,
     PutCart,
     SetStock,
 )
@@ -97,4 +98,13 @@ def complete(
         grant_digest=ids.grant_digest(grant) if grant else None,
         order_id=order_id,
         items=list(lines) if lines else None,
+    )
+
+
+def extend(experience: str, consumer: str, grant: str, at: datetime) -> ExtendReservation:
+    return ExtendReservation(
+        **_common(at=at),
+        experience_id=experience,
+        consumer_id=consumer,
+        grant_digest=ids.grant_digest(grant),
     )

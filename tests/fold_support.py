@@ -19,7 +19,8 @@ from worker.domain.events import Event, EventBase, decode_event, encode_event
 from worker.domain.model import ExperienceSettings
 from worker.domain.stock import PoolKey, StockKey
 from worker.engine import apply_command
-from worker.replay.fold import ExperienceRow, FoldCart, FoldChanges, Known, Needs
+from worker.replay.fold import Known, Needs
+from worker.replay.fold_changes import ExperienceRow, FoldCart, FoldChanges
 
 Rows = dict[str, dict[Any, tuple[Any, ...]]]
 

@@ -24,6 +24,8 @@ def test_every_refusal_code_has_its_status() -> None:
         "RESERVATION_INSUFFICIENT": 400,
         "ORDER_CONFLICT": 409,
         "STOCK_BELOW_COMMITTED": 409,
+        "EXTENSION_NOT_ALLOWED": 409,
+        "EXTENSIONS_EXHAUSTED": 409,
     }
     assert refusal_status("SOMETHING_NEW") == 409
     assert refusal_status(None) == 409

@@ -194,6 +194,20 @@ class UnitOfWork(BatchHolds):
         row.ended_at, row.order_id = verdict.at, verdict.order_id
         row.dirty = True
 
+    def admission_extensions(self, grant_digest: str) -> int:
+        return self.admissions[grant_digest].extensions
+
+    def extend_admission(self, grant_digest: str, expires_at: datetime) -> None:
+        """The admission's expiry moved once more (worker.domain.extension)."""
+        row = self.admissions[grant_digest]
+        row.expires_at, row.extensions, row.dirty = expires_at, row.extensions + 1, True
+
+    def reopen_admission(self, grant_digest: str) -> None:
+        """An expired admission whose expiry no longer counts holds again."""
+        row = self.admissions[grant_digest]
+        row.status, row.end_reason, row.ended_at = AdmissionStatus.ACTIVE.value, None, None
+        row.dirty = True
+
     def close_admission(
         self, grant_digest: str, status: str, reason: str, at: datetime, order_id: str | None = None
     ) -> None:

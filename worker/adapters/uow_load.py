@@ -37,6 +37,7 @@ from worker.domain.commands import (
     CompleteCheckout,
     ConfigureExperience,
     EndAdmission,
+    ExtendReservation,
     PutCart,
     SetStock,
 )
@@ -72,7 +73,7 @@ class Footprint:
                     fp.experiences.add(cmd.experience_id)
                     fp.pairs.add((cmd.experience_id, cmd.consumer_id))
                     fp.stock.update((i.product_id, i.variant_column) for i in cmd.items)
-                case AdmitConsumer() | EndAdmission() | CompleteCheckout():
+                case AdmitConsumer() | EndAdmission() | CompleteCheckout() | ExtendReservation():
                     fp.experiences.add(cmd.experience_id)
                     fp.pairs.add((cmd.experience_id, cmd.consumer_id))
                     if cmd.grant_digest is not None:

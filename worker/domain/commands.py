@@ -127,8 +127,24 @@ class CompleteCheckout(ExperienceCommand):
     items: list[CartLine] | None = Field(default=None, max_length=100)
 
 
+class ExtendReservation(ExperienceCommand):
+    """The consumer asks for more time: the admission's holds expire
+    `extensionSeconds` later (worker.domain.extension decides, at
+    `occurredAt`)."""
+
+    type: Literal["reservation.extend"] = "reservation.extend"
+    consumer_id: Identifier
+    grant_digest: GrantDigest
+
+
 Command = Annotated[
-    AdmitConsumer | PutCart | SetStock | ConfigureExperience | EndAdmission | CompleteCheckout,
+    AdmitConsumer
+    | PutCart
+    | SetStock
+    | ConfigureExperience
+    | EndAdmission
+    | CompleteCheckout
+    | ExtendReservation,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)

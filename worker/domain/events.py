@@ -153,6 +153,36 @@ class AdmissionRevised(ExperienceEvent):
     order_id: str | None = None
 
 
+class ReservationExtended(ExperienceEvent):
+    """An admission's expiry moved by the experience's extensionSeconds: one
+    event per admission, naming the active holds that moved with it."""
+
+    type: Literal["reservation.extended"] = "reservation.extended"
+    consumer_id: str
+    grant_digest: str
+    reservation_ids: list[UUID] = Field(description="The active holds whose expiresAt moved")
+    expires_at: AwareDatetime
+    previous_expires_at: AwareDatetime
+    extensions: int = Field(description="Extensions of this admission so far, this one included")
+    extensions_left: int
+
+
+class AdmissionReopened(ExperienceEvent):
+    """An admission that had expired holds again until `expiresAt`: an
+    extension decided before an expiry of ours that was applied first (that
+    expiry no longer counts). Its holds follow as `reservation.created`
+    (`replaces`: the expired hold) or `reservation.rejected`."""
+
+    type: Literal["admission.reopened"] = "admission.reopened"
+    consumer_id: str
+    grant_digest: str
+    reason: Literal["extended"]
+    previous_status: Literal["expired"]
+    previous_reason: str
+    previous_ended_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
 class LateConversionUnfilled(ExperienceEvent):
     """A completion for an admission whose holds had ended found no free
     units for this line: the merchant sold what is no longer on the shelf."""
@@ -218,6 +248,8 @@ Event = Annotated[
     | AdmissionEnded
     | EndingRemembered
     | AdmissionRevised
+    | ReservationExtended
+    | AdmissionReopened
     | LateConversionUnfilled
     | CheckoutRejected
     | ExperienceConfigured

@@ -19,6 +19,7 @@ from worker.domain.commands import (
     CompleteCheckout,
     ConfigureExperience,
     EndAdmission,
+    ExtendReservation,
     PutCart,
     SetStock,
 )
@@ -28,6 +29,7 @@ from worker.engine.base import Applied
 from worker.engine.cart import put_cart
 from worker.engine.checkout import complete_checkout
 from worker.engine.endings import end_admission
+from worker.engine.extension import extend_reservation
 from worker.engine.setup import configure_experience, set_stock
 from worker.logs import get_logger
 
@@ -125,6 +127,8 @@ def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSetting
             return end_admission(uow, command, defaults)
         case CompleteCheckout():
             return complete_checkout(uow, command, defaults)
+        case ExtendReservation():
+            return extend_reservation(uow, command, defaults)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,19 @@ from worker.adapters.rows import Pair
 from worker.adapters.uow_rows import HeldRow
 from worker.domain import ids
 from worker.domain.admission import HoldRequest
-from worker.domain.commands import AdmitConsumer, CommandBase, CompleteCheckout, PutCart, SetStock
+from worker.domain.commands import (
+    AdmitConsumer,
+    CommandBase,
+    CompleteCheckout,
+    ExtendReservation,
+    PutCart,
+    SetStock,
+)
 from worker.domain.endings import AdmissionStatus, Fact, Verdict
 from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
+    AdmissionReopened,
     AdmissionRevised,
     CartUpdated,
     CheckoutRejected,
@@ -27,10 +35,12 @@ from worker.domain.events import (
     LateConversionUnfilled,
     ReservationCreated,
     ReservationEnded,
+    ReservationExtended,
     ReservationRejected,
     StockRefused,
     StockSet,
 )
+from worker.domain.extension import Extension
 from worker.domain.model import ExperienceSettings, ReservationStatus
 from worker.engine.holds import HoldTerms
 
@@ -130,7 +140,37 @@ class Events:
             )
         )
 
+    def admission_reopened(
+        self, pair: Pair, grant_digest: str, before: Verdict, expires_at: datetime
+    ) -> None:
+        assert before.reason is not None
+        assert before.at is not None
+        self.add(
+            AdmissionReopened(
+                **self.about(*pair, grant_digest),
+                reason="extended",
+                previous_status="expired",
+                previous_reason=before.reason,
+                previous_ended_at=before.at,
+                expires_at=expires_at,
+            )
+        )
+
     # --- holds ---------------------------------------------------------------
+
+    def reservation_extended(
+        self, cmd: ExtendReservation, extension: Extension, moved: list[UUID]
+    ) -> None:
+        self.add(
+            ReservationExtended(
+                **self.about(cmd.experience_id, cmd.consumer_id, cmd.grant_digest),
+                reservation_ids=moved,
+                expires_at=extension.expires_at,
+                previous_expires_at=extension.previous_expires_at,
+                extensions=extension.extensions,
+                extensions_left=extension.left,
+            )
+        )
 
     def reservation_created(
         self, terms: HoldTerms, hold: HoldRequest, replaces: UUID | None = None

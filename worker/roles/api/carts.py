@@ -4,14 +4,15 @@ for it with their countdown."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from worker.adapters import queries
-from worker.domain.commands import PutCart
+from worker.domain import ids
+from worker.domain.commands import ExtendReservation, PutCart
 from worker.domain.model import Identifier
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
@@ -20,6 +21,7 @@ from worker.roles.api.models import (
     ApiOut,
     ApiParams,
     CartItem,
+    ErrorBody,
     ReservationView,
     hold_view,
 )
@@ -61,6 +63,31 @@ class ReservationsView(ApiOut):
     reservations: list[ReservationView]
 
 
+class AdmissionGrant(ApiBody):
+    admission_grant: Annotated[SecretStr, Field(min_length=1, max_length=8192)] = Field(
+        description="The admission token Fanfare gave the consumer; only its SHA-256 is used"
+    )
+
+    def digest(self) -> str:
+        """Digested at once: only the digest travels on (command, log, Kafka)."""
+        return ids.grant_digest(self.admission_grant.get_secret_value())
+
+
+class ExtendedOutcome(ApiOut):
+    command_id: UUID
+    status: Literal["extended"]
+    expires_at: datetime = Field(description="The admission's and its active holds' new expiry")
+    previous_expires_at: datetime
+    extensions: int = Field(description="Extensions of this admission so far")
+    extensions_left: int
+    holds_extended: int = Field(description="Active holds whose expiresAt moved")
+    reopened: dict[str, object] | None = Field(
+        default=None,
+        description="Present when an expiry of ours applied first no longer counts: the "
+        "holds taken again, per line as at admission",
+    )
+
+
 async def put_cart(request: web.Request) -> web.Response:
     path = parse_path(request, ConsumerPath)
     body = await parse_body(request, Cart)
@@ -70,6 +97,19 @@ async def put_cart(request: web.Request) -> web.Response:
         experience_id=path.experience_id,
         consumer_id=path.consumer_id,
         items=[item.line() for item in body.items],
+    )
+    return await write(request, command, idempotent)
+
+
+async def extend_reservations(request: web.Request) -> web.Response:
+    path = parse_path(request, ConsumerPath)
+    body = await parse_body(request, AdmissionGrant)
+    common, idempotent = envelope(request)
+    command = ExtendReservation(
+        **common,
+        experience_id=path.experience_id,
+        consumer_id=path.consumer_id,
+        grant_digest=body.digest(),
     )
     return await write(request, command, idempotent)
 
@@ -138,5 +178,31 @@ ROUTES = (
         "reservations",
         path_model=ConsumerPath,
         replies=(Reply(200, "Every hold, oldest first", ReservationsView), *READ_ERRORS),
+    ),
+    Operation(
+        "POST",
+        f"{CONSUMER}/reservations/extend",
+        "extendReservations",
+        "Give the admission's holds more time",
+        extend_reservations,
+        "reservations",
+        description="Moves the admission's expiresAt and its active holds' by the "
+        "experience's extensionSeconds, at most maxExtensions times, decided at the "
+        "request's receive time.",
+        body=AdmissionGrant,
+        path_model=ConsumerPath,
+        replies=(
+            Reply(200, "Extended", ExtendedOutcome),
+            PENDING_REPLY,
+            Reply(403, "The grant is not the consumer's current admission", ErrorBody),
+            Reply(
+                409,
+                "EXTENSION_NOT_ALLOWED (the experience does not extend), "
+                "EXTENSIONS_EXHAUSTED or RESERVATION_EXPIRED",
+                ErrorBody,
+            ),
+            *WRITE_ERRORS,
+        ),
+        idempotency_key=True,
     ),
 )
