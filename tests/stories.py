@@ -24,6 +24,7 @@ from worker.domain.commands import (
     CompleteCheckout,
     ConfigureExperience,
     EndAdmission,
+    ExtendReservation,
     PutCart,
     SetStock,
 )
@@ -45,6 +46,7 @@ FactKind = Literal[
     "fanfare_expired",
     "complete",
     "expiry",
+    "extend",
 ]
 ENDINGS: dict[str, tuple[Any, Any]] = {
     "left": ("released", "left"),
@@ -63,6 +65,8 @@ class Setup:
     pool_size: int | None = None
     all_or_nothing: bool = False
     on_hand: tuple[int, ...] = (AMPLE,)  # per product
+    extension: int = 0  # extensionSeconds
+    max_extensions: int = 0
 
     @property
     def ample(self) -> bool:
@@ -82,6 +86,8 @@ class Setup:
             multi_item_policy=(
                 MultiItemPolicy.ALL_OR_NOTHING if self.all_or_nothing else MultiItemPolicy.PARTIAL
             ),
+            extension_seconds=self.extension,
+            max_extensions=self.max_extensions,
         )
 
     @property
@@ -99,6 +105,8 @@ class Setup:
                 head += f", pool {self.pool_size}"
             if self.all_or_nothing:
                 head += ", all_or_nothing"
+            if self.max_extensions:
+                head += f", {self.max_extensions} extensions of {self.extension} s"
         stock = ", ".join(
             f"p{n}={'ample' if q >= AMPLE else q}" for n, q in enumerate(self.on_hand)
         )
@@ -121,7 +129,7 @@ class Fact:
 
     @property
     def origin(self) -> Literal["api", "fanfare", "scheduler"]:
-        if self.kind in ("configure", "stock", "cart"):
+        if self.kind in ("configure", "stock", "cart", "extend"):
             return "api"
         if self.kind == "expiry":
             return "scheduler"
@@ -144,6 +152,8 @@ class Fact:
                 return f"{who} completed order o{self.order}{named}"
             case "expiry":
                 return f"scheduler expires g{self.grant} (expires_at)"
+            case "extend":
+                return f"{who} extends g{self.grant}"
             case _:
                 return f"{who} {self.kind}{named}"
 
@@ -265,6 +275,8 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
                 buffer_seconds=s.buffer_seconds,
                 pool_size=s.pool_size,
                 multi_item_policy=s.multi_item_policy,
+                extension_seconds=s.extension_seconds,
+                max_extensions=s.max_extensions,
             )
         case "stock":
             return SetStock(
@@ -297,6 +309,11 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
                 consumer_id=consumer,
                 grant_digest=digest,
                 order_id=names.order(f.order),
+            )
+        case "extend":
+            assert digest is not None
+            return ExtendReservation(
+                **common, experience_id=exp, consumer_id=consumer, grant_digest=digest
             )
         case "expiry":
             assert digest is not None

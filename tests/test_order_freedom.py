@@ -30,6 +30,10 @@ own time plus a delay.
 - A scheduler expiry is produced only once the scheduler has seen its
   admission applied and the admission's `expires_at` has passed, so it
   arrives after both, plus a delay.
+- An extension (the API's, naming the consumer's latest grant) is asked for
+  once the storefront shows the holds, so it arrives after its admission; and
+  up to a few seconds after its own time (Kafka's acknowledgement), so an
+  expiry of ours for the old time may be applied before it.
 Ties are broken at random. With scarce stock, who gets the last unit rightly
 depends on arrival (first come, first held): only the invariants are checked.
 """
@@ -372,8 +376,11 @@ def setups(draw: st.DrawFn) -> Setup:
     strategy = draw(st.sampled_from([None, Strategy.SOFT, Strategy.HARD, Strategy.POOL]))
     if strategy is None:
         return Setup(None, on_hand=on_hand)
+    extensions = draw(st.sampled_from([0, 1, 2]))
     setup = Setup(
         strategy,
+        extension=draw(st.sampled_from([60, 300])) if extensions else 0,
+        max_extensions=extensions,
         window=draw(st.sampled_from([600, 120, 900])),
         buffer=draw(st.sampled_from([60, 0])),
         pool_size=(draw(st.integers(0, 3)) if scarce else AMPLE)
@@ -386,7 +393,7 @@ def setups(draw: st.DrawFn) -> Setup:
     return setup
 
 
-Kind = Literal["admit", "cart", "left", "complete", "fanfare_expired", "denied", "lost"]
+Kind = Literal["admit", "cart", "left", "complete", "fanfare_expired", "denied", "lost", "extend"]
 # Weighted by repetition: admissions, carts and completions make the holds.
 STEPS: list[Kind] = [
     "admit",
@@ -399,6 +406,7 @@ STEPS: list[Kind] = [
     "fanfare_expired",
     "denied",
     "lost",
+    "extend",
 ]
 HOW: list[Literal["queue", "draw", "auction"]] = ["queue", "draw", "auction"]
 
@@ -473,6 +481,10 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
                     fact = Fact("complete", t, c, grant=named, order=last_order)
                 case "fanfare_expired":
                     fact = Fact(s.kind, t, c, grant=latest if s.named >= 2 else None)
+                case "extend":
+                    if latest is None:
+                        continue  # no admission to extend yet
+                    fact = Fact("extend", t, c, grant=latest)
                 case _:
                     fact = Fact(s.kind, t, c)
             told.append((fact, s))
@@ -488,7 +500,7 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
     ]
     admitted: dict[int, int] = {}  # grant -> when its admission first arrived
     for n, (f, s) in enumerate(told, len(head)):
-        if f.origin == "scheduler":
+        if f.origin == "scheduler" or f.kind == "extend":
             continue
         delays = (s.delay, *s.resent) if f.origin == "fanfare" else (0,)
         for envelope, delay in enumerate(delays):
@@ -502,6 +514,9 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
     for n, (f, s) in enumerate(told, len(head)):
         if f.origin == "scheduler" and f.grant is not None and s.expiry is not None:
             d = Delivery(n, 0, arrival(f, s.expiry, admitted[f.grant]))
+            sent.append((d.arrival, s.tie, d))
+        elif f.kind == "extend" and f.grant is not None:
+            d = Delivery(n, 0, max(f.at + min(s.delay, 5), admitted[f.grant] + 1))
             sent.append((d.arrival, s.tie, d))
     order = [d for _, _, d in sorted(sent, key=lambda x: (x[0], x[1]))]
     return facts, order
@@ -557,6 +572,7 @@ def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
         "reservation.converted",
         "reservation.released",
         "reservation.expired",
+        "reservation.extended",
     ):
         assert seen[kind] > 0, f"no example produced {kind}"
     # Everything every example wrote, folded from the start: `replay --verify`.
@@ -654,4 +670,44 @@ def test_a_completion_after_the_expiry_sells_the_unit_still_on_the_shelf(
     runs = check(harness, scenario)
     assert runs.arrived.stock["p0"] == (1, 0, 1)
     assert _holds(runs.arrived, "converted") == [("g0", "p0", 1)]
+    assert_same(runs)
+
+
+EXTENDING = Setup(Strategy.SOFT, on_hand=(1,), extension=60, max_extensions=1)
+
+
+def test_an_extension_decided_before_the_old_expiry_keeps_the_hold(harness: Harness) -> None:
+    """Extended at +659 s, a second before the old expires_at; our expiry for
+    +660 s is applied first: it no longer counts, the admission holds again."""
+    scenario = story(
+        EXTENDING,
+        [
+            Fact("cart", -90, items=((0, 1),)),
+            Fact("admit", 0, grant=0),
+            Fact("extend", 659, grant=0),
+            Fact("expiry", 660, grant=0),
+        ],
+        arrival=[0, 1, 3, 2],
+    )
+    runs = check(harness, scenario)
+    assert _holds(runs.arrived, "active") == [("g0", "p0", 1)]
+    assert runs.arrived.admissions["g0"] == ("active", None)
+    assert runs.arrived.stock["p0"] == (1, 1, 0)
+    assert_same(runs)
+
+
+def test_an_extension_after_the_old_expiry_is_refused(harness: Harness) -> None:
+    scenario = story(
+        EXTENDING,
+        [
+            Fact("cart", -90, items=((0, 1),)),
+            Fact("admit", 0, grant=0),
+            Fact("expiry", 660, grant=0),
+            Fact("extend", 661, grant=0),
+        ],
+        arrival=[0, 1, 2, 3],
+    )
+    runs = check(harness, scenario)
+    assert _holds(runs.arrived, "active") == []
+    assert runs.arrived.admissions["g0"] == ("expired", None)
     assert_same(runs)
