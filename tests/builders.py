@@ -16,6 +16,7 @@ from worker.domain.commands import (
     EndAdmission,
     ExtendReservation,
     PutCart,
+    RetryReservation,
     SetStock,
 )
 from worker.domain.model import CartLine
@@ -103,6 +104,15 @@ def complete(
 
 def extend(experience: str, consumer: str, grant: str, at: datetime) -> ExtendReservation:
     return ExtendReservation(
+        **_common(at=at),
+        experience_id=experience,
+        consumer_id=consumer,
+        grant_digest=ids.grant_digest(grant),
+    )
+
+
+def retry(experience: str, consumer: str, grant: str, at: datetime) -> RetryReservation:
+    return RetryReservation(
         **_common(at=at),
         experience_id=experience,
         consumer_id=consumer,

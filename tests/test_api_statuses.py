@@ -26,6 +26,9 @@ def test_every_refusal_code_has_its_status() -> None:
         "STOCK_BELOW_COMMITTED": 409,
         "EXTENSION_NOT_ALLOWED": 409,
         "EXTENSIONS_EXHAUSTED": 409,
+        "RETRY_NOT_ALLOWED": 409,
+        "RETRY_WINDOW_CLOSED": 409,
+        "NOT_EXPIRED": 409,
     }
     assert refusal_status("SOMETHING_NEW") == 409
     assert refusal_status(None) == 409

@@ -49,6 +49,7 @@ class EndingRow:
     reason: str
     ended_at: datetime
     order_id: str | None = None
+    follows: datetime | None = None  # a retry: the expiry it follows
 
 
 @dataclass
@@ -125,6 +126,7 @@ def ending_rows(records: Iterable[Any]) -> list[EndingRow]:
             r["reason"],
             r["ended_at"],
             r["order_id"],
+            r["follows"],
         )
         for r in unique
     ]
@@ -208,13 +210,14 @@ async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
         return
     await conn.execute(
         """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
-               admission_grant, outcome, reason, ended_at, order_id)
+               admission_grant, outcome, reason, ended_at, order_id, follows)
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::text[], $7::timestamptz[], $8::text[])
+                                $6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[])
            ON CONFLICT DO NOTHING""",
         *columns(
             rows,
-            "command_id experience_id consumer_id grant_digest outcome reason ended_at order_id",
+            "command_id experience_id consumer_id grant_digest outcome reason ended_at order_id"
+            " follows",
         ),
     )
 

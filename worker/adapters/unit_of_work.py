@@ -202,10 +202,13 @@ class UnitOfWork(BatchHolds):
         row = self.admissions[grant_digest]
         row.expires_at, row.extensions, row.dirty = expires_at, row.extensions + 1, True
 
-    def reopen_admission(self, grant_digest: str) -> None:
-        """An expired admission whose expiry no longer counts holds again."""
+    def reopen_admission(self, grant_digest: str, expires_at: datetime | None = None) -> None:
+        """An expired admission holds again: its expiry no longer counts, or
+        the consumer tried again (then until `expires_at`)."""
         row = self.admissions[grant_digest]
         row.status, row.end_reason, row.ended_at = AdmissionStatus.ACTIVE.value, None, None
+        if expires_at is not None:
+            row.expires_at = expires_at
         row.dirty = True
 
     def close_admission(
@@ -230,6 +233,7 @@ class UnitOfWork(BatchHolds):
             fact.reason,
             fact.at,
             fact.order_id,
+            fact.follows,
         )
         self.endings[(experience_id, consumer_id)].append(row)
         self.new_endings.append(row)
@@ -286,7 +290,13 @@ def _state(row: TrackedAdmission | None) -> AdmissionState | None:
 
 def _kept_fact(e: EndingRow) -> Fact:
     return Fact(
-        e.command_id, e.grant_digest, AdmissionStatus(e.outcome), e.reason, e.ended_at, e.order_id
+        e.command_id,
+        e.grant_digest,
+        AdmissionStatus(e.outcome),
+        e.reason,
+        e.ended_at,
+        e.order_id,
+        e.follows,
     )
 
 

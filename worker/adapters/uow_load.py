@@ -39,6 +39,7 @@ from worker.domain.commands import (
     EndAdmission,
     ExtendReservation,
     PutCart,
+    RetryReservation,
     SetStock,
 )
 from worker.domain.endings import AdmissionStatus
@@ -73,7 +74,13 @@ class Footprint:
                     fp.experiences.add(cmd.experience_id)
                     fp.pairs.add((cmd.experience_id, cmd.consumer_id))
                     fp.stock.update((i.product_id, i.variant_column) for i in cmd.items)
-                case AdmitConsumer() | EndAdmission() | CompleteCheckout() | ExtendReservation():
+                case (
+                    AdmitConsumer()
+                    | EndAdmission()
+                    | CompleteCheckout()
+                    | ExtendReservation()
+                    | RetryReservation()
+                ):
                     fp.experiences.add(cmd.experience_id)
                     fp.pairs.add((cmd.experience_id, cmd.consumer_id))
                     if cmd.grant_digest is not None:

@@ -137,6 +137,16 @@ class ExtendReservation(ExperienceCommand):
     grant_digest: GrantDigest
 
 
+class RetryReservation(ExperienceCommand):
+    """The consumer tries again after the admission's holds expired: the
+    current cart is held again under the same admission, where stock allows
+    (worker.domain.retry decides, at `occurredAt`)."""
+
+    type: Literal["reservation.retry"] = "reservation.retry"
+    consumer_id: Identifier
+    grant_digest: GrantDigest
+
+
 Command = Annotated[
     AdmitConsumer
     | PutCart
@@ -144,7 +154,8 @@ Command = Annotated[
     | ConfigureExperience
     | EndAdmission
     | CompleteCheckout
-    | ExtendReservation,
+    | ExtendReservation
+    | RetryReservation,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)

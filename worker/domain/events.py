@@ -183,6 +183,22 @@ class AdmissionReopened(ExperienceEvent):
     expires_at: AwareDatetime
 
 
+class AdmissionRetried(ExperienceEvent):
+    """The consumer tried again after an expiry: the admission holds again,
+    from `retriedAt` until `expiresAt`, and the retry is kept (as an
+    ending whose outcome is `active`) so facts that arrive later are weighed
+    against it by time. The holds follow as `reservation.created` or
+    `reservation.rejected`, per line of the cart."""
+
+    type: Literal["admission.retried"] = "admission.retried"
+    consumer_id: str
+    grant_digest: str
+    reason: str = Field(description="The reason of the expiry it follows")
+    follows: AwareDatetime = Field(description="When the expiry it follows ended the admission")
+    retried_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
 class LateConversionUnfilled(ExperienceEvent):
     """A completion for an admission whose holds had ended found no free
     units for this line: the merchant sold what is no longer on the shelf."""
@@ -250,6 +266,7 @@ Event = Annotated[
     | AdmissionRevised
     | ReservationExtended
     | AdmissionReopened
+    | AdmissionRetried
     | LateConversionUnfilled
     | CheckoutRejected
     | ExperienceConfigured

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from worker.domain.endings import Fact, Verdict, Visit, owner, verdicts
+from worker.domain.endings import Fact, Visit, standing_at
 from worker.domain.model import ExperienceSettings
 
 MISMATCH = "ADMISSION_MISMATCH"
@@ -26,6 +26,8 @@ EXHAUSTED = "EXTENSIONS_EXHAUSTED"
 
 @dataclass(frozen=True)
 class Refusal:
+    """A request the rules refuse, by its stable code."""
+
     code: str
     message: str
 
@@ -38,18 +40,6 @@ class Extension:
     previous_expires_at: datetime
     extensions: int
     left: int
-
-
-def standing_at(
-    visits: Sequence[Visit], facts: Sequence[Fact], grant_digest: str, at: datetime
-) -> Verdict | None:
-    """How an admission stood at `at`, from what had happened by then; None
-    when it is not the consumer's latest admission admitted by then."""
-    current = owner(visits, at)
-    if current is None or current.grant_digest != grant_digest:
-        return None
-    earlier = [v for v in visits if v.admitted_at <= at]
-    return verdicts(earlier, [f for f in facts if f.at <= at])[grant_digest]
 
 
 def extend(

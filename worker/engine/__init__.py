@@ -21,6 +21,7 @@ from worker.domain.commands import (
     EndAdmission,
     ExtendReservation,
     PutCart,
+    RetryReservation,
     SetStock,
 )
 from worker.domain.model import ExperienceSettings
@@ -30,6 +31,7 @@ from worker.engine.cart import put_cart
 from worker.engine.checkout import complete_checkout
 from worker.engine.endings import end_admission
 from worker.engine.extension import extend_reservation
+from worker.engine.retry import retry_reservation
 from worker.engine.setup import configure_experience, set_stock
 from worker.logs import get_logger
 
@@ -129,6 +131,8 @@ def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSetting
             return complete_checkout(uow, command, defaults)
         case ExtendReservation():
             return extend_reservation(uow, command, defaults)
+        case RetryReservation():
+            return retry_reservation(uow, command, defaults)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
     AdmissionReopened,
+    AdmissionRetried,
     AdmissionRevised,
     CartUpdated,
     CheckoutRejected,
@@ -42,6 +43,7 @@ from worker.domain.events import (
 )
 from worker.domain.extension import Extension
 from worker.domain.model import ExperienceSettings, ReservationStatus
+from worker.domain.retry import Retry
 from worker.engine.holds import HoldTerms
 
 
@@ -153,6 +155,17 @@ class Events:
                 previous_reason=before.reason,
                 previous_ended_at=before.at,
                 expires_at=expires_at,
+            )
+        )
+
+    def admission_retried(self, pair: Pair, grant_digest: str, retry: Retry) -> None:
+        self.add(
+            AdmissionRetried(
+                **self.about(*pair, grant_digest),
+                reason=retry.reason,
+                follows=retry.follows,
+                retried_at=self.command.occurred_at,
+                expires_at=retry.expires_at,
             )
         )
 

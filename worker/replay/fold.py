@@ -27,6 +27,7 @@ from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
     AdmissionReopened,
+    AdmissionRetried,
     AdmissionRevised,
     CartUpdated,
     EndingRemembered,
@@ -185,7 +186,8 @@ class _Fold:
         matches = [
             x
             for x in self.endings
-            if (
+            if x.follows is None
+            and (
                 x.grant_digest == e.grant_digest
                 or (
                     x.grant_digest is None
@@ -223,12 +225,20 @@ class _Fold:
             e.status, e.reason, e.ended_at, e.order_id, revision=reopened
         )
 
+    def _terms(self, grant_digest: str, expires_at: datetime, extensions: int | None) -> None:
+        """An admission already in the target: its new expiry (and count of
+        extensions, if it changed)."""
+        earlier = self.changes.admission_terms.get(grant_digest)
+        if extensions is None and earlier is not None:
+            extensions = earlier[1]
+        self.changes.admission_terms[grant_digest] = (expires_at, extensions)
+
     def _extended(self, e: ReservationExtended) -> None:
         new = self.changes.admissions.get(e.grant_digest)
         if new is not None:
             new.expires_at, new.extensions = e.expires_at, e.extensions
         else:
-            self.changes.admission_terms[e.grant_digest] = (e.expires_at, e.extensions)
+            self._terms(e.grant_digest, e.expires_at, e.extensions)
         for rid in e.reservation_ids:
             hold = self.changes.reservations.get(rid)
             if hold is not None:
@@ -236,7 +246,7 @@ class _Fold:
             else:
                 self.changes.reservation_expiries[rid] = e.expires_at
 
-    def _reopened(self, e: AdmissionReopened) -> None:
+    def _reopened(self, e: AdmissionReopened | AdmissionRetried) -> None:
         new = self.changes.admissions.get(e.grant_digest)
         if new is not None:
             new.status, new.end_reason, new.ended_at = AdmissionStatus.ACTIVE.value, None, None
@@ -244,6 +254,26 @@ class _Fold:
         self.changes.admission_closes[e.grant_digest] = AdmissionClose(
             AdmissionStatus.ACTIVE.value, None, None, None, revision=True
         )
+
+    def _retried(self, e: AdmissionRetried) -> None:
+        kept = EndingRow(
+            command_id=e.command_id,
+            experience_id=e.experience_id,
+            consumer_id=e.consumer_id,
+            grant_digest=e.grant_digest,
+            outcome=AdmissionStatus.ACTIVE.value,
+            reason=e.reason,
+            ended_at=e.retried_at,
+            follows=e.follows,
+        )
+        self.endings.append(kept)
+        self.changes.endings.append(kept)
+        self._reopened(e)
+        new = self.changes.admissions.get(e.grant_digest)
+        if new is not None:
+            new.expires_at = e.expires_at
+        else:
+            self._terms(e.grant_digest, e.expires_at, None)
 
     def _revised(self, e: AdmissionRevised) -> None:
         new = self.changes.admissions.get(e.grant_digest)
@@ -336,6 +366,7 @@ _HANDLERS: dict[type, Callable[[_Fold, Any], None]] = {
     AdmissionRevised: _Fold._revised,
     ReservationExtended: _Fold._extended,
     AdmissionReopened: _Fold._reopened,
+    AdmissionRetried: _Fold._retried,
     EndingRemembered: _Fold._remembered,
     ReservationCreated: _Fold._created,
     ReservationEnded: _Fold._ended,

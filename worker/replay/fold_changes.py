@@ -73,8 +73,9 @@ class FoldChanges:
     cart_versions: list[tuple[str, str, datetime, UUID, str]] = field(default_factory=list)
     admissions: dict[str, AdmissionRow] = field(default_factory=dict)
     admission_closes: dict[str, AdmissionClose] = field(default_factory=dict)
-    # grant digest -> (expires_at, extensions): an extended admission's terms
-    admission_terms: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    # grant digest -> (expires_at, extensions or None: unchanged): the terms
+    # of an admission extended or tried again
+    admission_terms: dict[str, tuple[datetime, int | None]] = field(default_factory=dict)
     endings: list[EndingRow] = field(default_factory=list)
     reservations: dict[UUID, ReservationRow] = field(default_factory=dict)
     reservation_ends: dict[UUID, ReservationEnd] = field(default_factory=dict)

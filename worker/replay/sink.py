@@ -278,7 +278,8 @@ async def _admissions(conn: Conn, c: FoldChanges) -> None:
     if c.admission_terms:
         digests = sorted(c.admission_terms)
         await conn.execute(
-            """UPDATE admissions a SET expires_at = v.expires_at, extensions = v.extensions
+            """UPDATE admissions a SET expires_at = v.expires_at,
+                   extensions = COALESCE(v.extensions, a.extensions)
                FROM unnest($1::text[], $2::timestamptz[], $3::int[])
                     AS v(grant_, expires_at, extensions)
                WHERE a.admission_grant = v.grant_""",

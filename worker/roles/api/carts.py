@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr
 
 from worker.adapters import queries
 from worker.domain import ids
-from worker.domain.commands import ExtendReservation, PutCart
+from worker.domain.commands import ExtendReservation, PutCart, RetryReservation
 from worker.domain.model import Identifier
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
@@ -114,6 +114,52 @@ async def extend_reservations(request: web.Request) -> web.Response:
     return await write(request, command, idempotent)
 
 
+class RetryLine(ApiOut):
+    product_id: str
+    variant_id: str | None
+    quantity: int
+    held: bool
+    reason: str | None = Field(
+        description="Why it was not held: INSUFFICIENT_STOCK, POOL_EMPTY or CART_ALL_OR_NOTHING"
+    )
+
+
+class RetriedOutcome(ApiOut):
+    command_id: UUID
+    status: Literal["retried"]
+    admission_status: str = Field(
+        description="active; or how it ended, when a fact from after the retry's time "
+        "had already arrived"
+    )
+    held: int
+    rejected: int
+    expires_at: datetime = Field(description="The retry's time plus the window and buffer")
+    lines: list[RetryLine]
+
+
+async def retry_reservations(request: web.Request) -> web.Response:
+    path = parse_path(request, ConsumerPath)
+    body = await parse_body(request, AdmissionGrant)
+    digest = body.digest()
+    common, idempotent = envelope(request)
+    times = await queries.admission_times(api_state(request).pool, digest)
+    follows = times.expiry_to_follow(common["occurred_at"]) if times is not None else None
+    if follows is not None:
+        # One retry per expiry: every call for it is the same command, so a
+        # second call answers the first outcome whatever its Idempotency-Key.
+        source_id = f"retry {digest} {follows.isoformat()}"
+        common["command_id"] = ids.command_id("api", source_id)
+        common["source"] = common["source"].model_copy(update={"source_id": source_id})
+        idempotent = True
+    command = RetryReservation(
+        **common,
+        experience_id=path.experience_id,
+        consumer_id=path.consumer_id,
+        grant_digest=digest,
+    )
+    return await write(request, command, idempotent)
+
+
 async def get_cart(request: web.Request) -> web.Response:
     path = parse_path(request, ConsumerPath)
     pool = api_state(request).pool
@@ -199,6 +245,33 @@ ROUTES = (
                 409,
                 "EXTENSION_NOT_ALLOWED (the experience does not extend), "
                 "EXTENSIONS_EXHAUSTED or RESERVATION_EXPIRED",
+                ErrorBody,
+            ),
+            *WRITE_ERRORS,
+        ),
+        idempotency_key=True,
+    ),
+    Operation(
+        "POST",
+        f"{CONSUMER}/reservations/retry",
+        "retryReservations",
+        "Hold the cart again after the admission's holds expired",
+        retry_reservations,
+        "reservations",
+        description="Within the experience's retryWindowSeconds of the expiry, holds the "
+        "consumer's current cart again under the same admission where stock allows (the "
+        "outcome is per line, as at admission), until the request's receive time plus the "
+        "window and buffer. One retry per expiry: a second call answers the first outcome.",
+        body=AdmissionGrant,
+        path_model=ConsumerPath,
+        replies=(
+            Reply(200, "Held again (or the first retry's outcome)", RetriedOutcome),
+            PENDING_REPLY,
+            Reply(403, "The grant is not the consumer's current admission", ErrorBody),
+            Reply(
+                409,
+                "RETRY_NOT_ALLOWED (the experience does not hold again), NOT_EXPIRED or "
+                "RETRY_WINDOW_CLOSED",
                 ErrorBody,
             ),
             *WRITE_ERRORS,
