@@ -18,6 +18,11 @@ from worker.domain.extension import Extension, Refusal, extend
 from worker.domain.model import ExperienceSettings
 from worker.domain.retry import Retry, retry
 
+
+def s(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 E0 = T0 + timedelta(seconds=660)
 TR = E0 + timedelta(seconds=30)
@@ -25,13 +30,11 @@ E1 = TR + timedelta(seconds=660)
 G, G2 = "a" * 64, "b" * 64
 ADMITTED = Visit(G, T0, E0)
 RETRIED = Visit(G, T0, E1)  # the admission row once the retry moved its expiry
-RETRY = Fact(uuid4(), G, AdmissionStatus.ACTIVE, WINDOW_ELAPSED, TR, follows=E0)
+RETRY = Fact(
+    uuid4(), G, AdmissionStatus.ACTIVE, WINDOW_ELAPSED, TR, follows=E0, retry_window=s(300)
+)
 EXTENDING = ExperienceSettings(extension_seconds=120, max_extensions=2)
 RETRYING = ExperienceSettings(retry_window_seconds=300)
-
-
-def s(seconds: float) -> timedelta:
-    return timedelta(seconds=seconds)
 
 
 def left(at: datetime) -> Fact:
@@ -69,11 +72,10 @@ def test_an_extension_ignores_what_happened_after_its_time() -> None:
 
 
 def test_a_retry_follows_the_expiry_within_its_window() -> None:
-    assert retry([ADMITTED], [our_expiry(E0)], G, TR, RETRYING) == Retry(
-        E0, WINDOW_ELAPSED, TR + s(660)
-    )
+    granted = Retry(E0, WINDOW_ELAPSED, TR + s(660), s(300))
+    assert retry([ADMITTED], [our_expiry(E0)], G, TR, RETRYING) == granted
     # Not applied yet, but due by time: the same.
-    assert retry([ADMITTED], [], G, TR, RETRYING) == Retry(E0, WINDOW_ELAPSED, TR + s(660))
+    assert retry([ADMITTED], [], G, TR, RETRYING) == granted
 
 
 def test_retry_refusals_in_order() -> None:
@@ -125,3 +127,11 @@ def test_a_later_admission_before_the_retry_voids_it() -> None:
     after = Visit(G2, TR + s(10), TR + s(670))
     superseded = verdicts([RETRIED, after], [RETRY])[G]
     assert (superseded.status, superseded.at) == (AdmissionStatus.SUPERSEDED, TR + s(10))
+
+
+def test_an_earlier_expiry_arriving_late_counts_the_window_from_it() -> None:
+    fanfare = Fact(uuid4(), None, AdmissionStatus.EXPIRED, "admission_expired", T0 + s(60))
+    verdict = verdicts([RETRIED], [RETRY, fanfare])[G]
+    assert (verdict.status, verdict.at) == (AdmissionStatus.EXPIRED, T0 + s(60))
+    near = Fact(uuid4(), None, AdmissionStatus.EXPIRED, "admission_expired", E0 - s(60))
+    assert verdicts([RETRIED], [RETRY, near])[G].status is AdmissionStatus.ACTIVE

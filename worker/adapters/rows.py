@@ -49,7 +49,9 @@ class EndingRow:
     reason: str
     ended_at: datetime
     order_id: str | None = None
-    follows: datetime | None = None  # a retry: the expiry it follows
+    # A retry: the expiry it follows, and the window it was decided with.
+    follows: datetime | None = None
+    retry_window_seconds: int | None = None
 
 
 @dataclass
@@ -127,6 +129,7 @@ def ending_rows(records: Iterable[Any]) -> list[EndingRow]:
             r["ended_at"],
             r["order_id"],
             r["follows"],
+            r["retry_window_seconds"],
         )
         for r in unique
     ]
@@ -210,14 +213,16 @@ async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
         return
     await conn.execute(
         """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
-               admission_grant, outcome, reason, ended_at, order_id, follows)
+               admission_grant, outcome, reason, ended_at, order_id, follows,
+               retry_window_seconds)
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[])
+                                $6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[],
+                                $10::int[])
            ON CONFLICT DO NOTHING""",
         *columns(
             rows,
             "command_id experience_id consumer_id grant_digest outcome reason ended_at order_id"
-            " follows",
+            " follows retry_window_seconds",
         ),
     )
 

@@ -13,7 +13,7 @@ and remembers what changed.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -234,6 +234,7 @@ class UnitOfWork(BatchHolds):
             fact.at,
             fact.order_id,
             fact.follows,
+            None if fact.retry_window is None else int(fact.retry_window.total_seconds()),
         )
         self.endings[(experience_id, consumer_id)].append(row)
         self.new_endings.append(row)
@@ -297,6 +298,7 @@ def _kept_fact(e: EndingRow) -> Fact:
         e.ended_at,
         e.order_id,
         e.follows,
+        None if e.retry_window_seconds is None else timedelta(seconds=e.retry_window_seconds),
     )
 
 

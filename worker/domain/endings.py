@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
@@ -80,8 +80,10 @@ class Fact:
     at: datetime
     order_id: str | None = None
     # A retry (outcome ACTIVE): when the expiry it follows ended the
-    # admission, and `reason` is that expiry's.
+    # admission (`reason` is that expiry's), and the retry window it was
+    # decided with.
     follows: datetime | None = None
+    retry_window: timedelta | None = None
 
     @property
     def retry(self) -> bool:
@@ -182,10 +184,20 @@ def _verdict(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict
             break
         before = [f for f in facts if f.at < retry.at]
         ended = _period(Visit(visit.grant_digest, start, retry.follows), None, [*before, implied])
-        if ended.status is not AdmissionStatus.EXPIRED:
+        if not _retried_in_time(ended, retry):
             return ended
         start, facts = retry.at, [f for f in facts if f.at >= retry.at]
     return _period(Visit(visit.grant_digest, start, expires), following, facts)
+
+
+def _retried_in_time(ended: Verdict, retry: Fact) -> bool:
+    """Whether the period before a retry ended by an expiry the retry came
+    within its window of (an earlier expiry may have arrived late)."""
+    if ended.status is not AdmissionStatus.EXPIRED:
+        return False
+    assert ended.at is not None
+    assert retry.retry_window is not None
+    return retry.at <= ended.at + retry.retry_window
 
 
 def _period(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict:

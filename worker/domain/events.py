@@ -197,6 +197,10 @@ class AdmissionRetried(ExperienceEvent):
     follows: AwareDatetime = Field(description="When the expiry it follows ended the admission")
     retried_at: AwareDatetime
     expires_at: AwareDatetime
+    retry_window_seconds: int = Field(
+        description="The window it was decided with: an expiry that arrives later and "
+        "ended the admission earlier counts it from there"
+    )
 
 
 class LateConversionUnfilled(ExperienceEvent):

@@ -33,6 +33,7 @@ class Retry:
     follows: datetime
     reason: str
     expires_at: datetime
+    window: timedelta
 
 
 def expiry_of(
@@ -69,6 +70,7 @@ def retry(
     if isinstance(expiry, Refusal):
         return expiry
     follows, reason = expiry
-    if at > follows + timedelta(seconds=settings.retry_window_seconds):
+    window = timedelta(seconds=settings.retry_window_seconds)
+    if at > follows + window:
         return Refusal(WINDOW_CLOSED, "The time to try again after the expiry has passed.")
-    return Retry(follows, reason, settings.expires_at(at))
+    return Retry(follows, reason, settings.expires_at(at), window)

@@ -166,6 +166,7 @@ class Events:
                 follows=retry.follows,
                 retried_at=self.command.occurred_at,
                 expires_at=retry.expires_at,
+                retry_window_seconds=int(retry.window.total_seconds()),
             )
         )
 

@@ -46,6 +46,7 @@ def retry_reservation(
         decided.reason,
         cmd.occurred_at,
         follows=decided.follows,
+        retry_window=decided.window,
     )
     uow.keep_fact(fact, *pair)
     uow.reopen_admission(cmd.grant_digest, decided.expires_at)

@@ -265,6 +265,7 @@ class _Fold:
             reason=e.reason,
             ended_at=e.retried_at,
             follows=e.follows,
+            retry_window_seconds=e.retry_window_seconds,
         )
         self.endings.append(kept)
         self.changes.endings.append(kept)
