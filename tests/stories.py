@@ -26,6 +26,7 @@ from worker.domain.commands import (
     EndAdmission,
     ExtendReservation,
     PutCart,
+    RetryReservation,
     SetStock,
 )
 from worker.domain.model import CartLine, ExperienceSettings, MultiItemPolicy, Strategy
@@ -47,6 +48,7 @@ FactKind = Literal[
     "complete",
     "expiry",
     "extend",
+    "retry",
 ]
 ENDINGS: dict[str, tuple[Any, Any]] = {
     "left": ("released", "left"),
@@ -67,6 +69,7 @@ class Setup:
     on_hand: tuple[int, ...] = (AMPLE,)  # per product
     extension: int = 0  # extensionSeconds
     max_extensions: int = 0
+    retry_window: int = 0  # retryWindowSeconds
 
     @property
     def ample(self) -> bool:
@@ -88,6 +91,7 @@ class Setup:
             ),
             extension_seconds=self.extension,
             max_extensions=self.max_extensions,
+            retry_window_seconds=self.retry_window,
         )
 
     @property
@@ -107,6 +111,8 @@ class Setup:
                 head += ", all_or_nothing"
             if self.max_extensions:
                 head += f", {self.max_extensions} extensions of {self.extension} s"
+            if self.retry_window:
+                head += f", retry within {self.retry_window} s"
         stock = ", ".join(
             f"p{n}={'ample' if q >= AMPLE else q}" for n, q in enumerate(self.on_hand)
         )
@@ -129,7 +135,7 @@ class Fact:
 
     @property
     def origin(self) -> Literal["api", "fanfare", "scheduler"]:
-        if self.kind in ("configure", "stock", "cart", "extend"):
+        if self.kind in ("configure", "stock", "cart", "extend", "retry"):
             return "api"
         if self.kind == "expiry":
             return "scheduler"
@@ -154,6 +160,8 @@ class Fact:
                 return f"scheduler expires g{self.grant} (expires_at)"
             case "extend":
                 return f"{who} extends g{self.grant}"
+            case "retry":
+                return f"{who} tries g{self.grant} again"
             case _:
                 return f"{who} {self.kind}{named}"
 
@@ -277,6 +285,7 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
                 multi_item_policy=s.multi_item_policy,
                 extension_seconds=s.extension_seconds,
                 max_extensions=s.max_extensions,
+                retry_window_seconds=s.retry_window_seconds,
             )
         case "stock":
             return SetStock(
@@ -313,6 +322,11 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
         case "extend":
             assert digest is not None
             return ExtendReservation(
+                **common, experience_id=exp, consumer_id=consumer, grant_digest=digest
+            )
+        case "retry":
+            assert digest is not None
+            return RetryReservation(
                 **common, experience_id=exp, consumer_id=consumer, grant_digest=digest
             )
         case "expiry":

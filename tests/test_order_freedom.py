@@ -30,10 +30,11 @@ own time plus a delay.
 - A scheduler expiry is produced only once the scheduler has seen its
   admission applied and the admission's `expires_at` has passed, so it
   arrives after both, plus a delay.
-- An extension (the API's, naming the consumer's latest grant) is asked for
-  once the storefront shows the holds, so it arrives after its admission; and
-  up to a few seconds after its own time (Kafka's acknowledgement), so an
-  expiry of ours for the old time may be applied before it.
+- An extension or a retry (the API's, naming the consumer's latest grant) is
+  asked for once the storefront shows the holds, so it arrives after its
+  admission; and up to a few seconds after its own time (Kafka's
+  acknowledgement), so an expiry of ours for the old time may be applied
+  before it.
 Ties are broken at random. With scarce stock, who gets the last unit rightly
 depends on arrival (first come, first held): only the invariants are checked.
 """
@@ -381,6 +382,7 @@ def setups(draw: st.DrawFn) -> Setup:
         strategy,
         extension=draw(st.sampled_from([60, 300])) if extensions else 0,
         max_extensions=extensions,
+        retry_window=draw(st.sampled_from([0, 120, 600, 600])),
         window=draw(st.sampled_from([600, 120, 900])),
         buffer=draw(st.sampled_from([60, 0])),
         pool_size=(draw(st.integers(0, 3)) if scarce else AMPLE)
@@ -393,7 +395,9 @@ def setups(draw: st.DrawFn) -> Setup:
     return setup
 
 
-Kind = Literal["admit", "cart", "left", "complete", "fanfare_expired", "denied", "lost", "extend"]
+Kind = Literal[
+    "admit", "cart", "left", "complete", "fanfare_expired", "denied", "lost", "extend", "retry"
+]
 # Weighted by repetition: admissions, carts and completions make the holds.
 STEPS: list[Kind] = [
     "admit",
@@ -408,6 +412,8 @@ STEPS: list[Kind] = [
     "lost",
     "extend",
     "extend",
+    "retry",
+    "retry",
 ]
 HOW: list[Literal["queue", "draw", "auction"]] = ["queue", "draw", "auction"]
 
@@ -457,6 +463,18 @@ def steps(products: int) -> st.SearchStrategy[Step]:
     )
 
 
+def _next_tick(tick: int, s: Step, due: int, consumer: int) -> int:
+    """A shopper extends within minutes of the previous step, while the holds
+    still run, and tries again within minutes after they expired: either one
+    long after is only ever refused."""
+    if s.kind == "extend":
+        return tick + 1 + s.gap % 4
+    if s.kind == "retry":
+        first_after_due = -(-(due - time_of(0, consumer)) // (TICK * CONSUMERS))
+        return max(tick + 1, first_after_due + s.gap % 4)
+    return tick + s.gap
+
+
 def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Delivery]]:
     """The facts in time order (setup first) and their deliveries in arrival order."""
     told: list[tuple[Fact, Step]] = []
@@ -464,12 +482,13 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
     for c, steps_ in enumerate(stories):
         tick = 0
         latest: int | None = None  # the consumer's latest grant so far
+        due = 0  # its expires_at
         last_order: int | None = None
         for s in steps_:
-            # A shopper extends within minutes of the previous step, while the
-            # holds still run: an extension long after is only ever refused.
-            tick += 1 + s.gap % 4 if s.kind == "extend" else s.gap
+            tick = _next_tick(tick, s, due, c)
             t = time_of(tick, c)
+            if s.kind == "admit":
+                due = t + setup.span
             match s.kind:
                 case "cart":
                     fact = Fact("cart", t, c, items=s.items)
@@ -484,10 +503,10 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
                     fact = Fact("complete", t, c, grant=named, order=last_order)
                 case "fanfare_expired":
                     fact = Fact(s.kind, t, c, grant=latest if s.named >= 2 else None)
-                case "extend":
+                case "extend" | "retry":
                     if latest is None:
-                        continue  # no admission to extend yet
-                    fact = Fact("extend", t, c, grant=latest)
+                        continue  # no admission yet
+                    fact = Fact(s.kind, t, c, grant=latest)
                 case _:
                     fact = Fact(s.kind, t, c)
             told.append((fact, s))
@@ -503,7 +522,7 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
     ]
     admitted: dict[int, int] = {}  # grant -> when its admission first arrived
     for n, (f, s) in enumerate(told, len(head)):
-        if f.origin == "scheduler" or f.kind == "extend":
+        if f.origin == "scheduler" or f.kind in ("extend", "retry"):
             continue
         delays = (s.delay, *s.resent) if f.origin == "fanfare" else (0,)
         for envelope, delay in enumerate(delays):
@@ -518,7 +537,7 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
         if f.origin == "scheduler" and f.grant is not None and s.expiry is not None:
             d = Delivery(n, 0, arrival(f, s.expiry, admitted[f.grant]))
             sent.append((d.arrival, s.tie, d))
-        elif f.kind == "extend" and f.grant is not None:
+        elif f.kind in ("extend", "retry") and f.grant is not None:
             d = Delivery(n, 0, max(f.at + min(s.delay, 5), admitted[f.grant] + 1))
             sent.append((d.arrival, s.tie, d))
     order = [d for _, _, d in sorted(sent, key=lambda x: (x[0], x[1]))]
@@ -576,6 +595,7 @@ def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
         "reservation.released",
         "reservation.expired",
         "reservation.extended",
+        "admission.retried",
     ):
         assert seen[kind] > 0, f"no example produced {kind}"
     # Everything every example wrote, folded from the start: `replay --verify`.
