@@ -13,7 +13,7 @@ from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain import ids
 from worker.domain.admission import HoldRequest, plan_holds
 from worker.domain.commands import RetryReservation
-from worker.domain.endings import WINDOW_ELAPSED, AdmissionStatus, Fact, Verdict
+from worker.domain.endings import AdmissionStatus, Fact, Verdict
 from worker.domain.extension import Refusal
 from worker.domain.model import ExperienceSettings
 from worker.domain.retry import Retry, retry
@@ -21,7 +21,7 @@ from worker.engine.admission import hold_requests
 from worker.engine.base import Applied
 from worker.engine.events import Events
 from worker.engine.holds import HoldTerms
-from worker.engine.settle import close, settle
+from worker.engine.settle import bring_to, settle
 
 
 def retry_reservation(
@@ -35,10 +35,10 @@ def retry_reservation(
     )
     if isinstance(decided, Refusal):
         return Applied({"status": "rejected", "error": decided.code, "message": decided.message})
-    if uow.standing(cmd.grant_digest).status is AdmissionStatus.ACTIVE:
-        # Past its expires_at: the scheduler's expiry is due; it ends here.
-        expired = Verdict(AdmissionStatus.EXPIRED, WINDOW_ELAPSED, decided.follows)
-        close(uow, events, pair, cmd.grant_digest, expired)
+    # As it stood at the retry: expired (an expiry of ours that was due ends
+    # it here; a sale or an ending from after the retry is taken back first).
+    expired = Verdict(AdmissionStatus.EXPIRED, decided.reason, decided.follows)
+    bring_to(uow, events, pair, cmd.grant_digest, expired, defaults)
     fact = Fact(
         cmd.command_id,
         cmd.grant_digest,
