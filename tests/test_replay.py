@@ -193,6 +193,9 @@ def test_traffic_exercises_every_fact() -> None:
         "ended:checkout",
         "from:released",
         "reservation.late_conversion_unfilled",
+        "reservation.extended",
+        "admission.reopened",
+        "admission.retried",
     }
     assert expected <= set(seen), expected - set(seen)
 
