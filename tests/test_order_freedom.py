@@ -734,3 +734,45 @@ def test_an_extension_after_the_old_expiry_is_refused(harness: Harness) -> None:
     assert _holds(runs.arrived, "active") == []
     assert runs.arrived.admissions["g0"] == ("expired", None)
     assert_same(runs)
+
+
+RETRYING = Setup(Strategy.SOFT, on_hand=(1,), retry_window=120)
+
+
+def test_a_left_from_before_the_expiry_arriving_after_a_retry_wins(harness: Harness) -> None:
+    scenario = story(
+        RETRYING,
+        [
+            Fact("cart", -90, items=((0, 1),)),
+            Fact("admit", 0, grant=0),
+            Fact("left", 600),
+            Fact("retry", 700, grant=0),
+        ],
+        arrival=[0, 1, 3, 2],
+    )
+    runs = check(harness, scenario)
+    assert _holds(runs.arrived, "active") == []
+    assert runs.arrived.admissions["g0"] == ("released", None)
+    assert_same(runs)
+
+
+def test_a_sale_after_the_retry_applied_before_it_sells_the_held_again(
+    harness: Harness,
+) -> None:
+    """The retry at +700 s arrives after Fanfare's completion at +720 s: the
+    sale is taken back to how the admission stood, then made from the holds
+    taken again."""
+    scenario = story(
+        RETRYING,
+        [
+            Fact("cart", -90, items=((0, 1),)),
+            Fact("admit", 0, grant=0),
+            Fact("retry", 700, grant=0),
+            Fact("complete", 720, order=0),
+        ],
+        arrival=[0, 1, 3, 2],
+    )
+    runs = check(harness, scenario)
+    assert _holds(runs.arrived, "converted") == [("g0", "p0", 1)]
+    assert runs.arrived.stock["p0"] == (1, 0, 1)
+    assert_same(runs)
