@@ -66,7 +66,9 @@ class ReservationCreated(ExperienceEvent):
     created_at: AwareDatetime
     expires_at: AwareDatetime
     replaces: UUID | None = Field(
-        default=None, description="The hold this one replaced after a cart change"
+        default=None,
+        description="The hold this one replaced: after a cart change, or an expired hold "
+        "taken anew when an extension decided before its expiry arrived after it",
     )
 
 
