@@ -15,8 +15,10 @@ from worker.domain.commands import (
     CompleteCheckout,
     ConfigureExperience,
     EndAdmission,
+    ExtendReservation,
     PutCart,
     ReleaseHolds,
+    RetryReservation,
     SetStock,
 )
 from worker.domain.model import CartLine
@@ -125,4 +127,22 @@ def release(
         product_id=product,
         variant_id=variant,
         reason=reason,
+    )
+
+
+def extend(experience: str, consumer: str, grant: str, at: datetime) -> ExtendReservation:
+    return ExtendReservation(
+        **_common(at=at),
+        experience_id=experience,
+        consumer_id=consumer,
+        grant_digest=ids.grant_digest(grant),
+    )
+
+
+def retry(experience: str, consumer: str, grant: str, at: datetime) -> RetryReservation:
+    return RetryReservation(
+        **_common(at=at),
+        experience_id=experience,
+        consumer_id=consumer,
+        grant_digest=ids.grant_digest(grant),
     )

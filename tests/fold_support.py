@@ -19,7 +19,8 @@ from worker.domain.events import Event, EventBase, decode_event, encode_event
 from worker.domain.model import ExperienceSettings
 from worker.domain.stock import PoolKey, StockKey
 from worker.engine import apply_command
-from worker.replay.fold import ExperienceRow, FoldCart, FoldChanges, Known, Needs
+from worker.replay.fold import Known, Needs
+from worker.replay.fold_changes import ExperienceRow, FoldCart, FoldChanges
 
 Rows = dict[str, dict[Any, tuple[Any, ...]]]
 
@@ -36,6 +37,8 @@ ENDING_COLUMNS = [
     "reason",
     "ended_at",
     "order_id",
+    "follows",
+    "retry_window_seconds",
 ]
 
 
@@ -140,11 +143,18 @@ class Tables:
             if a is not None and (a.status == "active" or close.revision):
                 a.status, a.end_reason = close.status, close.end_reason
                 a.ended_at, a.order_id = close.ended_at, close.order_id
+        for grant, (expires_at, extensions) in c.admission_terms.items():
+            a = self.admissions[grant]
+            a.expires_at = expires_at
+            if extensions is not None:
+                a.extensions = extensions
         for e in c.endings:
             self.endings.setdefault(e.command_id, e)
         for rid, r in c.reservations.items():
             assert rid not in self.reservations, "duplicate reservation key"
             self.reservations[rid] = r
+        for rid, expires_at in c.reservation_expiries.items():
+            self.reservations[rid].expires_at = expires_at
         for rid, end in c.reservation_ends.items():
             r = self.reservations[rid]
             r.status, r.ended_at, r.end_reason = end.status, end.ended_at, end.end_reason

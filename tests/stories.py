@@ -24,7 +24,9 @@ from worker.domain.commands import (
     CompleteCheckout,
     ConfigureExperience,
     EndAdmission,
+    ExtendReservation,
     PutCart,
+    RetryReservation,
     SetStock,
 )
 from worker.domain.model import (
@@ -52,6 +54,8 @@ FactKind = Literal[
     "complete",
     "checkout",
     "expiry",
+    "extend",
+    "retry",
 ]
 ENDINGS: dict[str, tuple[Any, Any]] = {
     "left": ("released", "left"),
@@ -71,6 +75,9 @@ class Setup:
     all_or_nothing: bool = False
     convert_all: bool = False  # onComplete: convert_all rather than convert_ordered
     on_hand: tuple[int, ...] = (AMPLE,)  # per product
+    extension: int = 0  # extensionSeconds
+    max_extensions: int = 0
+    retry_window: int = 0  # retryWindowSeconds
 
     @property
     def ample(self) -> bool:
@@ -91,6 +98,9 @@ class Setup:
                 MultiItemPolicy.ALL_OR_NOTHING if self.all_or_nothing else MultiItemPolicy.PARTIAL
             ),
             on_complete=OnComplete.CONVERT_ALL if self.convert_all else OnComplete.CONVERT_ORDERED,
+            extension_seconds=self.extension,
+            max_extensions=self.max_extensions,
+            retry_window_seconds=self.retry_window,
         )
 
     @property
@@ -110,6 +120,10 @@ class Setup:
                 head += ", all_or_nothing"
             if self.convert_all:
                 head += ", convert_all"
+            if self.max_extensions:
+                head += f", {self.max_extensions} extensions of {self.extension} s"
+            if self.retry_window:
+                head += f", retry within {self.retry_window} s"
         stock = ", ".join(
             f"p{n}={'ample' if q >= AMPLE else q}" for n, q in enumerate(self.on_hand)
         )
@@ -133,7 +147,7 @@ class Fact:
 
     @property
     def origin(self) -> Literal["api", "fanfare", "scheduler"]:
-        if self.kind in ("configure", "stock", "cart", "checkout"):
+        if self.kind in ("configure", "stock", "cart", "checkout", "extend", "retry"):
             return "api"
         if self.kind == "expiry":
             return "scheduler"
@@ -157,6 +171,10 @@ class Fact:
                 return f"{who} completed order o{self.order}{named}"
             case "expiry":
                 return f"scheduler expires g{self.grant} (expires_at)"
+            case "extend":
+                return f"{who} extends g{self.grant}"
+            case "retry":
+                return f"{who} tries g{self.grant} again"
             case _:
                 return f"{who} {self.kind}{named}"
 
@@ -282,6 +300,9 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
                 pool_size=s.pool_size,
                 multi_item_policy=s.multi_item_policy,
                 on_complete=s.on_complete,
+                extension_seconds=s.extension_seconds,
+                max_extensions=s.max_extensions,
+                retry_window_seconds=s.retry_window_seconds,
             )
         case "stock":
             return SetStock(
@@ -317,6 +338,16 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
                 grant_digest=digest,
                 order_id=names.order(f.order),
                 items=lines if f.kind == "checkout" else None,
+            )
+        case "extend":
+            assert digest is not None
+            return ExtendReservation(
+                **common, experience_id=exp, consumer_id=consumer, grant_digest=digest
+            )
+        case "retry":
+            assert digest is not None
+            return RetryReservation(
+                **common, experience_id=exp, consumer_id=consumer, grant_digest=digest
             )
         case "expiry":
             assert digest is not None

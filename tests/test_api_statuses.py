@@ -25,6 +25,11 @@ def test_every_refusal_code_has_its_status() -> None:
         "ORDER_CONFLICT": 409,
         "STOCK_BELOW_COMMITTED": 409,
         "POOL_BELOW_USED": 409,
+        "EXTENSION_NOT_ALLOWED": 409,
+        "EXTENSIONS_EXHAUSTED": 409,
+        "RETRY_NOT_ALLOWED": 409,
+        "RETRY_WINDOW_CLOSED": 409,
+        "NOT_EXPIRED": 409,
     }
     assert refusal_status("SOMETHING_NEW") == 409
     assert refusal_status(None) == 409

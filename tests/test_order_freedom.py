@@ -38,6 +38,11 @@ own time plus a delay.
 - A scheduler expiry is produced only once the scheduler has seen its
   admission applied and the admission's `expires_at` has passed, so it
   arrives after both, plus a delay.
+- An extension or a retry (the API's, naming the consumer's latest grant) is
+  asked for once the storefront shows the holds, so it arrives after its
+  admission; and up to a few seconds after its own time (Kafka's
+  acknowledgement), so an expiry of ours for the old time may be applied
+  before it.
 Ties are broken at random. With scarce stock, who gets the last unit rightly
 depends on arrival (first come, first held): only the invariants are checked.
 """
@@ -381,8 +386,12 @@ def setups(draw: st.DrawFn) -> Setup:
     strategy = draw(st.sampled_from([None, Strategy.SOFT, Strategy.HARD, Strategy.POOL]))
     if strategy is None:
         return Setup(None, on_hand=on_hand)
+    extensions = draw(st.sampled_from([0, 1, 2, 2]))
     setup = Setup(
         strategy,
+        extension=draw(st.sampled_from([60, 300])) if extensions else 0,
+        max_extensions=extensions,
+        retry_window=draw(st.sampled_from([0, 120, 600, 600])),
         window=draw(st.sampled_from([600, 120, 900])),
         buffer=draw(st.sampled_from([60, 0])),
         pool_size=(draw(st.integers(0, 3)) if scarce else AMPLE)
@@ -396,7 +405,18 @@ def setups(draw: st.DrawFn) -> Setup:
     return setup
 
 
-Kind = Literal["admit", "cart", "left", "complete", "checkout", "fanfare_expired", "denied", "lost"]
+Kind = Literal[
+    "admit",
+    "cart",
+    "left",
+    "complete",
+    "checkout",
+    "fanfare_expired",
+    "denied",
+    "lost",
+    "extend",
+    "retry",
+]
 # Weighted by repetition: admissions, carts and completions make the holds.
 STEPS: list[Kind] = [
     "admit",
@@ -411,6 +431,10 @@ STEPS: list[Kind] = [
     "fanfare_expired",
     "denied",
     "lost",
+    "extend",
+    "extend",
+    "retry",
+    "retry",
 ]
 HOW: list[Literal["queue", "draw", "auction"]] = ["queue", "draw", "auction"]
 
@@ -460,6 +484,18 @@ def steps(products: int) -> st.SearchStrategy[Step]:
     )
 
 
+def _next_tick(tick: int, s: Step, due: int, consumer: int) -> int:
+    """A shopper extends within minutes of the previous step, while the holds
+    still run, and tries again within minutes after they expired: either one
+    long after is only ever refused."""
+    if s.kind == "extend":
+        return tick + 1 + s.gap % 4
+    if s.kind == "retry":
+        first_after_due = -(-(due - time_of(0, consumer)) // (TICK * CONSUMERS))
+        return max(tick + 1, first_after_due + s.gap % 4)
+    return tick + s.gap
+
+
 def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Delivery]]:
     """The facts in time order (setup first) and their deliveries in arrival order."""
     told: list[tuple[Fact, Step]] = []
@@ -467,15 +503,18 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
     for c, steps_ in enumerate(stories):
         tick = 0
         latest: int | None = None  # the consumer's latest grant so far
+        due = 0  # its expires_at
         last_order: int | None = None
         cart: tuple[tuple[int, int], ...] = ()
         for s in steps_:
-            tick += s.gap
+            tick = _next_tick(tick, s, due, c)
             t = time_of(tick, c)
             if s.kind in ("complete", "checkout") and (last_order is None or s.new_order):
                 # Fanfare's completion and order events, and the checkout
                 # API's complete, name the same order.
                 last_order, orders = orders, orders + 1
+            if s.kind == "admit":
+                due = t + setup.span
             match s.kind:
                 case "cart":
                     fact, cart = Fact("cart", t, c, items=s.items), s.items
@@ -493,6 +532,10 @@ def tell(setup: Setup, stories: list[list[Step]]) -> tuple[list[Fact], list[Deli
                     fact = before[-1]
                 case "fanfare_expired":
                     fact = Fact(s.kind, t, c, grant=latest if s.named >= 2 else None)
+                case "extend" | "retry":
+                    if latest is None:
+                        continue  # no admission yet
+                    fact = Fact(s.kind, t, c, grant=latest)
                 case _:
                     fact = Fact(s.kind, t, c)
             told.append((fact, s))
@@ -539,7 +582,7 @@ def deliveries(head: list[Fact], told: list[tuple[Fact, Step]]) -> list[Delivery
     checkouts = [(f.consumer, f.at) for f, _ in told if f.kind == "checkout"]
     admitted: dict[int, int] = {}  # grant -> when its admission first arrived
     for n, (f, s) in enumerate(told, len(head)):
-        if f.origin == "scheduler":
+        if f.origin == "scheduler" or f.kind in ("extend", "retry"):
             continue
         # Before the consumer's next checkout, if any (the module docstring).
         bound = min((t - 1 for c, t in checkouts if c == f.consumer and t > f.at), default=None)
@@ -556,6 +599,9 @@ def deliveries(head: list[Fact], told: list[tuple[Fact, Step]]) -> list[Delivery
     for n, (f, s) in enumerate(told, len(head)):
         if f.origin == "scheduler" and f.grant is not None and s.expiry is not None:
             d = Delivery(n, 0, arrival(f, s.expiry, admitted[f.grant]))
+            sent.append((d.arrival, s.tie, d))
+        elif f.kind in ("extend", "retry") and f.grant is not None:
+            d = Delivery(n, 0, max(f.at + min(s.delay, 5), admitted[f.grant] + 1))
             sent.append((d.arrival, s.tie, d))
     return [d for _, _, d in sorted(sent, key=lambda x: (x[0], x[1]))]
 
@@ -637,6 +683,8 @@ def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
         "reservation.released",
         "reservation.expired",
         "checkout.rejected",  # a checkout's lines missing or short
+        "reservation.extended",
+        "admission.retried",
     ):
         assert seen[kind] > 0, f"no example produced {kind}"
     # Partial orders are reached: lines left out, and holds ordered in part.
@@ -764,3 +812,85 @@ def test_a_partial_checkout_stands_whatever_fanfare_reports_after_it(harness: Ha
         assert runs.arrived.stock["p1"] == (AMPLE, 0, 0)
         assert runs.arrived.admissions["g0"] == ("converted", "o0")
         assert_same(runs)
+
+
+EXTENDING = Setup(Strategy.SOFT, on_hand=(1,), extension=60, max_extensions=1)
+
+
+def test_an_extension_decided_before_the_old_expiry_keeps_the_hold(harness: Harness) -> None:
+    """Extended at +659 s, a second before the old expires_at; our expiry for
+    +660 s is applied first: it no longer counts, the admission holds again."""
+    scenario = story(
+        EXTENDING,
+        [
+            Fact("cart", -90, items=((0, 1),)),
+            Fact("admit", 0, grant=0),
+            Fact("extend", 659, grant=0),
+            Fact("expiry", 660, grant=0),
+        ],
+        arrival=[0, 1, 3, 2],
+    )
+    runs = check(harness, scenario)
+    assert _holds(runs.arrived, "active") == [("g0", "p0", 1)]
+    assert runs.arrived.admissions["g0"] == ("active", None)
+    assert runs.arrived.stock["p0"] == (1, 1, 0)
+    assert_same(runs)
+
+
+def test_an_extension_after_the_old_expiry_is_refused(harness: Harness) -> None:
+    scenario = story(
+        EXTENDING,
+        [
+            Fact("cart", -90, items=((0, 1),)),
+            Fact("admit", 0, grant=0),
+            Fact("expiry", 660, grant=0),
+            Fact("extend", 661, grant=0),
+        ],
+        arrival=[0, 1, 2, 3],
+    )
+    runs = check(harness, scenario)
+    assert _holds(runs.arrived, "active") == []
+    assert runs.arrived.admissions["g0"] == ("expired", None)
+    assert_same(runs)
+
+
+RETRYING = Setup(Strategy.SOFT, on_hand=(1,), retry_window=120)
+
+
+def test_a_left_from_before_the_expiry_arriving_after_a_retry_wins(harness: Harness) -> None:
+    scenario = story(
+        RETRYING,
+        [
+            Fact("cart", -90, items=((0, 1),)),
+            Fact("admit", 0, grant=0),
+            Fact("left", 600),
+            Fact("retry", 700, grant=0),
+        ],
+        arrival=[0, 1, 3, 2],
+    )
+    runs = check(harness, scenario)
+    assert _holds(runs.arrived, "active") == []
+    assert runs.arrived.admissions["g0"] == ("released", None)
+    assert_same(runs)
+
+
+def test_a_sale_after_the_retry_applied_before_it_sells_the_held_again(
+    harness: Harness,
+) -> None:
+    """The retry at +700 s arrives after Fanfare's completion at +720 s: the
+    sale is taken back to how the admission stood, then made from the holds
+    taken again."""
+    scenario = story(
+        RETRYING,
+        [
+            Fact("cart", -90, items=((0, 1),)),
+            Fact("admit", 0, grant=0),
+            Fact("retry", 700, grant=0),
+            Fact("complete", 720, order=0),
+        ],
+        arrival=[0, 1, 3, 2],
+    )
+    runs = check(harness, scenario)
+    assert _holds(runs.arrived, "converted") == [("g0", "p0", 1)]
+    assert runs.arrived.stock["p0"] == (1, 0, 1)
+    assert_same(runs)

@@ -52,11 +52,11 @@ async def test_ordering_one_line_of_two_converts_it_and_releases_the_other(
     exp, cons, p, q = ids
     await engine(b.stock(p, 5))
     await engine(b.stock(q, 5, "M"))
-    await _admitted(engine, exp, cons, "g-one", b.line(p, 2), b.line(q, 1, "M"))
+    await _admitted(engine, exp, cons, "partial-one", b.line(p, 2), b.line(q, 1, "M"))
     assert (await engine.stock(p), await engine.stock(q, "M")) == ((5, 2, 0), (5, 1, 0))
     before = len(_events(engine, exp))
 
-    done = await engine(b.complete(exp, cons, "g-one", "o-1", b.line(p, 2), at=SOON))
+    done = await engine(b.complete(exp, cons, "partial-one", "o-1", b.line(p, 2), at=SOON))
     assert done["status"] == "converted"
     # sold and reserved move by exactly the ordered and the left-out quantities.
     assert await engine.stock(p) == (5, 0, 2)
@@ -64,7 +64,7 @@ async def test_ordering_one_line_of_two_converts_it_and_releases_the_other(
     assert sorted(await engine.statuses(exp, cons)) == sorted(
         [(p, 2, "converted"), (q, 1, "released")]
     )
-    assert await engine.admission("g-one") == ("converted", "checkout")
+    assert await engine.admission("partial-one") == ("converted", "checkout")
     told = [
         (e.type, e.product_id, e.quantity, e.reason)
         for e in _events(engine, exp)[before:]
@@ -84,10 +84,10 @@ async def test_a_quantity_below_the_hold_converts_a_new_hold_and_releases_the_ol
 ) -> None:
     exp, cons, p, _ = ids
     await engine(b.stock(p, 3))
-    await _admitted(engine, exp, cons, "g-part", b.line(p, 3))
+    await _admitted(engine, exp, cons, "partial-part", b.line(p, 3))
     before = len(_events(engine, exp))
 
-    done = await engine(b.complete(exp, cons, "g-part", "o-1", b.line(p, 1), at=SOON))
+    done = await engine(b.complete(exp, cons, "partial-part", "o-1", b.line(p, 1), at=SOON))
     assert done["status"] == "converted"
     assert await engine.stock(p) == (3, 0, 1)
     assert sorted(await engine.statuses(exp, cons)) == [(p, 1, "converted"), (p, 3, "released")]
@@ -114,7 +114,7 @@ async def test_a_quantity_below_the_hold_converts_a_new_hold_and_releases_the_ol
     assert done["reservations"] == [str(created.reservation_id)]
     assert done["released"] == [str(released.reservation_id)]
     # The units that went back are free for the next consumer.
-    await _admitted(engine, exp, unique("cons"), "g-next", b.line(p, 2))
+    await _admitted(engine, exp, unique("cons"), "partial-next", b.line(p, 2))
     assert await engine.stock(p) == (3, 2, 1)
 
 
@@ -125,14 +125,14 @@ async def test_a_pooled_hold_left_out_gives_its_unit_back_to_the_pool(
     await engine(b.stock(p, 10))
     await engine(b.stock(q, 10))
     await engine(b.configure(exp, strategy="pool", pool_size=1))
-    await _admitted(engine, exp, cons, "g-pool", b.line(p, 1), b.line(q, 1))
-    done = await engine(b.complete(exp, cons, "g-pool", "o-1", b.line(q, 1), at=SOON))
+    await _admitted(engine, exp, cons, "partial-pool", b.line(p, 1), b.line(q, 1))
+    done = await engine(b.complete(exp, cons, "partial-pool", "o-1", b.line(q, 1), at=SOON))
     assert len(done["released"]) == 1
     assert (await engine.stock(p), await engine.stock(q)) == ((10, 0, 0), (10, 0, 1))
     # p's pool unit is free again, q's is sold.
     other = unique("cons")
     await engine(b.cart(exp, other, b.line(p, 1), b.line(q, 1), at=T0))
-    again = await engine(b.admit(exp, other, "g-pool-2", T0 + timedelta(seconds=2)))
+    again = await engine(b.admit(exp, other, "partial-pool-2", T0 + timedelta(seconds=2)))
     assert again["held"] == 1
     reasons = {line["productId"]: line.get("reason") for line in again["lines"]}
     assert reasons == {p: None, q: "POOL_EMPTY"}
@@ -145,8 +145,8 @@ async def test_convert_all_converts_every_hold_whatever_the_lines(
     await engine(b.stock(p, 5))
     await engine(b.stock(q, 5))
     await engine(b.configure(exp, on_complete="convert_all"))
-    await _admitted(engine, exp, cons, "g-all", b.line(p, 3), b.line(q, 1))
-    done = await engine(b.complete(exp, cons, "g-all", "o-1", b.line(p, 1), at=SOON))
+    await _admitted(engine, exp, cons, "partial-all", b.line(p, 3), b.line(q, 1))
+    done = await engine(b.complete(exp, cons, "partial-all", "o-1", b.line(p, 1), at=SOON))
     assert (done["status"], done["released"]) == ("converted", [])
     assert len(done["reservations"]) == 2
     assert (await engine.stock(p), await engine.stock(q)) == ((5, 0, 3), (5, 0, 1))
@@ -164,13 +164,13 @@ async def test_refusals_list_every_line_missing_or_short_and_change_nothing(
     exp, cons, p, q = ids
     await engine(b.stock(p, 5))
     await engine(b.stock(q, 5, "M"))
-    await _admitted(engine, exp, cons, "g-ref", b.line(p, 2))
+    await _admitted(engine, exp, cons, "partial-ref", b.line(p, 2))
     at = T0 + timedelta(seconds=5)
     absent = b.line(q, 1, "M")
     mismatch = await engine(b.complete(exp, cons, "someone-else", "o-1", absent, at=at))
     assert mismatch["error"] == "ADMISSION_MISMATCH"
     assert "missing" not in mismatch
-    refused = await engine(b.complete(exp, cons, "g-ref", "o-1", absent, b.line(p, 3), at=at))
+    refused = await engine(b.complete(exp, cons, "partial-ref", "o-1", absent, b.line(p, 3), at=at))
     assert (refused["status"], refused["error"]) == ("rejected", "RESERVATION_MISSING")
     assert refused["message"] == f"No reservation for {q}"
     assert refused["missing"] == [
@@ -179,13 +179,13 @@ async def test_refusals_list_every_line_missing_or_short_and_change_nothing(
         {"productId": p, "requested": 3, "held": 2,
          "error": "RESERVATION_INSUFFICIENT"},
     ]  # fmt: skip
-    short = await engine(b.complete(exp, cons, "g-ref", "o-1", b.line(p, 3), absent, at=at))
+    short = await engine(b.complete(exp, cons, "partial-ref", "o-1", b.line(p, 3), absent, at=at))
     assert short["error"] == "RESERVATION_INSUFFICIENT"
     assert [line["productId"] for line in short["missing"]] == [p, q]
     assert await engine.stock(p) == (5, 2, 0)
     assert await engine.statuses(exp, cons) == [(p, 2, "active")]
     # The order that fits still converts.
-    done = await engine(b.complete(exp, cons, "g-ref", "o-1", b.line(p, 2), at=at))
+    done = await engine(b.complete(exp, cons, "partial-ref", "o-1", b.line(p, 2), at=at))
     assert (done["status"], done["released"]) == ("converted", [])
 
 
@@ -195,16 +195,16 @@ async def test_a_later_fanfare_completion_or_ending_leaves_a_partial_sale_as_it_
     exp, cons, p, q = ids
     await engine(b.stock(p, 5))
     await engine(b.stock(q, 5))
-    await _admitted(engine, exp, cons, "g-late", b.line(p, 3), b.line(q, 1))
+    await _admitted(engine, exp, cons, "partial-late", b.line(p, 3), b.line(q, 1))
     sold_at = T0 + timedelta(minutes=2)
-    await engine(b.complete(exp, cons, "g-late", "o-1", b.line(p, 1), at=sold_at))
+    await engine(b.complete(exp, cons, "partial-late", "o-1", b.line(p, 1), at=sold_at))
     rows = sorted(await engine.statuses(exp, cons))
     counters = (await engine.stock(p), await engine.stock(q))
     assert counters == ((5, 0, 1), (5, 0, 0))
 
     # Fanfare's completion of the same order (it names no lines), with or
     # without the grant, and before or after the API's time: a no-op.
-    for grant, at in ((None, sold_at + timedelta(seconds=3)), ("g-late", sold_at)):
+    for grant, at in ((None, sold_at + timedelta(seconds=3)), ("partial-late", sold_at)):
         fanfare = await engine(b.complete(exp, cons, grant, "o-1", at=at))
         assert fanfare == {"status": "converted", "orderId": "o-1", "duplicate": True}
     # An ending from before the sale, arriving late: the sale stands.
@@ -214,7 +214,7 @@ async def test_a_later_fanfare_completion_or_ending_leaves_a_partial_sale_as_it_
     assert conflict["error"] == "ORDER_CONFLICT"
     assert sorted(await engine.statuses(exp, cons)) == rows
     assert (await engine.stock(p), await engine.stock(q)) == counters
-    assert await engine.admission("g-late") == ("converted", "checkout")
+    assert await engine.admission("partial-late") == ("converted", "checkout")
 
 
 # --- the rules alone -----------------------------------------------------------------------

@@ -196,6 +196,9 @@ def test_traffic_exercises_every_fact() -> None:
         "ended:not_ordered",
         "from:released",
         "reservation.late_conversion_unfilled",
+        "reservation.extended",
+        "admission.reopened",
+        "admission.retried",
     }
     assert expected <= set(seen), expected - set(seen)
 

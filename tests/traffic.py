@@ -3,9 +3,9 @@ command and most decisions the engine can take (holds, rejections, cart
 changes, supersedes, remembered endings, expiries on time and too early,
 releases, operator releases by id, consumer and product, checkouts with
 and without a grant, the checkout API's partial orders, conflicting orders,
-refused stock levels and pool sizes), with duplicates and out-of-order
-arrivals. Every time comes from the commands, so the same seed always means
-the same traffic."""
+refused stock levels and pool sizes, extensions and retries, granted or
+refused), with duplicates and out-of-order arrivals. Every time comes from
+the commands, so the same seed always means the same traffic."""
 
 from __future__ import annotations
 
@@ -31,7 +31,15 @@ EXPERIENCES: dict[str, tuple[int, dict[str, object] | None]] = {
             "pools": [ProductPool(product_id="shoe", variant_id="42", size=2)],
         },
     ),
-    "drop-all": (660, {"multi_item_policy": "all_or_nothing"}),
+    "drop-all": (
+        660,
+        {
+            "multi_item_policy": "all_or_nothing",
+            "extension_seconds": 120,
+            "max_extensions": 2,
+            "retry_window_seconds": 300,
+        },
+    ),
 }
 
 
@@ -64,6 +72,26 @@ def _operator(
         product, variant = ops.choice(ROWS)
         return [b.release(exp, product=product, variant=ops.choice([variant, None]), at=when)]
     return []
+
+
+def _extend_or_retry(
+    exp: str, who: str, grant: str, at: datetime, life: int, tail: float
+) -> list[CommandBase]:
+    """Only drop-all extends and retries; elsewhere they are refused."""
+    expiry = b.end(
+        exp, who, grant, outcome="expired", reason="window_elapsed", at=at + timedelta(seconds=life)
+    )
+    if tail < 0.95:
+        # Extended twice; the expiry for the old time is not due.
+        return [
+            b.extend(exp, who, grant, at + timedelta(seconds=30)),
+            b.extend(exp, who, grant, at + timedelta(seconds=40)),
+            expiry,
+        ]
+    if tail < 0.975:
+        # Decided before the expiry, applied after it: the admission holds again.
+        return [expiry, b.extend(exp, who, grant, at + timedelta(seconds=life - 1))]
+    return [expiry, b.retry(exp, who, grant, at + timedelta(seconds=life + 20))]
 
 
 def traffic(seed: int, consumers: int = 40) -> list[CommandBase]:
@@ -160,6 +188,8 @@ def traffic(seed: int, consumers: int = 40) -> list[CommandBase]:
                     at=at + timedelta(seconds=life - 5),
                 )
             )
+        else:
+            story += _extend_or_retry(exp, who, grant, at, life, tail)
         if rng.random() < 0.05:
             product, variant = rng.choice(ROWS)
             story.append(b.stock(product, rng.randint(0, 30), variant))  # maybe refused

@@ -32,11 +32,11 @@ class BatchChanges:
     # (experience_id, consumer_id, updated_at, command_id, items as JSON text)
     cart_versions: list[tuple[str, str, datetime, UUID, str]] = field(default_factory=list)
     new_admissions: list[tuple[Any, ...]] = field(default_factory=list)
-    # (grant_digest, status, ended_at, end_reason, order_id)
+    # (grant_digest, status, ended_at, end_reason, order_id, expires_at, extensions)
     changed_admissions: list[tuple[Any, ...]] = field(default_factory=list)
     new_endings: list[EndingRow] = field(default_factory=list)
     new_reservations: list[tuple[Any, ...]] = field(default_factory=list)
-    # (id, status, converted_at, order_id, ended_at, end_reason)
+    # (id, status, converted_at, order_id, ended_at, end_reason, expires_at)
     changed_reservations: list[tuple[Any, ...]] = field(default_factory=list)
     # (experience_id, product_id, variant_id, used)
     pools: list[tuple[str, str, str, int]] = field(default_factory=list)
@@ -92,9 +92,11 @@ class BatchChanges:
             return
         await conn.execute(
             """UPDATE admissions a SET status = v.status, ended_at = v.ended_at,
-                   end_reason = v.end_reason, order_id = v.order_id
-               FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
-                    AS v(grant_, status, ended_at, end_reason, order_id)
+                   end_reason = v.end_reason, order_id = v.order_id,
+                   expires_at = v.expires_at, extensions = v.extensions
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                           $6::timestamptz[], $7::int[])
+                    AS v(grant_, status, ended_at, end_reason, order_id, expires_at, extensions)
                WHERE a.admission_grant = v.grant_""",
             *tables.tuple_columns(self.changed_admissions),
         )

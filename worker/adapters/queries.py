@@ -87,6 +87,27 @@ class DueExpiry:
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class AdmissionTimes:
+    """How an admission stands, and the expiry its latest retry followed."""
+
+    status: str
+    expires_at: datetime
+    ended_at: datetime | None
+    retry_follows: datetime | None
+
+    def expiry_to_follow(self, now: datetime) -> datetime | None:
+        """The expiry a retry at `now` follows, as far as the rows tell: one
+        retry per expiry, so two calls for the same expiry are one command."""
+        if self.status == "expired":
+            return self.ended_at
+        if self.status != "active":
+            return None
+        if self.expires_at <= now:
+            return self.expires_at
+        return self.retry_follows
+
+
 # --- the HTTP API's reads --------------------------------------------------------
 
 
@@ -222,6 +243,20 @@ async def hold_experiences(db: Reader, reservation_ids: list[UUID]) -> dict[UUID
         "SELECT id, experience_id FROM reservations WHERE id = ANY($1::uuid[])", reservation_ids
     )
     return {r["id"]: r["experience_id"] for r in rows}
+
+
+async def admission_times(db: Reader, grant_digest: str) -> AdmissionTimes | None:
+    row = await db.fetchrow(
+        """SELECT a.status, a.expires_at, a.ended_at,
+                  (SELECT e.follows FROM admission_endings e
+                    WHERE e.admission_grant = a.admission_grant AND e.outcome = 'active'
+                    ORDER BY e.ended_at DESC LIMIT 1) AS retry_follows
+           FROM admissions a WHERE a.admission_grant = $1""",
+        grant_digest,
+    )
+    if row is None:
+        return None
+    return AdmissionTimes(row["status"], row["expires_at"], row["ended_at"], row["retry_follows"])
 
 
 async def applied_command(db: Reader, command_id: UUID) -> AppliedCommand | None:

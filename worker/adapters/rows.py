@@ -35,6 +35,8 @@ class AdmissionRow:
     ended_at: datetime | None = None
     end_reason: str | None = None
     order_id: str | None = None
+    # Times its expiry was moved by the experience's extensionSeconds.
+    extensions: int = 0
 
 
 @dataclass
@@ -47,6 +49,9 @@ class EndingRow:
     reason: str
     ended_at: datetime
     order_id: str | None = None
+    # A retry: the expiry it follows, and the window it was decided with.
+    follows: datetime | None = None
+    retry_window_seconds: int | None = None
 
 
 @dataclass
@@ -123,6 +128,8 @@ def ending_rows(records: Iterable[Any]) -> list[EndingRow]:
             r["reason"],
             r["ended_at"],
             r["order_id"],
+            r["follows"],
+            r["retry_window_seconds"],
         )
         for r in unique
     ]
@@ -157,6 +164,7 @@ ADMISSION_COLUMNS = [
     "ended_at",
     "end_reason",
     "order_id",
+    "extensions",
 ]
 _ADMISSION_VALUES = attrgetter(*map(_field, ADMISSION_COLUMNS))
 ADMISSION_COLUMNS_BY_FIELD = _in_field_order(AdmissionRow, ADMISSION_COLUMNS)
@@ -205,13 +213,16 @@ async def insert_endings(conn: Conn, rows: Sequence[EndingRow]) -> None:
         return
     await conn.execute(
         """INSERT INTO admission_endings (command_id, experience_id, consumer_id,
-               admission_grant, outcome, reason, ended_at, order_id)
+               admission_grant, outcome, reason, ended_at, order_id, follows,
+               retry_window_seconds)
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::text[], $7::timestamptz[], $8::text[])
+                                $6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[],
+                                $10::int[])
            ON CONFLICT DO NOTHING""",
         *columns(
             rows,
-            "command_id experience_id consumer_id grant_digest outcome reason ended_at order_id",
+            "command_id experience_id consumer_id grant_digest outcome reason ended_at order_id"
+            " follows retry_window_seconds",
         ),
     )
 
@@ -250,16 +261,18 @@ async def insert_reservations(conn: Conn, rows: Sequence[ReservationRow]) -> Non
 
 
 async def update_reservation_ends(conn: Conn, ends: Sequence[tuple[Any, ...]]) -> None:
-    """Holds that ended or converted: (id, status, converted_at, order_id,
-    ended_at, end_reason) each."""
+    """Holds that ended, converted or were extended: (id, status,
+    converted_at, order_id, ended_at, end_reason, expires_at) each; an
+    expires_at of None leaves the row's."""
     if not ends:
         return
     await conn.execute(
         """UPDATE reservations r SET status = v.status, converted_at = v.converted_at,
-               order_id = v.order_id, ended_at = v.ended_at, end_reason = v.end_reason
+               order_id = v.order_id, ended_at = v.ended_at, end_reason = v.end_reason,
+               expires_at = COALESCE(v.expires_at, r.expires_at)
            FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
-                       $5::timestamptz[], $6::text[])
-                AS v(id, status, converted_at, order_id, ended_at, end_reason)
+                       $5::timestamptz[], $6::text[], $7::timestamptz[])
+                AS v(id, status, converted_at, order_id, ended_at, end_reason, expires_at)
            WHERE r.id = v.id""",
         *tuple_columns(ends),
     )

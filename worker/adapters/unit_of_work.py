@@ -13,7 +13,7 @@ and remembers what changed.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -196,6 +196,23 @@ class UnitOfWork(BatchHolds):
         row.ended_at, row.order_id = verdict.at, verdict.order_id
         row.dirty = True
 
+    def admission_extensions(self, grant_digest: str) -> int:
+        return self.admissions[grant_digest].extensions
+
+    def extend_admission(self, grant_digest: str, expires_at: datetime) -> None:
+        """The admission's expiry moved once more (worker.domain.extension)."""
+        row = self.admissions[grant_digest]
+        row.expires_at, row.extensions, row.dirty = expires_at, row.extensions + 1, True
+
+    def reopen_admission(self, grant_digest: str, expires_at: datetime | None = None) -> None:
+        """An expired admission holds again: its expiry no longer counts, or
+        the consumer tried again (then until `expires_at`)."""
+        row = self.admissions[grant_digest]
+        row.status, row.end_reason, row.ended_at = AdmissionStatus.ACTIVE.value, None, None
+        if expires_at is not None:
+            row.expires_at = expires_at
+        row.dirty = True
+
     def close_admission(
         self, grant_digest: str, status: str, reason: str, at: datetime, order_id: str | None = None
     ) -> None:
@@ -218,6 +235,8 @@ class UnitOfWork(BatchHolds):
             fact.reason,
             fact.at,
             fact.order_id,
+            fact.follows,
+            None if fact.retry_window is None else int(fact.retry_window.total_seconds()),
         )
         self.endings[(experience_id, consumer_id)].append(row)
         self.new_endings.append(row)
@@ -274,7 +293,14 @@ def _state(row: TrackedAdmission | None) -> AdmissionState | None:
 
 def _kept_fact(e: EndingRow) -> Fact:
     return Fact(
-        e.command_id, e.grant_digest, AdmissionStatus(e.outcome), e.reason, e.ended_at, e.order_id
+        e.command_id,
+        e.grant_digest,
+        AdmissionStatus(e.outcome),
+        e.reason,
+        e.ended_at,
+        e.order_id,
+        e.follows,
+        None if e.retry_window_seconds is None else timedelta(seconds=e.retry_window_seconds),
     )
 
 

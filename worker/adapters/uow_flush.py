@@ -86,9 +86,13 @@ def _pools(uow: UnitOfWork) -> list[tuple[str, str, str, int]]:
     return taken
 
 
-# What an ended or converted row changes, in its update's order.
-_ADMISSION_END = attrgetter("grant_digest", "status", "ended_at", "end_reason", "order_id")
-_RESERVATION_END = attrgetter("id", "status", "converted_at", "order_id", "ended_at", "end_reason")
+# What an ended, converted or extended row changes, in its update's order.
+_ADMISSION_END = attrgetter(
+    "grant_digest", "status", "ended_at", "end_reason", "order_id", "expires_at", "extensions"
+)
+_RESERVATION_END = attrgetter(
+    "id", "status", "converted_at", "order_id", "ended_at", "end_reason", "expires_at"
+)
 
 _Tracked = TypeVar("_Tracked", TrackedAdmission, TrackedReservation)
 

@@ -149,6 +149,21 @@ class BatchHolds:
             for r in self._of_grant(grant_digest, ReservationStatus.ACTIVE)
         ]
 
+    def extend_active_reservations(self, grant_digest: str, expires_at: datetime) -> list[UUID]:
+        """Move the expiry of an admission's active holds; their ids."""
+        moved = self._of_grant(grant_digest, ReservationStatus.ACTIVE)
+        for r in moved:
+            r.expires_at, r.dirty = expires_at, True
+        return [r.id for r in moved]
+
+    def holds_ended_by(self, grant_digest: str, reason: str, at: datetime) -> list[ActiveHold]:
+        """An admission's holds that one ending ended (its reason and time)."""
+        return [
+            ActiveHold(r.id, r.product_id, r.variant_id, r.quantity, r.created_at)
+            for r in self._of_grant(grant_digest, ReservationStatus.EXPIRED)
+            if r.end_reason == reason and r.ended_at == at
+        ]
+
     def end_active_reservations(
         self, grant_digest: str, status: str, reason: str, at: datetime
     ) -> list[HeldRow]:

@@ -39,8 +39,10 @@ from worker.domain.commands import (
     CompleteCheckout,
     ConfigureExperience,
     EndAdmission,
+    ExtendReservation,
     PutCart,
     ReleaseHolds,
+    RetryReservation,
     SetStock,
 )
 from worker.domain.endings import AdmissionStatus
@@ -80,7 +82,13 @@ class Footprint:
                     fp.experiences.add(cmd.experience_id)
                     fp.pairs.add((cmd.experience_id, cmd.consumer_id))
                     fp.stock.update((i.product_id, i.variant_column) for i in cmd.items)
-                case AdmitConsumer() | EndAdmission() | CompleteCheckout():
+                case (
+                    AdmitConsumer()
+                    | EndAdmission()
+                    | CompleteCheckout()
+                    | ExtendReservation()
+                    | RetryReservation()
+                ):
                     fp.experiences.add(cmd.experience_id)
                     fp.pairs.add((cmd.experience_id, cmd.consumer_id))
                     if cmd.grant_digest is not None:

@@ -89,17 +89,20 @@ def check_checkout(
             "This checkout session is not associated with the active reservation.",
         )
     mine = [h for h in holds if grant_digest is None or h.grant_digest == grant_digest]
+    active = [h for h in mine if h.status is ReservationStatus.ACTIVE]
+    # An admission's holds expire together; one holding again (an expiry of
+    # ours that an earlier extension voided) has active holds beside them.
     ended_by_time = [
         h
         for h in mine
-        if h.status is ReservationStatus.EXPIRED
+        if (h.status is ReservationStatus.EXPIRED and not active)
         or (h.status is ReservationStatus.ACTIVE and h.expires_at <= at)
     ]
     if ended_by_time:
         return CheckoutError(
             "RESERVATION_EXPIRED", "The reservation for this admission has expired."
         )
-    missing = short_lines([h for h in mine if h.status is ReservationStatus.ACTIVE], items)
+    missing = short_lines(active, items)
     if missing:
         return CheckoutError(missing[0].code, missing[0].message, tuple(missing))
     return None

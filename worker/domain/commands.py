@@ -178,6 +178,26 @@ class ReleaseHolds(ExperienceCommand):
         return self
 
 
+class ExtendReservation(ExperienceCommand):
+    """The consumer asks for more time: the admission's holds expire
+    `extensionSeconds` later (worker.domain.extension decides, at
+    `occurredAt`)."""
+
+    type: Literal["reservation.extend"] = "reservation.extend"
+    consumer_id: Identifier
+    grant_digest: GrantDigest
+
+
+class RetryReservation(ExperienceCommand):
+    """The consumer tries again after the admission's holds expired: the
+    current cart is held again under the same admission, where stock allows
+    (worker.domain.retry decides, at `occurredAt`)."""
+
+    type: Literal["reservation.retry"] = "reservation.retry"
+    consumer_id: Identifier
+    grant_digest: GrantDigest
+
+
 Command = Annotated[
     AdmitConsumer
     | PutCart
@@ -185,7 +205,9 @@ Command = Annotated[
     | ConfigureExperience
     | EndAdmission
     | CompleteCheckout
-    | ReleaseHolds,
+    | ReleaseHolds
+    | ExtendReservation
+    | RetryReservation,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)

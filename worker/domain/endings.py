@@ -13,6 +13,12 @@ the times Fanfare (or our scheduler, or checkout) gave, never on arrival:
   completion for an admission that already ended converts what it can.
 - Otherwise the earliest of the admission's endings wins, and an admission
   still open when the consumer's next admission came is superseded then.
+- A retry (the consumer trying again after an expiry) is a fact too: if the
+  admission stood expired by what happened before the retry, it holds again
+  from the retry's time and what happens from then on decides how it ends;
+  facts between the expiry and the retry change nothing. If it stood
+  otherwise (released, sold, or a later admission came before the retry),
+  the retry does not count and that verdict stands.
 
 The engine keeps every grant-less ending and completion (a fact can change
 hands when an admission that came between arrives late) and asks `verdicts`
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
@@ -73,6 +79,15 @@ class Fact:
     reason: str
     at: datetime
     order_id: str | None = None
+    # A retry (outcome ACTIVE): when the expiry it follows ended the
+    # admission (`reason` is that expiry's), and the retry window it was
+    # decided with.
+    follows: datetime | None = None
+    retry_window: timedelta | None = None
+
+    @property
+    def retry(self) -> bool:
+        return self.outcome is AdmissionStatus.ACTIVE
 
     def sort_key(self) -> tuple[datetime, str, str]:
         return (self.at, self.reason, str(self.command_id or ""))
@@ -123,6 +138,18 @@ def counts_for(fact: Fact, visit: Visit) -> bool:
     return not (fact.reason == WINDOW_ELAPSED and fact.at < visit.expires_at)
 
 
+def standing_at(
+    visits: Sequence[Visit], facts: Sequence[Fact], grant_digest: str, at: datetime
+) -> Verdict | None:
+    """How an admission stood at `at`, from what had happened by then; None
+    when it is not the consumer's latest admission admitted by then."""
+    current = owner(visits, at)
+    if current is None or current.grant_digest != grant_digest:
+        return None
+    earlier = [v for v in visits if v.admitted_at <= at]
+    return verdicts(earlier, [f for f in facts if f.at <= at])[grant_digest]
+
+
 def verdicts(visits: Iterable[Visit], facts: Iterable[Fact]) -> dict[str, Verdict]:
     """Each admission's standing, from its admissions and facts in time order."""
     ordered = in_time_order(visits)
@@ -142,6 +169,39 @@ def _belongs(fact: Fact, visit: Visit, following: Visit | None) -> bool:
 
 
 def _verdict(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict:
+    """Period by period: each retry that counts starts a new one."""
+    facts = [f for f in mine if not f.retry]
+    start, expires = visit.admitted_at, visit.expires_at
+    for retry in sorted((f for f in mine if f.retry), key=Fact.sort_key):
+        assert retry.follows is not None
+        # The expiry the retry follows, even if it was never applied as such.
+        implied = Fact(
+            None, visit.grant_digest, AdmissionStatus.EXPIRED, retry.reason, retry.follows
+        )
+        if following is not None and retry.at >= following.admitted_at:
+            # The grant was no longer the consumer's: the retry does not count.
+            facts, expires = [*facts, implied], retry.follows
+            break
+        before = [f for f in facts if f.at < retry.at]
+        ended = _period(Visit(visit.grant_digest, start, retry.follows), None, [*before, implied])
+        if not _retried_in_time(ended, retry):
+            return ended
+        start, facts = retry.at, [f for f in facts if f.at >= retry.at]
+    return _period(Visit(visit.grant_digest, start, expires), following, facts)
+
+
+def _retried_in_time(ended: Verdict, retry: Fact) -> bool:
+    """Whether the period before a retry ended by an expiry the retry came
+    within its window of (an earlier expiry may have arrived late)."""
+    if ended.status is not AdmissionStatus.EXPIRED:
+        return False
+    assert ended.at is not None
+    assert retry.retry_window is not None
+    return retry.at <= ended.at + retry.retry_window
+
+
+def _period(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict:
+    """How one holding period ends (`visit.admitted_at`: when it began)."""
     endings = [
         f for f in mine if f.outcome is not AdmissionStatus.CONVERTED and counts_for(f, visit)
     ]

@@ -68,7 +68,8 @@ class ReservationCreated(ExperienceEvent):
     replaces: UUID | None = Field(
         default=None,
         description="The hold this one replaced, released by the same command: after a cart "
-        "change, or the ordered part of a hold the checkout API's order took only part of",
+        "change, the ordered part of a hold the checkout API's order took only part of, or "
+        "an expired hold taken anew when an extension decided before its expiry arrived after it",
     )
 
 
@@ -163,6 +164,56 @@ class AdmissionRevised(ExperienceEvent):
     order_id: str | None = None
 
 
+class ReservationExtended(ExperienceEvent):
+    """An admission's expiry moved by the experience's extensionSeconds: one
+    event per admission, naming the active holds that moved with it."""
+
+    type: Literal["reservation.extended"] = "reservation.extended"
+    consumer_id: str
+    grant_digest: str
+    reservation_ids: list[UUID] = Field(description="The active holds whose expiresAt moved")
+    expires_at: AwareDatetime
+    previous_expires_at: AwareDatetime
+    extensions: int = Field(description="Extensions of this admission so far, this one included")
+    extensions_left: int
+
+
+class AdmissionReopened(ExperienceEvent):
+    """An admission that had expired holds again until `expiresAt`: an
+    extension decided before an expiry of ours that was applied first (that
+    expiry no longer counts). Its holds follow as `reservation.created`
+    (`replaces`: the expired hold) or `reservation.rejected`."""
+
+    type: Literal["admission.reopened"] = "admission.reopened"
+    consumer_id: str
+    grant_digest: str
+    reason: Literal["extended"]
+    previous_status: Literal["expired"]
+    previous_reason: str
+    previous_ended_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+class AdmissionRetried(ExperienceEvent):
+    """The consumer tried again after an expiry: the admission holds again,
+    from `retriedAt` until `expiresAt`, and the retry is kept (as an
+    ending whose outcome is `active`) so facts that arrive later are weighed
+    against it by time. The holds follow as `reservation.created` or
+    `reservation.rejected`, per line of the cart."""
+
+    type: Literal["admission.retried"] = "admission.retried"
+    consumer_id: str
+    grant_digest: str
+    reason: str = Field(description="The reason of the expiry it follows")
+    follows: AwareDatetime = Field(description="When the expiry it follows ended the admission")
+    retried_at: AwareDatetime
+    expires_at: AwareDatetime
+    retry_window_seconds: int = Field(
+        description="The window it was decided with: an expiry that arrives later and "
+        "ended the admission earlier counts it from there"
+    )
+
+
 class LateConversionUnfilled(ExperienceEvent):
     """A completion for an admission whose holds had ended found no free
     units for this line: the merchant sold what is no longer on the shelf."""
@@ -240,6 +291,9 @@ Event = Annotated[
     | AdmissionEnded
     | EndingRemembered
     | AdmissionRevised
+    | ReservationExtended
+    | AdmissionReopened
+    | AdmissionRetried
     | LateConversionUnfilled
     | CheckoutRejected
     | ExperienceConfigured

@@ -19,8 +19,10 @@ from worker.domain.commands import (
     CompleteCheckout,
     ConfigureExperience,
     EndAdmission,
+    ExtendReservation,
     PutCart,
     ReleaseHolds,
+    RetryReservation,
     SetStock,
 )
 from worker.domain.model import ExperienceSettings
@@ -29,7 +31,9 @@ from worker.engine.base import Applied
 from worker.engine.cart import put_cart
 from worker.engine.checkout import complete_checkout
 from worker.engine.endings import end_admission
+from worker.engine.extension import extend_reservation
 from worker.engine.release import release_holds
+from worker.engine.retry import retry_reservation
 from worker.engine.setup import configure_experience, set_stock
 from worker.logs import get_logger
 
@@ -129,6 +133,10 @@ def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSetting
             return complete_checkout(uow, command, defaults)
         case ReleaseHolds():
             return release_holds(uow, command)
+        case ExtendReservation():
+            return extend_reservation(uow, command, defaults)
+        case RetryReservation():
+            return retry_reservation(uow, command, defaults)
 
 
 @dataclass(frozen=True)

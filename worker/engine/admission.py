@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.admission import HoldRequest, is_all_or_nothing, plan_holds
 from worker.domain.commands import AdmitConsumer
 from worker.domain.endings import AdmissionStatus, Verdict
 from worker.domain.model import ExperienceSettings
+from worker.domain.stock import StockKey
 from worker.engine import holds
 from worker.engine.base import Applied
 from worker.engine.events import Events
@@ -104,9 +106,22 @@ def _sold(
 
 def _hold(uow: UnitOfWork, events: Events, terms: HoldTerms) -> Applied:
     """Try the holds of the consumer's cart."""
-    settings = terms.settings
     cart = uow.load_cart(terms.experience_id, terms.consumer_id)
-    requests = plan_holds(terms.grant_digest, cart, settings)
+    requests = plan_holds(terms.grant_digest, cart, terms.settings)
+    return Applied(hold_requests(uow, events, terms, requests), events.items)
+
+
+def hold_requests(
+    uow: UnitOfWork,
+    events: Events,
+    terms: HoldTerms,
+    requests: list[HoldRequest],
+    replaces: dict[StockKey, UUID] | None = None,
+) -> dict[str, Any]:
+    """Take what `requests` ask for where stock (and the pool) allows, by the
+    experience's rules, and record it; the outcome lists every line.
+    `replaces`: per stock row, the ended hold a new one takes the place of."""
+    settings = terms.settings
     wanted = {(h.product_id, h.variant_id): h.quantity for h in requests}
     refused = holds.take(uow, terms.experience_id, settings, wanted, is_all_or_nothing(settings))
     reasons = [refused[(h.product_id, h.variant_id)] for h in requests]
@@ -114,19 +129,17 @@ def _hold(uow: UnitOfWork, events: Events, terms: HoldTerms) -> Applied:
     holds.insert(uow, terms, taken)
     for h, reason in zip(requests, reasons, strict=True):
         if reason is None:
-            events.reservation_created(terms, h)
+            old = (replaces or {}).get((h.product_id, h.variant_id))
+            events.reservation_created(terms, h, replaces=old)
         else:
             events.rejected(terms, h, reason)
-    return Applied(
-        {
-            "status": AdmissionStatus.ACTIVE.value,
-            "held": len(taken),
-            "rejected": len(requests) - len(taken),
-            "expiresAt": terms.expires_at.isoformat(),
-            "lines": [_line(h, r) for h, r in zip(requests, reasons, strict=True)],
-        },
-        events.items,
-    )
+    return {
+        "status": AdmissionStatus.ACTIVE.value,
+        "held": len(taken),
+        "rejected": len(requests) - len(taken),
+        "expiresAt": terms.expires_at.isoformat(),
+        "lines": [_line(h, r) for h, r in zip(requests, reasons, strict=True)],
+    }
 
 
 def _line(h: HoldRequest, reason: str | None) -> dict[str, Any]:

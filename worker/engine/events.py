@@ -17,6 +17,7 @@ from worker.domain.commands import (
     AdmitConsumer,
     CommandBase,
     CompleteCheckout,
+    ExtendReservation,
     PutCart,
     ReleaseHolds,
     SetStock,
@@ -25,6 +26,8 @@ from worker.domain.endings import AdmissionStatus, Fact, Verdict
 from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
+    AdmissionReopened,
+    AdmissionRetried,
     AdmissionRevised,
     CartUpdated,
     CheckoutRejected,
@@ -35,12 +38,15 @@ from worker.domain.events import (
     LateConversionUnfilled,
     ReservationCreated,
     ReservationEnded,
+    ReservationExtended,
     ReservationRejected,
     StockRefused,
     StockSet,
 )
+from worker.domain.extension import Extension
 from worker.domain.model import ExperienceSettings, ReservationStatus
 from worker.domain.pools import PoolBelowUsed
+from worker.domain.retry import Retry
 from worker.engine.holds import HoldTerms
 
 
@@ -139,7 +145,49 @@ class Events:
             )
         )
 
+    def admission_reopened(
+        self, pair: Pair, grant_digest: str, before: Verdict, expires_at: datetime
+    ) -> None:
+        assert before.reason is not None
+        assert before.at is not None
+        self.add(
+            AdmissionReopened(
+                **self.about(*pair, grant_digest),
+                reason="extended",
+                previous_status="expired",
+                previous_reason=before.reason,
+                previous_ended_at=before.at,
+                expires_at=expires_at,
+            )
+        )
+
+    def admission_retried(self, pair: Pair, grant_digest: str, retry: Retry) -> None:
+        self.add(
+            AdmissionRetried(
+                **self.about(*pair, grant_digest),
+                reason=retry.reason,
+                follows=retry.follows,
+                retried_at=self.command.occurred_at,
+                expires_at=retry.expires_at,
+                retry_window_seconds=int(retry.window.total_seconds()),
+            )
+        )
+
     # --- holds ---------------------------------------------------------------
+
+    def reservation_extended(
+        self, cmd: ExtendReservation, extension: Extension, moved: list[UUID]
+    ) -> None:
+        self.add(
+            ReservationExtended(
+                **self.about(cmd.experience_id, cmd.consumer_id, cmd.grant_digest),
+                reservation_ids=moved,
+                expires_at=extension.expires_at,
+                previous_expires_at=extension.previous_expires_at,
+                extensions=extension.extensions,
+                extensions_left=extension.left,
+            )
+        )
 
     def reservation_created(
         self, terms: HoldTerms, hold: HoldRequest, replaces: UUID | None = None

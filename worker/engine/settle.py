@@ -106,6 +106,22 @@ def _to_change(
     return pending
 
 
+def bring_to(
+    uow: UnitOfWork,
+    events: Events,
+    pair: Pair,
+    grant_digest: str,
+    after: Verdict,
+    defaults: ExperienceSettings,
+) -> None:
+    """Bring one admission's rows to a verdict decided elsewhere (how a retry
+    found it), whatever facts from after that its rows were brought to."""
+    before = uow.standing(grant_digest)
+    if _differs(before, after):
+        change = Change(grant_digest, before, after)
+        _apply(uow, events, Settled({grant_digest: after}), pair, change, defaults)
+
+
 def keep(uow: UnitOfWork, events: Events, experience_id: str, consumer_id: str, fact: Fact) -> None:
     """Keep an ending or completion that may still change hands, published so
     a rebuild keeps it too."""

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from pydantic import TypeAdapter
 
@@ -27,6 +26,8 @@ from worker.domain.endings import AdmissionStatus
 from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
+    AdmissionReopened,
+    AdmissionRetried,
     AdmissionRevised,
     CartUpdated,
     EndingRemembered,
@@ -34,11 +35,20 @@ from worker.domain.events import (
     ExperienceConfigured,
     ReservationCreated,
     ReservationEnded,
+    ReservationExtended,
     ReservationRejected,
     StockSet,
 )
-from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus, Strategy
-from worker.domain.stock import PoolKey, StockKey
+from worker.domain.model import CartLine, ReservationStatus, Strategy
+from worker.domain.stock import PoolKey
+from worker.replay.fold_changes import (
+    AdmissionClose,
+    ExperienceRow,
+    FoldCart,
+    FoldChanges,
+    ReservationEnd,
+    StockChange,
+)
 
 # Rejections after which the engine had taken a pool unit and given it back:
 # the pool row was written (possibly created at 0) even though nothing is held.
@@ -46,50 +56,6 @@ _POOL_TOUCHED = frozenset({"INSUFFICIENT_STOCK", "CART_ALL_OR_NOTHING"})
 # A cart's lines as the engine stores them, serialised in one call (a
 # model_dump per line plus orjson cost four times as much).
 _CART_ITEMS: TypeAdapter[list[CartLine]] = TypeAdapter(list[CartLine])
-
-
-@dataclass
-class ExperienceRow:
-    settings: ExperienceSettings
-    updated_at: datetime
-
-
-@dataclass
-class StockChange:
-    """`on_hand` and `set_at` are the last stock.set of the batch (None: not
-    set in it); reserved and sold are deltas."""
-
-    on_hand: int | None = None
-    set_at: datetime | None = None
-    reserved: int = 0
-    sold: int = 0
-
-
-@dataclass
-class FoldCart:
-    """A cart as the fold writes it: its items already as JSON."""
-
-    items_json: str
-    updated_at: datetime
-
-
-@dataclass
-class AdmissionClose:
-    status: str
-    end_reason: str
-    ended_at: datetime
-    order_id: str | None
-    # A revision changes an admission that had ended; a close, only an open one.
-    revision: bool = False
-
-
-@dataclass
-class ReservationEnd:
-    status: str
-    ended_at: datetime
-    end_reason: str
-    converted_at: datetime | None
-    order_id: str | None
 
 
 @dataclass
@@ -107,26 +73,6 @@ class Needs:
     grant_digests: set[str] = field(default_factory=set)
     ending_grant_digests: set[str] = field(default_factory=set)
     ending_pairs: set[Pair] = field(default_factory=set)
-
-
-@dataclass
-class FoldChanges:
-    """A batch's effect. Rows first seen in the batch are complete (their
-    later changes in the batch merged in); rows already in the target are
-    changed by the `*_closes`/`*_ends` entries and the deltas."""
-
-    experiences: dict[str, ExperienceRow] = field(default_factory=dict)
-    stock: dict[StockKey, StockChange] = field(default_factory=dict)
-    carts: dict[Pair, FoldCart] = field(default_factory=dict)
-    # (experience_id, consumer_id, updated_at, command_id, items JSON)
-    cart_versions: list[tuple[str, str, datetime, UUID, str]] = field(default_factory=list)
-    admissions: dict[str, AdmissionRow] = field(default_factory=dict)
-    admission_closes: dict[str, AdmissionClose] = field(default_factory=dict)
-    endings: list[EndingRow] = field(default_factory=list)
-    reservations: dict[UUID, ReservationRow] = field(default_factory=dict)
-    reservation_ends: dict[UUID, ReservationEnd] = field(default_factory=dict)
-    pools: dict[PoolKey, int] = field(default_factory=dict)  # delta; present = written
-    warnings: list[str] = field(default_factory=list)
 
 
 def needs(events: Iterable[Event]) -> Needs:
@@ -240,7 +186,8 @@ class _Fold:
         matches = [
             x
             for x in self.endings
-            if (
+            if x.follows is None
+            and (
                 x.grant_digest == e.grant_digest
                 or (
                     x.grant_digest is None
@@ -271,9 +218,63 @@ class _Fold:
                 new.status, new.end_reason = e.status, e.reason
                 new.ended_at, new.order_id = e.ended_at, e.order_id
             return
+        # An admission reopened earlier in the batch is still ended in the target.
+        pending = self.changes.admission_closes.get(e.grant_digest)
+        reopened = pending is not None and pending.status == AdmissionStatus.ACTIVE
         self.changes.admission_closes[e.grant_digest] = AdmissionClose(
-            e.status, e.reason, e.ended_at, e.order_id
+            e.status, e.reason, e.ended_at, e.order_id, revision=reopened
         )
+
+    def _terms(self, grant_digest: str, expires_at: datetime, extensions: int | None) -> None:
+        """An admission already in the target: its new expiry (and count of
+        extensions, if it changed)."""
+        earlier = self.changes.admission_terms.get(grant_digest)
+        if extensions is None and earlier is not None:
+            extensions = earlier[1]
+        self.changes.admission_terms[grant_digest] = (expires_at, extensions)
+
+    def _extended(self, e: ReservationExtended) -> None:
+        new = self.changes.admissions.get(e.grant_digest)
+        if new is not None:
+            new.expires_at, new.extensions = e.expires_at, e.extensions
+        else:
+            self._terms(e.grant_digest, e.expires_at, e.extensions)
+        for rid in e.reservation_ids:
+            hold = self.changes.reservations.get(rid)
+            if hold is not None:
+                hold.expires_at = e.expires_at
+            else:
+                self.changes.reservation_expiries[rid] = e.expires_at
+
+    def _reopened(self, e: AdmissionReopened | AdmissionRetried) -> None:
+        new = self.changes.admissions.get(e.grant_digest)
+        if new is not None:
+            new.status, new.end_reason, new.ended_at = AdmissionStatus.ACTIVE.value, None, None
+            return
+        self.changes.admission_closes[e.grant_digest] = AdmissionClose(
+            AdmissionStatus.ACTIVE.value, None, None, None, revision=True
+        )
+
+    def _retried(self, e: AdmissionRetried) -> None:
+        kept = EndingRow(
+            command_id=e.command_id,
+            experience_id=e.experience_id,
+            consumer_id=e.consumer_id,
+            grant_digest=e.grant_digest,
+            outcome=AdmissionStatus.ACTIVE.value,
+            reason=e.reason,
+            ended_at=e.retried_at,
+            follows=e.follows,
+            retry_window_seconds=e.retry_window_seconds,
+        )
+        self.endings.append(kept)
+        self.changes.endings.append(kept)
+        self._reopened(e)
+        new = self.changes.admissions.get(e.grant_digest)
+        if new is not None:
+            new.expires_at = e.expires_at
+        else:
+            self._terms(e.grant_digest, e.expires_at, None)
 
     def _revised(self, e: AdmissionRevised) -> None:
         new = self.changes.admissions.get(e.grant_digest)
@@ -364,6 +365,9 @@ _HANDLERS: dict[type, Callable[[_Fold, Any], None]] = {
     AdmissionRecorded: _Fold._recorded,
     AdmissionEnded: _Fold._admission_ended,
     AdmissionRevised: _Fold._revised,
+    ReservationExtended: _Fold._extended,
+    AdmissionReopened: _Fold._reopened,
+    AdmissionRetried: _Fold._retried,
     EndingRemembered: _Fold._remembered,
     ReservationCreated: _Fold._created,
     ReservationEnded: _Fold._ended,

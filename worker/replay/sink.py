@@ -22,7 +22,8 @@ from worker.adapters import rows as tables
 from worker.adapters.rows import EndingRow
 from worker.adapters.store import Conn
 from worker.domain.events import Event
-from worker.replay.fold import FoldChanges, Known, Needs, fold, needs
+from worker.replay.fold import Known, Needs, fold, needs
+from worker.replay.fold_changes import FoldChanges
 
 # Event ids a planner remembers at most (about 70 bytes each).
 REMEMBERED_IDS = 2_000_000
@@ -274,6 +275,17 @@ async def _admissions(conn: Conn, c: FoldChanges) -> None:
             digests,
             *tables.columns(closes, "status ended_at end_reason order_id revision"),
         )
+    if c.admission_terms:
+        digests = sorted(c.admission_terms)
+        await conn.execute(
+            """UPDATE admissions a SET expires_at = v.expires_at,
+                   extensions = COALESCE(v.extensions, a.extensions)
+               FROM unnest($1::text[], $2::timestamptz[], $3::int[])
+                    AS v(grant_, expires_at, extensions)
+               WHERE a.admission_grant = v.grant_""",
+            digests,
+            *tables.tuple_columns([c.admission_terms[g] for g in digests]),
+        )
 
 
 async def _endings(conn: Conn, c: FoldChanges) -> None:
@@ -283,8 +295,17 @@ async def _endings(conn: Conn, c: FoldChanges) -> None:
 async def _reservations(conn: Conn, c: FoldChanges) -> None:
     if c.reservations:
         await tables.insert_reservations(conn, [c.reservations[i] for i in sorted(c.reservations)])
+    if c.reservation_expiries:
+        ids = sorted(c.reservation_expiries)
+        await conn.execute(
+            """UPDATE reservations r SET expires_at = v.expires_at
+               FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, expires_at)
+               WHERE r.id = v.id""",
+            ids,
+            [c.reservation_expiries[i] for i in ids],
+        )
     ends = [
-        (i, e.status, e.converted_at, e.order_id, e.ended_at, e.end_reason)
+        (i, e.status, e.converted_at, e.order_id, e.ended_at, e.end_reason, None)
         for i, e in sorted(c.reservation_ends.items())
     ]
     await tables.update_reservation_ends(conn, ends)

@@ -4,14 +4,15 @@ for it with their countdown."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from worker.adapters import queries
-from worker.domain.commands import PutCart
+from worker.domain import ids
+from worker.domain.commands import ExtendReservation, PutCart, RetryReservation
 from worker.domain.model import Identifier
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
@@ -20,6 +21,7 @@ from worker.roles.api.models import (
     ApiOut,
     ApiParams,
     CartItem,
+    ErrorBody,
     ReservationView,
     hold_view,
 )
@@ -61,6 +63,31 @@ class ReservationsView(ApiOut):
     reservations: list[ReservationView]
 
 
+class AdmissionGrant(ApiBody):
+    admission_grant: Annotated[SecretStr, Field(min_length=1, max_length=8192)] = Field(
+        description="The admission token Fanfare gave the consumer; only its SHA-256 is used"
+    )
+
+    def digest(self) -> str:
+        """Digested at once: only the digest travels on (command, log, Kafka)."""
+        return ids.grant_digest(self.admission_grant.get_secret_value())
+
+
+class ExtendedOutcome(ApiOut):
+    command_id: UUID
+    status: Literal["extended"]
+    expires_at: datetime = Field(description="The admission's and its active holds' new expiry")
+    previous_expires_at: datetime
+    extensions: int = Field(description="Extensions of this admission so far")
+    extensions_left: int
+    holds_extended: int = Field(description="Active holds whose expiresAt moved")
+    reopened: dict[str, object] | None = Field(
+        default=None,
+        description="Present when an expiry of ours applied first no longer counts: the "
+        "holds taken again, per line as at admission",
+    )
+
+
 async def put_cart(request: web.Request) -> web.Response:
     path = parse_path(request, ConsumerPath)
     body = await parse_body(request, Cart)
@@ -70,6 +97,65 @@ async def put_cart(request: web.Request) -> web.Response:
         experience_id=path.experience_id,
         consumer_id=path.consumer_id,
         items=[item.line() for item in body.items],
+    )
+    return await write(request, command, idempotent)
+
+
+async def extend_reservations(request: web.Request) -> web.Response:
+    path = parse_path(request, ConsumerPath)
+    body = await parse_body(request, AdmissionGrant)
+    common, idempotent = envelope(request)
+    command = ExtendReservation(
+        **common,
+        experience_id=path.experience_id,
+        consumer_id=path.consumer_id,
+        grant_digest=body.digest(),
+    )
+    return await write(request, command, idempotent)
+
+
+class RetryLine(ApiOut):
+    product_id: str
+    variant_id: str | None
+    quantity: int
+    held: bool
+    reason: str | None = Field(
+        description="Why it was not held: INSUFFICIENT_STOCK, POOL_EMPTY or CART_ALL_OR_NOTHING"
+    )
+
+
+class RetriedOutcome(ApiOut):
+    command_id: UUID
+    status: Literal["retried"]
+    admission_status: str = Field(
+        description="active; or how it ended, when a fact from after the retry's time "
+        "had already arrived"
+    )
+    held: int
+    rejected: int
+    expires_at: datetime = Field(description="The retry's time plus the window and buffer")
+    lines: list[RetryLine]
+
+
+async def retry_reservations(request: web.Request) -> web.Response:
+    path = parse_path(request, ConsumerPath)
+    body = await parse_body(request, AdmissionGrant)
+    digest = body.digest()
+    common, idempotent = envelope(request)
+    times = await queries.admission_times(api_state(request).pool, digest)
+    follows = times.expiry_to_follow(common["occurred_at"]) if times is not None else None
+    if follows is not None:
+        # One retry per expiry: every call for it is the same command, so a
+        # second call answers the first outcome whatever its Idempotency-Key.
+        source_id = f"retry {digest} {follows.isoformat()}"
+        common["command_id"] = ids.command_id("api", source_id)
+        common["source"] = common["source"].model_copy(update={"source_id": source_id})
+        idempotent = True
+    command = RetryReservation(
+        **common,
+        experience_id=path.experience_id,
+        consumer_id=path.consumer_id,
+        grant_digest=digest,
     )
     return await write(request, command, idempotent)
 
@@ -138,5 +224,58 @@ ROUTES = (
         "reservations",
         path_model=ConsumerPath,
         replies=(Reply(200, "Every hold, oldest first", ReservationsView), *READ_ERRORS),
+    ),
+    Operation(
+        "POST",
+        f"{CONSUMER}/reservations/extend",
+        "extendReservations",
+        "Give the admission's holds more time",
+        extend_reservations,
+        "reservations",
+        description="Moves the admission's expiresAt and its active holds' by the "
+        "experience's extensionSeconds, at most maxExtensions times, decided at the "
+        "request's receive time.",
+        body=AdmissionGrant,
+        path_model=ConsumerPath,
+        replies=(
+            Reply(200, "Extended", ExtendedOutcome),
+            PENDING_REPLY,
+            Reply(403, "The grant is not the consumer's current admission", ErrorBody),
+            Reply(
+                409,
+                "EXTENSION_NOT_ALLOWED (the experience does not extend), "
+                "EXTENSIONS_EXHAUSTED or RESERVATION_EXPIRED",
+                ErrorBody,
+            ),
+            *WRITE_ERRORS,
+        ),
+        idempotency_key=True,
+    ),
+    Operation(
+        "POST",
+        f"{CONSUMER}/reservations/retry",
+        "retryReservations",
+        "Hold the cart again after the admission's holds expired",
+        retry_reservations,
+        "reservations",
+        description="Within the experience's retryWindowSeconds of the expiry, holds the "
+        "consumer's current cart again under the same admission where stock allows (the "
+        "outcome is per line, as at admission), until the request's receive time plus the "
+        "window and buffer. One retry per expiry: a second call answers the first outcome.",
+        body=AdmissionGrant,
+        path_model=ConsumerPath,
+        replies=(
+            Reply(200, "Held again (or the first retry's outcome)", RetriedOutcome),
+            PENDING_REPLY,
+            Reply(403, "The grant is not the consumer's current admission", ErrorBody),
+            Reply(
+                409,
+                "RETRY_NOT_ALLOWED (the experience does not hold again), NOT_EXPIRED or "
+                "RETRY_WINDOW_CLOSED",
+                ErrorBody,
+            ),
+            *WRITE_ERRORS,
+        ),
+        idempotency_key=True,
     ),
 )
