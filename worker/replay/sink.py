@@ -315,13 +315,19 @@ async def _pools(conn: Conn, c: FoldChanges) -> None:
     if not c.pools:
         return
     keys = sorted(c.pools)
+    columns = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+    # Rows first, then the deltas: an upsert checks CHECK (used >= 0) on the
+    # row it proposes, so a negative delta for an existing row would fail.
     await conn.execute(
         """INSERT INTO experience_pools (experience_id, product_id, variant_id, used)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
-           ON CONFLICT (experience_id, product_id, variant_id)
-           DO UPDATE SET used = experience_pools.used + EXCLUDED.used""",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
+           SELECT e, p, v, 0 FROM unnest($1::text[], $2::text[], $3::text[]) AS k(e, p, v)
+           ON CONFLICT DO NOTHING""",
+        *columns,
+    )
+    await conn.execute(
+        """UPDATE experience_pools t SET used = t.used + d.delta
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS d(e, p, v, delta)
+           WHERE t.experience_id = d.e AND t.product_id = d.p AND t.variant_id = d.v""",
+        *columns,
         [c.pools[k] for k in keys],
     )
