@@ -8,7 +8,9 @@ takes the holds `plan_holds` lists from the stock rows its batch locked
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID
 
 from worker.domain import ids
@@ -21,6 +23,33 @@ class HoldRequest:
     product_id: str
     variant_id: str  # '' when the product has no variants
     quantity: int
+
+
+class HeldLine(Protocol):
+    """Anything naming a stock row and a quantity: a hold, a planned one."""
+
+    @property
+    def product_id(self) -> str: ...
+
+    @property
+    def variant_id(self) -> str: ...
+
+    @property
+    def quantity(self) -> int: ...
+
+
+def taken_again(grant_digest: str, revision: str, lines: Iterable[HeldLine]) -> list[HoldRequest]:
+    """The same rows and quantities as holds of a later decision (a retry, a
+    reopening): ids of their own, derived from that decision's command."""
+    return [
+        HoldRequest(
+            ids.reservation_id(grant_digest, h.product_id, h.variant_id, revision),
+            h.product_id,
+            h.variant_id,
+            h.quantity,
+        )
+        for h in lines
+    ]
 
 
 def wanted_units(lines: list[CartLine], strategy: Strategy) -> dict[tuple[str, str], int]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.adapters.unit_of_work import UnitOfWork
-from worker.domain import ids
-from worker.domain.admission import HoldRequest
+from worker.domain.admission import taken_again
 from worker.domain.commands import ExtendReservation
 from worker.domain.endings import AdmissionStatus, Verdict, verdicts
 from worker.domain.extension import Extension, Refusal, extend
@@ -74,16 +73,7 @@ def _reopen(
     uow.reopen_admission(cmd.grant_digest)
     events.admission_reopened(pair, cmd.grant_digest, before, decided.expires_at)
     ended = uow.holds_ended_by(cmd.grant_digest, before.reason, before.at)
-    revision = str(cmd.command_id)
-    requests = [
-        HoldRequest(
-            ids.reservation_id(cmd.grant_digest, h.product_id, h.variant_id, revision),
-            h.product_id,
-            h.variant_id,
-            h.quantity,
-        )
-        for h in ended
-    ]
+    requests = taken_again(cmd.grant_digest, str(cmd.command_id), ended)
     settings = uow.admission_settings(cmd.grant_digest)
     assert settings is not None
     terms = HoldTerms(*pair, cmd.grant_digest, cmd.occurred_at, decided.expires_at, settings)

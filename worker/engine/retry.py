@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.adapters.unit_of_work import UnitOfWork
-from worker.domain import ids
-from worker.domain.admission import HoldRequest, plan_holds
+from worker.domain.admission import plan_holds, taken_again
 from worker.domain.commands import RetryReservation
 from worker.domain.endings import AdmissionStatus, Fact, Verdict
 from worker.domain.extension import Refusal
@@ -69,15 +68,7 @@ def _hold_again(
     """The current cart's holds, with ids of this retry (the expired holds
     of the same rows keep theirs)."""
     pair = (cmd.experience_id, cmd.consumer_id)
-    revision = str(cmd.command_id)
-    requests = [
-        HoldRequest(
-            ids.reservation_id(cmd.grant_digest, h.product_id, h.variant_id, revision),
-            h.product_id,
-            h.variant_id,
-            h.quantity,
-        )
-        for h in plan_holds(cmd.grant_digest, uow.load_cart(*pair), settings)
-    ]
+    planned = plan_holds(cmd.grant_digest, uow.load_cart(*pair), settings)
+    requests = taken_again(cmd.grant_digest, str(cmd.command_id), planned)
     terms = HoldTerms(*pair, cmd.grant_digest, cmd.occurred_at, decided.expires_at, settings)
     return hold_requests(uow, events, terms, requests)

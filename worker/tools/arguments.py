@@ -1,4 +1,5 @@
-"""Argument types the sub-commands share: times and log offsets."""
+"""Argument types the sub-commands share: times and log offsets, and the
+choice of log entries a re-drive takes."""
 
 from __future__ import annotations
 
@@ -19,3 +20,10 @@ def offset(text: str) -> str:
     if len(parts) > 2 or not all(p.isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"expected N or PARTITION:N, got {text}")
     return text
+
+
+def entry_choice(parser: argparse.ArgumentParser, one: str, every: str) -> None:
+    """`--offset P:N` (repeatable) or `--all`: which log entries to re-drive."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--offset", action="append", type=offset, metavar="P:N", help=one)
+    which.add_argument("--all", action="store_true", help=every)

@@ -24,7 +24,7 @@ from worker.adapters import kafka
 from worker.config import Settings
 from worker.logs import get_logger
 from worker.replay.source import LogError, TopicLog
-from worker.tools.arguments import offset
+from worker.tools.arguments import entry_choice
 
 log = get_logger("worker.dlq")
 
@@ -241,15 +241,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     dlq = p.add_subparsers(dest="dlq_command", required=True)
     dlq.add_parser("list", help="every parked command with its origin and reason")
     r = dlq.add_parser("replay", help="re-inject parked commands into the commands topic")
-    which = r.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--offset",
-        action="append",
-        type=offset,
-        metavar="P:N",
-        help="a parked command by its DLQ coordinates from `dlq list` (N alone if unambiguous)",
+    entry_choice(
+        r,
+        "a parked command by its DLQ coordinates from `dlq list` (N alone if unambiguous)",
+        "every parked command",
     )
-    which.add_argument("--all", action="store_true", help="every parked command")
 
 
 async def command(settings: Settings, args: argparse.Namespace) -> int:

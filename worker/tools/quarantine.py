@@ -33,7 +33,7 @@ from worker.fanfare.envelope import field_path
 from worker.fanfare.events import Translation, translate
 from worker.logs import get_logger
 from worker.replay.source import LogError, TopicLog
-from worker.tools.arguments import offset
+from worker.tools.arguments import entry_choice, offset
 
 log = get_logger("worker.quarantine")
 
@@ -244,15 +244,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s = q.add_parser("show", help="one quarantined delivery as stored (credentials digested)")
     s.add_argument("--offset", required=True, type=offset, metavar="P:N", help="as listed")
     r = q.add_parser("replay", help="translate again and produce to the commands topic")
-    which = r.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--offset",
-        action="append",
-        type=offset,
-        metavar="P:N",
-        help="a quarantined delivery by its coordinates from `quarantine list`",
+    entry_choice(
+        r,
+        "a quarantined delivery by its coordinates from `quarantine list`",
+        "every pending delivery",
     )
-    which.add_argument("--all", action="store_true", help="every pending delivery")
 
 
 async def command(settings: Settings, args: argparse.Namespace) -> int:
