@@ -1,7 +1,8 @@
 """The layers of `worker/`, read from its import graph (no import runs): the
 domain stays pure, the engine knows no role or tool, only the roles' host
 imports the roles, no two modules import each other even through others,
-and no module grows past 400 lines. Function-level imports count."""
+and no module grows past 400 lines nor any function past 40. Function-level
+imports count."""
 
 from __future__ import annotations
 
@@ -291,3 +292,20 @@ def test_readme_layout_names_every_module() -> None:
     named = readme_layout()
     assert sorted(files - named) == [], "modules missing from the README's code layout"
     assert sorted(named - files) == [], "the README's code layout names modules that do not exist"
+
+
+MAX_FUNCTION_LINES = 40
+
+
+def test_no_function_over_40_lines(modules: dict[str, Path]) -> None:
+    """A handler reads load, decide, record; anything longer is split into
+    named steps."""
+    found = [
+        f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for name, path in modules.items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not found, "functions too long:\n" + "\n".join(found)

@@ -70,20 +70,32 @@ def sell_order(
         for r, n in zip(active, units, strict=True)
         if n
     ]
-    for r in selling:
-        held = uow.convert_reservation(r, verdict.order_id, at)
-        events.hold_ended(
-            pair,
-            grant_digest,
-            held,
-            status=ReservationStatus.CONVERTED,
-            reason=CHECKOUT_REASON,
-            at=at,
-            order_id=verdict.order_id,
-        )
-        order.converted.append(held)
+    order.converted = [_convert(uow, events, pair, grant_digest, r, verdict) for r in selling]
     closed(uow, events, pair, grant_digest, verdict)
     return order
+
+
+def _convert(
+    uow: UnitOfWork,
+    events: Events,
+    pair: Pair,
+    grant_digest: str,
+    r: TrackedReservation,
+    verdict: Verdict,
+) -> HeldRow:
+    assert verdict.at is not None
+    assert verdict.order_id is not None
+    held = uow.convert_reservation(r, verdict.order_id, verdict.at)
+    events.hold_ended(
+        pair,
+        grant_digest,
+        held,
+        status=ReservationStatus.CONVERTED,
+        reason=CHECKOUT_REASON,
+        at=verdict.at,
+        order_id=verdict.order_id,
+    )
+    return held
 
 
 def _release(

@@ -24,7 +24,7 @@ from worker.domain.pools import PoolState, pool_states
 from worker.openapi import Operation, Reply
 from worker.roles.api.http import READ_ERRORS, api_state, model_answer, parse_body, parse_path
 from worker.roles.api.models import ApiBody, ApiOut, ApiParams, ErrorBody
-from worker.roles.api.writes import PENDING_REPLY, WRITE_ERRORS, envelope, write
+from worker.roles.api.writes import NOT_DURABLE_REPLY, PENDING_REPLY, envelope, write
 
 
 class PoolEntry(ApiBody):
@@ -217,7 +217,16 @@ ROUTES = (
                 ErrorBody,
                 refusal=True,
             ),
-            *WRITE_ERRORS,
+            # A product listed twice in `pools` fits the schema (uniqueItems
+            # cannot compare only the product of each item): a refusal.
+            Reply(
+                400,
+                "Invalid body, parameter or Idempotency-Key (INVALID_*), or a product "
+                "listed twice in pools (INVALID_BODY)",
+                ErrorBody,
+                refusal=True,
+            ),
+            NOT_DURABLE_REPLY,
         ),
         idempotency_key=True,
     ),

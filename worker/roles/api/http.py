@@ -259,6 +259,21 @@ def _as_api_error(request: web.Request, exc: Exception) -> ApiError:
     return ApiError(500, "INTERNAL", "internal error")
 
 
+def _admit(state: ApiState, request: web.Request) -> None:
+    """Raise unless the route exists and the request's key may call it."""
+    missed = request.match_info.http_exception
+    if missed is not None:
+        raise missed
+    operation = state.operations.get(request.match_info.route)
+    if operation is None or operation.secured:
+        key = _authenticate(state, request)
+        request[KEY_FINGERPRINT] = key.fingerprint
+        if operation is not None and not key.allows(operation.scope):
+            raise ApiError(
+                403, "FORBIDDEN_SCOPE", f"this route needs a key with the {operation.scope} scope"
+            )
+
+
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -266,19 +281,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     response: web.StreamResponse
     error: str | None = None
     try:
-        missed = request.match_info.http_exception
-        if missed is not None:
-            raise missed
-        operation = state.operations.get(request.match_info.route)
-        if operation is None or operation.secured:
-            key = _authenticate(state, request)
-            request[KEY_FINGERPRINT] = key.fingerprint
-            if operation is not None and not key.allows(operation.scope):
-                raise ApiError(
-                    403,
-                    "FORBIDDEN_SCOPE",
-                    f"this route needs a key with the {operation.scope} scope",
-                )
+        _admit(state, request)
         response = await handler(request)
     except Exception as exc:
         failure = _as_api_error(request, exc)
