@@ -36,12 +36,16 @@ SEED = 20261205
 
 
 async def _counts(base: str) -> dict[str, float]:
-    """The receiver's own count of webhooks: verified, and by outcome."""
+    """The receiver's own count of webhooks: verified, quarantined, and by
+    outcome."""
     async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
         text = await r.text()
     counts: dict[str, float] = {}
     for name, labels, value in re.findall(
-        r"^fanfare_reservations_webhook_(verified|requests)_total\{([^}]*)\} (\S+)$", text, re.M
+        r"^fanfare_reservations_(?:webhook_)?(verified|requests|quarantined)_total"
+        r"\{([^}]*)\} (\S+)$",
+        text,
+        re.M,
     ):
         outcome = re.search(r'outcome="([^"]+)"', labels)
         key = outcome.group(1) if outcome else name
@@ -72,7 +76,7 @@ async def test_every_signed_request_derived_from_the_document_is_answered_as_doc
     # answer past verification: commands made durable, deliveries
     # quarantined, events ignored, envelopes refused.
     assert counts.get("verified", 0) >= 100, counts
-    for outcome in ("accepted", "invalid_body", "ignored", "not_acted_on"):
+    for outcome in ("accepted", "quarantined", "invalid_body", "ignored", "not_acted_on"):
         assert counts.get(outcome, 0) >= 1, counts
     record(
         "Schemathesis against the signed receiver document (--checks all)",
