@@ -358,6 +358,19 @@ async def test_after_rotation_the_retired_secret_is_401_and_the_second_active_20
         (dumps({"id": "x", "type": "queue.consumer.admitted"}), "INVALID_ENVELOPE", "timestamp"),
         (dumps({**envelope("order.created", {}), "timestamp": "2026-11-24"}),
          "INVALID_ENVELOPE", "timestamp"),
+        # Fanfare's times are RFC 3339 strings: a Unix number (as a number or
+        # as a string) is no date-time, nor is a time without seconds.
+        (dumps({**envelope("order.created", {}), "timestamp": 0}),
+         "INVALID_ENVELOPE", "timestamp"),
+        (dumps({**envelope("order.created", {}), "timestamp": 1764007392.5}),
+         "INVALID_ENVELOPE", "timestamp"),
+        (dumps({**envelope("order.created", {}), "timestamp": "1764007392"}),
+         "INVALID_ENVELOPE", "timestamp"),
+        (dumps({**envelope("order.created", {}), "timestamp": "2026-11-24T18:03Z"}),
+         "INVALID_ENVELOPE", "timestamp"),
+        (dumps(envelope("queue.consumer.admitted",
+                        {"queueId": "q", "consumerId": "c", "token": "t", "admittedAt": 0})),
+         "INVALID_EVENT_DATA", "data.admittedAt"),
         (dumps(envelope("queue.consumer.admitted", {"queueId": "q", "consumerId": "c"})),
          "INVALID_EVENT_DATA", "data.admissionToken"),
         (dumps(envelope("queue.consumer.left", {"queueId": "q"})),
@@ -374,6 +387,26 @@ async def test_malformed_bodies_are_400_with_the_field_path(
     assert body.get("field") == field
     if field:
         assert field in body["message"]
+
+
+async def test_a_number_for_a_time_is_quarantined_in_the_data_and_not_in_the_envelope(
+    client: Client,
+) -> None:
+    def quarantined() -> float:
+        labels = {"event_type": "queue.consumer.admitted", "reason": "datetime_type"}
+        return REGISTRY.get_sample_value("fanfare_reservations_quarantined_total", labels) or 0.0
+
+    before = quarantined()
+    in_envelope = {**_admission(_grant()), "timestamp": 0}
+    status, body = await _post(client, in_envelope)
+    assert (status, body["error"], body["field"]) == (400, "INVALID_ENVELOPE", "timestamp")
+    assert quarantined() == before
+    in_data = _admission(_grant(), admittedAt=1764007392)
+    status, body = await _post(client, in_data)
+    assert (status, body["error"], body["field"]) == (400, "INVALID_EVENT_DATA", "data.admittedAt")
+    assert quarantined() == before + 1
+    well_formed = _admission(_grant(), admittedAt="2026-11-24t18:03:12.5+01:00")
+    assert (await _post(client, well_formed))[0] == 200
 
 
 # --- 405, 404, 413, 415 -------------------------------------------------------

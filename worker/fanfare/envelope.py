@@ -8,6 +8,7 @@ value (it may be the grant).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -17,12 +18,14 @@ from pydantic import (
     AliasPath,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import PydanticCustomError
 
 from worker.domain.model import Identifier
 
@@ -46,6 +49,29 @@ ALIAS_HINTS = {
 # non-empty string of sane length is accepted.
 Grant = Annotated[str, StringConstraints(min_length=1, max_length=8192)]
 
+# RFC 3339's date-time, the `format` the schema gives every time Fanfare sends
+# (its contract shows ISO-8601 strings such as 2026-11-24T18:03:12.345Z).
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _rfc3339_only(value: Any) -> Any:
+    # Pydantic's lax datetime also takes Unix numbers, numeric strings and
+    # shorter forms; the wire takes only what its schema says, so a number
+    # where Fanfare sends a string is refused, never read as 1970.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise PydanticCustomError(
+            "datetime_type", "Input should be an RFC 3339 date-time string with an offset"
+        )
+    return value
+
+
+# A time as Fanfare writes it: an RFC 3339 string with its offset.
+WireDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
+
 _DATA_CONFIG = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
 
 
@@ -56,7 +82,7 @@ class Envelope(BaseModel):
 
     id: Identifier = Field(description="Event id, the same across retries (dedupe key)")
     type: Identifier = Field(description="Event type, e.g. queue.consumer.admitted")
-    timestamp: AwareDatetime = Field(description="When the event happened at Fanfare")
+    timestamp: WireDatetime = Field(description="When the event happened at Fanfare")
     organization_id: Identifier = Field(alias="organizationId")
     data: dict[str, Any] = Field(description="Event-specific fields")
 
@@ -77,7 +103,7 @@ class ConsumerEventData(BaseModel):
 class AdmissionData(ConsumerEventData):
     """`data` of queue admissions and draw or auction wins."""
 
-    admitted_at: AwareDatetime | None = Field(
+    admitted_at: WireDatetime | None = Field(
         default=None,
         validation_alias=AliasChoices("admittedAt", "wonAt"),
         description="Start of the admission window; the envelope timestamp if absent",

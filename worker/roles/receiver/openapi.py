@@ -79,8 +79,20 @@ class Endpoint:
     extensions: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _refusal(status: int, description: str, *codes: str, headers: tuple[str, ...] = ()) -> Reply:
-    return Reply(status, f"{description} Codes: {', '.join(codes)}.", Error, headers=headers)
+def _refusal(
+    status: int,
+    description: str,
+    *codes: str,
+    headers: tuple[str, ...] = (),
+    business: bool = False,
+) -> Reply:
+    return Reply(
+        status,
+        f"{description} Codes: {', '.join(codes)}.",
+        Error,
+        headers=headers,
+        refusal=business,
+    )
 
 
 def _event_catalogue() -> JsonObject:
@@ -134,11 +146,14 @@ WEBHOOK = Endpoint(
             "Body cut short or badly framed, not JSON, or the envelope or event data is "
             "invalid; `field` names the failing path. Invalid event data is answered only "
             "once the delivery is in the quarantine topic (credentials digested), from "
-            "where an operator re-drives it after a fix.",
+            "where an operator re-drives it after a fix. The envelope leaves `data` open "
+            "(its shape depends on the type, see x-fanfare-event-types), so a schema-valid "
+            "body may still get INVALID_EVENT_DATA.",
             "MALFORMED_BODY",
             "MALFORMED_JSON",
             "INVALID_ENVELOPE",
             "INVALID_EVENT_DATA",
+            business=True,
         ),
         _refusal(
             401,
