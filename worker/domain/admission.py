@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 from uuid import UUID
 
 from worker.domain import ids
-from worker.domain.model import CartLine, ExperienceSettings, MultiItemPolicy, Strategy, sum_lines
+from worker.domain.model import (
+    CartLine,
+    ExperienceSettings,
+    HeldUnits,
+    MultiItemPolicy,
+    Strategy,
+    sum_lines,
+)
 
 
 @dataclass(frozen=True)
@@ -25,20 +31,7 @@ class HoldRequest:
     quantity: int
 
 
-class HeldLine(Protocol):
-    """Anything naming a stock row and a quantity: a hold, a planned one."""
-
-    @property
-    def product_id(self) -> str: ...
-
-    @property
-    def variant_id(self) -> str: ...
-
-    @property
-    def quantity(self) -> int: ...
-
-
-def taken_again(grant_digest: str, revision: str, lines: Iterable[HeldLine]) -> list[HoldRequest]:
+def taken_again(grant_digest: str, revision: str, lines: Iterable[HeldUnits]) -> list[HoldRequest]:
     """The same rows and quantities as holds of a later decision (a retry, a
     reopening): ids of their own, derived from that decision's command."""
     return [

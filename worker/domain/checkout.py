@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from worker.domain.model import CartLine, ReservationStatus, sum_lines
+from worker.domain.model import CartLine, HeldUnits, ReservationStatus, sum_lines
 from worker.domain.stock import StockKey
 
 # Why an active hold the order left out went back (onComplete convert_ordered).
@@ -119,19 +119,6 @@ def short_lines(active: list[Hold], items: list[CartLine]) -> list[MissingLine]:
         for (product, variant), wanted in sum_lines(items).items()
         if held.get((product, variant), 0) < wanted
     ]
-
-
-class HeldUnits(Protocol):
-    """A hold as an order sees it: a row and how many units it holds."""
-
-    @property
-    def product_id(self) -> str: ...
-
-    @property
-    def variant_id(self) -> str: ...
-
-    @property
-    def quantity(self) -> int: ...
 
 
 def ordered_units(holds: Sequence[HeldUnits], items: list[CartLine]) -> list[int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -73,6 +73,20 @@ class ProductRef(WireModel):
 
 class CartLine(ProductRef):
     quantity: Quantity
+
+
+class HeldUnits(Protocol):
+    """Units held on a stock row, as an order or a later decision sees them:
+    a hold, or a hold about to be taken."""
+
+    @property
+    def product_id(self) -> str: ...
+
+    @property
+    def variant_id(self) -> str: ...
+
+    @property
+    def quantity(self) -> int: ...
 
 
 class OnComplete(StrEnum):

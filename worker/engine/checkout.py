@@ -7,8 +7,6 @@ the cart and is decided by when it happened (worker.engine.sale)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.checkout import MissingLine, check_checkout
 from worker.domain.commands import CompleteCheckout
@@ -31,10 +29,8 @@ def _reject(
     missing: tuple[MissingLine, ...] = (),
 ) -> Applied:
     events.checkout_rejected(cmd, code, message)
-    outcome: dict[str, Any] = {"status": "rejected", "error": code, "message": message}
-    if missing:
-        outcome["missing"] = [line.wire() for line in missing]
-    return Applied(outcome, events.items)
+    detail = {"missing": [line.wire() for line in missing]} if missing else {}
+    return Applied.refused(code, message, events.items, **detail)
 
 
 def complete_checkout(

@@ -32,7 +32,7 @@ def extend_reservation(
         uow.visits(*pair), uow.facts(*pair), cmd.grant_digest, cmd.occurred_at, used, settings
     )
     if isinstance(decided, Refusal):
-        return Applied({"status": "rejected", "error": decided.code, "message": decided.message})
+        return Applied.refused(decided.code, decided.message)
     uow.extend_admission(cmd.grant_digest, decided.expires_at)
     moved = uow.extend_active_reservations(cmd.grant_digest, decided.expires_at)
     events.reservation_extended(cmd, decided, moved)

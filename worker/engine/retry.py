@@ -33,7 +33,7 @@ def retry_reservation(
         uow.visits(*pair), uow.facts(*pair), cmd.grant_digest, cmd.occurred_at, settings
     )
     if isinstance(decided, Refusal):
-        return Applied({"status": "rejected", "error": decided.code, "message": decided.message})
+        return Applied.refused(decided.code, decided.message)
     # As it stood at the retry: expired (an expiry of ours that was due ends
     # it here; a sale or an ending from after the retry is taken back first).
     expired = Verdict(AdmissionStatus.EXPIRED, decided.reason, decided.follows)

@@ -3,8 +3,6 @@ fall below what is already held or sold."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.domain.commands import ConfigureExperience, SetStock
 from worker.domain.pools import PoolBelowUsed, pool_below_used
@@ -19,14 +17,11 @@ def set_stock(uow: UnitOfWork, cmd: SetStock) -> Applied:
     if refused_by is not None:
         # The holds stand: the operator releases or sells first (DESIGN).
         events.stock_refused(cmd, refused_by)
-        return Applied(
-            {
-                "status": "rejected",
-                "error": "STOCK_BELOW_COMMITTED",
-                "message": f"onHand {cmd.on_hand} is below the {refused_by} units reserved or sold",
-                "committed": refused_by,
-            },
+        return Applied.refused(
+            "STOCK_BELOW_COMMITTED",
+            f"onHand {cmd.on_hand} is below the {refused_by} units reserved or sold",
             events.items,
+            committed=refused_by,
         )
     events.stock_set(cmd)
     return Applied({"status": "set", "onHand": cmd.on_hand}, events.items)
@@ -40,7 +35,7 @@ def configure_experience(uow: UnitOfWork, cmd: ConfigureExperience) -> Applied:
     if refused is not None:
         # The holds stand, as for stock: the operator releases or sells first.
         events.experience_refused(cmd.experience_id, refused)
-        return Applied(_pool_refusal(refused), events.items)
+        return _pool_refusal(refused, events)
     uow.upsert_experience(cmd.experience_id, settings, cmd.occurred_at)
     events.experience_configured(cmd.experience_id, settings)
     return Applied(
@@ -48,12 +43,12 @@ def configure_experience(uow: UnitOfWork, cmd: ConfigureExperience) -> Applied:
     )
 
 
-def _pool_refusal(refused: PoolBelowUsed) -> dict[str, Any]:
+def _pool_refusal(refused: PoolBelowUsed, events: Events) -> Applied:
     product = refused.product_id + (f" variant {refused.variant_id}" if refused.variant_id else "")
-    return {
-        "status": "rejected",
-        "error": refused.code,
-        "message": f"the pool of {product} would be {refused.size}, below the "
+    return Applied.refused(
+        refused.code,
+        f"the pool of {product} would be {refused.size}, below the "
         f"{refused.used} units it has handed out",
-        "used": refused.used,
-    }
+        events.items,
+        used=refused.used,
+    )
