@@ -17,6 +17,7 @@ import orjson
 from worker.adapters import rows as tables
 from worker.adapters.store import Conn
 from worker.domain.checkout import Hold
+from worker.domain.endings import AdmissionStatus
 from worker.domain.model import CartLine, ExperienceSettings, ReservationStatus
 from worker.domain.stock import StockKey
 
@@ -99,9 +100,9 @@ class AdmissionTimes:
     def expiry_to_follow(self, now: datetime) -> datetime | None:
         """The expiry a retry at `now` follows, as far as the rows tell: one
         retry per expiry, so two calls for the same expiry are one command."""
-        if self.status == "expired":
+        if self.status == AdmissionStatus.EXPIRED:
             return self.ended_at
-        if self.status != "active":
+        if self.status != AdmissionStatus.ACTIVE:
             return None
         if self.expires_at <= now:
             return self.expires_at
