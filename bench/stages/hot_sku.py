@@ -8,6 +8,7 @@ the timed part is the admissions alone."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,16 +23,31 @@ NAME = "hot_sku"
 TITLE = "Hot SKU: one product, 1,000 units, every admission wants one"
 
 
-def workload(ctx: Context) -> tuple[list[Record], list[Record], str]:
-    s = ctx.sizes
+@dataclass(frozen=True)
+class HotDrop:
+    """One hot-SKU drop: its setup (the stock, every cart), its admissions,
+    its product and its experience."""
+
+    setup: list[Record]
+    admissions: list[Record]
+    product: str
+    experience: str
+
+
+def drop(admissions: int, units: int) -> HotDrop:
     b = Builder()
     product = f"hot-{b.tag}"
-    drop = f"hotdrop-{b.tag}"
+    experience = f"hotdrop-{b.tag}"
     now = datetime.now(UTC)
-    setup = [b.stock(product, s.hot_units)]
-    setup += [b.cart(drop, f"c{n}", [(product, 1)], now) for n in range(s.hot_admissions)]
-    timed = [b.admit(drop, f"c{n}", f"grant-{b.tag}-{n}", now) for n in range(s.hot_admissions)]
-    return setup, timed, product
+    setup = [b.stock(product, units)]
+    setup += [b.cart(experience, f"c{n}", [(product, 1)], now) for n in range(admissions)]
+    timed = [b.admit(experience, f"c{n}", f"grant-{b.tag}-{n}", now) for n in range(admissions)]
+    return HotDrop(setup, timed, product, experience)
+
+
+def workload(ctx: Context) -> tuple[list[Record], list[Record], str]:
+    hot = drop(ctx.sizes.hot_admissions, ctx.sizes.hot_units)
+    return hot.setup, hot.admissions, hot.product
 
 
 async def run(ctx: Context, result: StageResult) -> None:

@@ -26,8 +26,8 @@ from worker.adapters.queries import DueExpiry
 from worker.adapters.store import Conn
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.domain import ids
-from worker.domain.commands import CommandSource, EndAdmission, encode_command
+from worker.domain import expiry
+from worker.domain.commands import EndAdmission, encode_command
 from worker.logs import get_logger
 from worker.roles.housekeeping import Housekeeping
 
@@ -39,18 +39,8 @@ GAUGE_INTERVAL_S = 5.0
 
 def expiry_command(due: DueExpiry, received_at: datetime) -> EndAdmission:
     """The expiry of one admission; every replica derives the same id."""
-    source_id = ids.expiry_source_id(due.grant_digest, due.expires_at)
-    return EndAdmission(
-        command_id=ids.command_id("scheduler", source_id),
-        occurred_at=due.expires_at,
-        received_at=received_at,
-        source=CommandSource(kind="scheduler", source_id=source_id),
-        experience_id=due.experience_id,
-        consumer_id=due.consumer_id,
-        grant_digest=due.grant_digest,
-        outcome="expired",
-        reason="window_elapsed",
-        ended_at=due.expires_at,
+    return expiry.expiry_command(
+        due.experience_id, due.consumer_id, due.grant_digest, due.expires_at, received_at
     )
 
 

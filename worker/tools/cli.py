@@ -12,7 +12,7 @@ from typing import Any
 from worker.adapters import postgres
 from worker.config import ConfigError, Settings, load_settings
 from worker.logs import configure_logging
-from worker.tools import dlq, operator, quarantine, reconcile, replay, reprocess
+from worker.tools import dlq, operator, quarantine, reconcile, replay, reprocess, simulate
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -40,6 +40,7 @@ COMMANDS: dict[str, Command] = {
     "put-cart": operator.put_command,
     "replay": replay.command,
     "reprocess": reprocess.command,
+    "simulate": simulate.command,
     "dlq": dlq.command,
     "quarantine": quarantine.command,
 }
@@ -57,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     operator.add_parsers(sub)
     replay.add_parser(sub)
     reprocess.add_parser(sub)
+    simulate.add_parser(sub)
     dlq.add_parser(sub)
     quarantine.add_parser(sub)
     return parser
