@@ -100,7 +100,7 @@ class Simulation:
     async def finish(self) -> Run:
         """The expiries due by the end of the range; then a check that the
         timeline left none the scheduler would find."""
-        await self._drain(deque())
+        await self._drain(deque(), self.plan.horizon)
         left = await queries.due_expiries(self.conn, self.plan.horizon, 1)
         if left:
             raise SimulationError(
@@ -141,11 +141,12 @@ class Simulation:
         setup = configuration(command.experience_id, settings, at, self.scenario.label)
         return [Stamped(setup, at, SIMULATED), s]
 
-    async def _drain(self, rest: deque[Stamped]) -> None:
-        """Decide `rest` in order, each expiry at its time; with nothing
-        left, the expiries due by the horizon."""
-        while True:
-            until = rest[0].at if rest else self.plan.horizon
+    async def _drain(self, rest: deque[Stamped], end: datetime | None = None) -> None:
+        """Decide `rest` in order, each expiry at its time; then, given an
+        `end`, the expiries due by then."""
+        while rest or end is not None:
+            until = rest[0].at if rest else end
+            assert until is not None
             due = self.timeline.due(until)
             self.run.expiries += len(due)
             rest.extendleft(reversed([Stamped(c, c.received_at, SIMULATED) for c in due]))

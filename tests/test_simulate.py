@@ -1,0 +1,215 @@
+"""Issue 19, simulate: a recorded drop decided again under other settings.
+
+The runner on a scratch database applies its own expiries at their times,
+between the recorded commands, whatever the recorded scheduler published
+and however the log is cut into batches. The acceptance test records the
+hot-SKU bench drop through the real consumer and relay, then runs the real
+CLI: under the recorded settings it gives exactly the recorded outcome;
+with a pool of 500 another one; and the live database is unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from bench.stages.hot_sku import drop
+from bench.workload import Record, produce
+from tests import builders as b
+from tests.conftest import service_env
+from tests.helpers import REPO, ServiceProcess, wait_for
+from tests.isolated import isolated_settings
+from tests.stack import Stack
+from tests.traffic import T0
+from worker.adapters import store
+from worker.config import Settings
+from worker.domain import ids
+from worker.domain.commands import CommandBase
+from worker.domain.expiry import expiry_command
+from worker.domain.model import ExperienceSettings
+from worker.domain.outcome import Range
+from worker.domain.scenario import RECORDED, Scenario, parse
+from worker.engine import Coordinates
+from worker.replay.scratch import scratch_database
+from worker.simulate.log import Stamped
+from worker.simulate.runner import Plan, Run, Simulation
+
+EXP = "sim-drop"
+
+
+def s(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def _story() -> list[CommandBase]:
+    """One unit, a 10 s window: a holds it, b is refused, c comes after a's
+    window; the recorded scheduler's expiry of a came 0.4 s late."""
+    early = {"occurred_at": s(-60), "received_at": s(-60)}
+    cmds: list[CommandBase] = [
+        b.configure(EXP, window_seconds=10, buffer_seconds=0).model_copy(update=early),
+        b.stock("sim-item", 1).model_copy(update=early),
+    ]
+    for name, at in (("a", 0), ("b", 5), ("c", 20)):
+        cmds += [
+            b.cart(EXP, name, b.line("sim-item", 1), at=s(at)),
+            b.admit(EXP, name, name, s(at)),
+        ]
+    late = expiry_command(EXP, "a", ids.grant_digest("a"), s(10), s(10.4))
+    cmds.insert(6, late)  # after b's admission, before c's cart
+    return cmds
+
+
+async def _run(stack: Stack, scenario: Scenario, chunk: int) -> Run:
+    stamped = [Stamped(c, c.received_at, Coordinates("t", 0, n)) for n, c in enumerate(_story())]
+    plan = Plan(frozenset({EXP}), Range(), None, s(25), ExperienceSettings())
+    async with scratch_database(stack.database_url, "simulate_test") as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            simulation = Simulation(conn, plan, scenario)
+            for at in range(0, len(stamped), chunk):
+                await simulation.decide(stamped[at : at + chunk])
+            return await simulation.finish()
+        finally:
+            await conn.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+async def test_expiries_come_at_their_own_time_whatever_the_batches(
+    stack: Stack, chunk: int
+) -> None:
+    run = await _run(stack, RECORDED, chunk)
+    o = run.outcomes[EXP]
+    # a's hold expired at 10 s, before c came at 20 s: c holds the unit.
+    assert (o.peak_units_held, o.units_held, o.holds_expired_unused) == (1, 1, 1)
+    assert dict(o.refusals) == {"INSUFFICIENT_STOCK": 1}  # b only
+    # a's and b's admissions (b's holds nothing) expired; c's is due at 30 s.
+    assert (run.expiries, run.recorded_expiries, run.parked) == (2, 1, 0)
+    if chunk == 100:
+        assert run.batches_split == 1  # c was decided with a, then after a's expiry
+
+
+async def test_a_longer_window_keeps_the_unit_held_past_the_later_shopper(stack: Stack) -> None:
+    run = await _run(stack, parse("window=30"), 100)
+    o = run.outcomes[EXP]
+    # a holds until 30 s, past c (20 s) and the end of the range (25 s).
+    assert (o.peak_units_held, o.units_held, o.holds_expired_unused) == (1, 1, 0)
+    assert dict(o.refusals) == {"INSUFFICIENT_STOCK": 2}
+    assert (run.expiries, run.recorded_expiries) == (0, 1)
+
+
+# --- the hot-SKU bench drop, recorded through the service --------------------------------
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+async def _applied(conn: asyncpg.Connection, records: list[Record]) -> None:
+    ids_ = [r.command_id for r in records]
+    await wait_for(
+        lambda: conn.fetchval(
+            "SELECT count(*) = $2 FROM inbox WHERE command_id = ANY($1::uuid[])", ids_, len(ids_)
+        ),
+        timeout=180,
+    )
+
+
+async def _snapshot(conn: asyncpg.Connection) -> dict[str, Any]:
+    """Every table of the live database: its row count and a digest of its rows."""
+    tables = await conn.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+    )
+    found = {}
+    for t in tables:
+        name = t["tablename"]
+        found[name] = tuple(
+            await conn.fetchrow(
+                "SELECT count(*), md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), ''))"
+                f' FROM "{name}" r'
+            )
+        )
+    return found
+
+
+async def _databases(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'simulate_%'")
+    return {r["datname"] for r in rows}
+
+
+async def _record_drop(iso: Settings, env: dict[str, str]) -> str:
+    """The hot-SKU drop as the bench feeds it: stock and carts applied first."""
+    roles = [ServiceProcess(["consumer"], env), ServiceProcess(["relay"], env)]
+    for role in roles:
+        await role.start()
+    conn = await asyncpg.connect(iso.database_url)
+    try:
+        hot = drop(admissions=1500, units=1000)
+        await produce(iso, hot.setup)
+        await _applied(conn, hot.setup)
+        await produce(iso, hot.admissions)
+        await _applied(conn, hot.admissions)
+        await wait_for(lambda: _published(conn), timeout=60)
+        return hot.experience
+    finally:
+        await conn.close()
+        for role in roles:
+            await role.stop()
+
+
+async def _published(conn: asyncpg.Connection) -> bool:
+    return await store.outbox_backlog(conn) == 0
+
+
+async def test_the_hot_sku_drop_simulated_as_recorded_is_the_recorded_outcome(
+    stack: Stack, settings: Settings
+) -> None:
+    async with isolated_settings(stack, settings, partitions=3) as iso:
+        env = service_env(iso, OPS_PORT="0")
+        experience = await _record_drop(iso, env)
+        live = await asyncpg.connect(iso.database_url)
+        try:
+            before, scratch_before = await _snapshot(live), await _databases(live)
+            result = await asyncio.to_thread(
+                _cli,
+                env,
+                "simulate",
+                experience,
+                "--scenario",
+                "recorded",
+                "--strategy",
+                "pool",
+                "--pool-size",
+                "500",
+                "--json",
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert await _snapshot(live) == before
+            assert await _databases(live) == scratch_before  # scratch databases dropped
+            held = await live.fetchval("SELECT reserved FROM stock")
+        finally:
+            await live.close()
+    report = orjson.loads(result.stdout)
+    [block] = report["experiences"]
+    assert block["experienceId"] == experience
+    sides = {o.pop("setting"): o for o in block["outcomes"]}
+    assert list(sides) == ["recorded", "strategy=pool,pool_size=500", "as recorded"]
+    recorded, pooled, again = sides.values()
+    assert again == recorded
+    assert held == recorded["peakUnitsHeld"] == 1000
+    assert recorded["refusalsByReason"] == {"INSUFFICIENT_STOCK": 500}
+    assert (pooled["peakUnitsHeld"], pooled["refusalsByReason"]) == (500, {"POOL_EMPTY": 1000})
+    assert report["commandsRead"] == 3001
