@@ -66,12 +66,14 @@ def _story() -> list[CommandBase]:
 
 
 async def _run(stack: Stack, scenario: Scenario, chunk: int) -> Run:
-    stamped = [Stamped(c, c.received_at, Coordinates("t", 0, n)) for n, c in enumerate(_story())]
+    story = _story()
+    stamped = [Stamped(c, c.received_at, Coordinates("t", 0, n)) for n, c in enumerate(story)]
+    recorded = {c.command_id for c in story if c.source.kind == "scheduler"}
     plan = Plan(frozenset({EXP}), Range(), None, s(25), ExperienceSettings())
     async with scratch_database(stack.database_url, "simulate_test") as dsn:
         conn = await asyncpg.connect(dsn)
         try:
-            simulation = Simulation(conn, plan, scenario)
+            simulation = Simulation(conn, plan, scenario, recorded)
             for at in range(0, len(stamped), chunk):
                 await simulation.decide(stamped[at : at + chunk])
             return await simulation.finish()
@@ -80,18 +82,33 @@ async def _run(stack: Stack, scenario: Scenario, chunk: int) -> Run:
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
-async def test_expiries_come_at_their_own_time_whatever_the_batches(
+async def test_as_recorded_the_recorded_expiry_comes_where_the_log_has_it(
     stack: Stack, chunk: int
 ) -> None:
     run = await _run(stack, RECORDED, chunk)
     o = run.outcomes[EXP]
-    # a's hold expired at 10 s, before c came at 20 s: c holds the unit.
+    # a's hold expired (at 10.4 s, as recorded) before c came at 20 s: c holds the unit.
     assert (o.peak_units_held, o.units_held, o.holds_expired_unused) == (1, 1, 1)
     assert dict(o.refusals) == {"INSUFFICIENT_STOCK": 1}  # b only
-    # a's and b's admissions (b's holds nothing) expired; c's is due at 30 s.
-    assert (run.expiries, run.recorded_expiries, run.parked) == (2, 1, 0)
+    # b's admission (it holds nothing) expired on time; c's is due at 30 s.
+    assert (run.expiries, run.recorded_expiries, run.dropped_expiries) == (1, 1, 0)
+    assert run.parked == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+async def test_a_shorter_window_expires_between_the_recorded_commands(
+    stack: Stack, chunk: int
+) -> None:
+    run = await _run(stack, parse("window=3"), chunk)
+    o = run.outcomes[EXP]
+    # a's hold expires at 3 s, before b (5 s) comes, b's at 8 s, before c
+    # (20 s), and c's at 23 s, before the end of the range: nobody is refused.
+    assert (o.peak_units_held, o.units_held, o.holds_expired_unused) == (1, 0, 3)
+    assert dict(o.refusals) == {}
+    # The recorded expiry of a at 10 s is none of the simulation's.
+    assert (run.expiries, run.recorded_expiries, run.dropped_expiries) == (3, 0, 1)
     if chunk == 100:
-        assert run.batches_split == 1  # c was decided with a, then after a's expiry
+        assert run.batches_split == 1  # b came in a's batch: decided again after a's expiry
 
 
 async def test_a_longer_window_keeps_the_unit_held_past_the_later_shopper(stack: Stack) -> None:
@@ -100,7 +117,7 @@ async def test_a_longer_window_keeps_the_unit_held_past_the_later_shopper(stack:
     # a holds until 30 s, past c (20 s) and the end of the range (25 s).
     assert (o.peak_units_held, o.units_held, o.holds_expired_unused) == (1, 1, 0)
     assert dict(o.refusals) == {"INSUFFICIENT_STOCK": 2}
-    assert (run.expiries, run.recorded_expiries) == (0, 1)
+    assert (run.expiries, run.recorded_expiries, run.dropped_expiries) == (0, 0, 1)
 
 
 # --- the hot-SKU bench drop, recorded through the service --------------------------------

@@ -16,7 +16,7 @@ from tests.traffic import T0
 from worker.domain import ids
 from worker.domain.commands import CommandBase
 from worker.domain.events import AdmissionEnded, EventBase
-from worker.domain.expiry import ExpiryTimeline, overrun
+from worker.domain.expiry import ExpiryTimeline, expiry_command, expiry_id, overrun
 from worker.domain.model import ExperienceSettings, MultiItemPolicy, Strategy
 from worker.domain.outcome import OutcomeTally, Range
 from worker.domain.scenario import RECORDED, ScenarioError, configuration, parse
@@ -99,6 +99,30 @@ def test_the_expiry_the_timeline_gives_ends_the_admission_in_the_engine() -> Non
     assert any(isinstance(e, AdmissionEnded) and e.status == "expired" for e in ended)
     timeline.observe(ended)
     assert timeline.next_due() is None
+
+
+def test_an_expiry_the_recorded_scheduler_published_waits_for_its_copy() -> None:
+    a, b = ids.grant_digest("a"), ids.grant_digest("b")
+    timeline = ExpiryTimeline({expiry_id(a, s(10))})
+    timeline.observe(events_of(*setup(), *shopper("a", s(0)), *shopper("b", s(3))))
+    assert timeline.next_due() == s(13)
+    assert [c.grant_digest for c in timeline.due(s(20))] == [b]
+    copy = expiry_command(EXP, "a", a, s(10), s(10.4))
+    other = expiry_command(EXP, "a", a, s(30), s(30.2))  # a window a did not have
+    assert (timeline.claims(copy), timeline.claims(other)) == (True, False)
+    assert timeline.meet(copy) is True
+    assert timeline.meet(other) is False
+    assert timeline.next_due() is None
+    assert timeline.meet(copy) is True  # met again (its batch decided again): still its own
+
+
+def test_an_expiry_whose_recorded_copy_passed_unclaimed_is_due_on_time() -> None:
+    a = ids.grant_digest("a")
+    copy = expiry_command(EXP, "a", a, s(10), s(10.4))
+    timeline = ExpiryTimeline({copy.command_id})
+    assert timeline.meet(copy) is False  # met before the simulation admitted a
+    timeline.observe(events_of(*setup(), *shopper("a", s(0))))
+    assert [c.command_id for c in timeline.due(s(10))] == [copy.command_id]
 
 
 @pytest.mark.parametrize(

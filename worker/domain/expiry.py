@@ -5,8 +5,11 @@ The scheduler publishes an expiry for every active admission whose
 `expiresAt` has passed. A simulation decides a recorded log again under
 other settings, so its admissions end at other times than the recorded
 ones: it keeps an `ExpiryTimeline` of the admissions its own decisions left
-active, fed by their events, and applies their expiries on time, between
-the recorded commands. Pure: the caller applies the commands.
+active, fed by their events. Each expiry is decided where the recorded
+scheduler's copy of it is in the log (the same admission and expiresAt,
+so the same id), or, without one, at its expiresAt; `overrun` says where a
+batch must be cut so that an expiry goes between two commands. Pure: the
+caller applies the commands.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from worker.domain import ids
-from worker.domain.commands import CommandSource, EndAdmission
+from worker.domain.commands import CommandBase, CommandSource, EndAdmission
 from worker.domain.events import (
     AdmissionEnded,
     AdmissionRecorded,
@@ -39,7 +43,7 @@ def expiry_command(
     simulation, derives the same id from the grant and its expiresAt."""
     source_id = ids.expiry_source_id(grant_digest, expires_at)
     return EndAdmission(
-        command_id=ids.command_id("scheduler", source_id),
+        command_id=expiry_id(grant_digest, expires_at),
         occurred_at=expires_at,
         received_at=received_at,
         source=CommandSource(kind="scheduler", source_id=source_id),
@@ -52,13 +56,23 @@ def expiry_command(
     )
 
 
+def expiry_id(grant_digest: str, expires_at: datetime) -> UUID:
+    """The command id of the expiry of one admission at one expiresAt."""
+    return ids.command_id("scheduler", ids.expiry_source_id(grant_digest, expires_at))
+
+
+def is_scheduled_expiry(command: CommandBase) -> bool:
+    return isinstance(command, EndAdmission) and command.source.kind == "scheduler"
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
-    """An active admission and when its window ends."""
+    """An active admission, when its window ends, and its expiry's id."""
 
     experience_id: str
     consumer_id: str
     expires_at: datetime
+    expiry_id: UUID
 
 
 def opened(event: EventBase) -> datetime | None:
@@ -74,10 +88,18 @@ def opened(event: EventBase) -> datetime | None:
 class ExpiryTimeline:
     """The admissions a simulation's decisions left active, by grant, as
     the scheduler's query (`status = 'active' AND expires_at <= now`) would
-    find them in its database."""
+    find them in its database, and when each expires.
 
-    def __init__(self) -> None:
+    `recorded`: the ids of the expiries the recorded scheduler published,
+    still ahead in the log. An expiry of the simulation with one of those
+    ids (the same admission, the same expiresAt) waits for its recorded
+    copy and is decided where the log has it, with the lag the scheduler
+    had; every other one is due at its expiresAt."""
+
+    def __init__(self, recorded: Iterable[UUID] = ()) -> None:
         self.active: dict[str, Window] = {}
+        self.ahead = set(recorded)
+        self.scheduled: set[UUID] = set()
 
     def observe(self, events: Iterable[EventBase]) -> None:
         for event in events:
@@ -91,34 +113,49 @@ class ExpiryTimeline:
             if expires_at is None:
                 self.active.pop(event.grant_digest, None)
             else:
-                window = Window(event.experience_id, event.consumer_id, expires_at)
-                self.active[event.grant_digest] = window
+                self._open(event.grant_digest, event.experience_id, event.consumer_id, expires_at)
         elif isinstance(event, ReservationExtended) and event.grant_digest in self.active:
             # An extension of an ended admission moves nothing the scheduler
             # reads; a reopening that follows says so itself.
-            window = self.active[event.grant_digest]
-            self.active[event.grant_digest] = Window(
-                window.experience_id, window.consumer_id, event.expires_at
-            )
+            self._open(event.grant_digest, event.experience_id, event.consumer_id, event.expires_at)
+
+    def _open(self, grant: str, experience_id: str, consumer_id: str, expires_at: datetime) -> None:
+        window = Window(experience_id, consumer_id, expires_at, expiry_id(grant, expires_at))
+        self.active[grant] = window
+        self.scheduled.add(window.expiry_id)
+
+    def _on_time(self) -> list[tuple[datetime, str]]:
+        """The active admissions whose expiry no recorded copy ahead decides."""
+        return [(w.expires_at, g) for g, w in self.active.items() if w.expiry_id not in self.ahead]
 
     def next_due(self) -> datetime | None:
-        return min((w.expires_at for w in self.active.values()), default=None)
+        return min((at for at, _ in self._on_time()), default=None)
 
     def due(self, until: datetime) -> list[EndAdmission]:
         """The expiries due at or before `until`, taken off the timeline, in
         the order of their expiresAt, then grant digest (deterministic)."""
-        due = sorted(
-            (w.expires_at, grant) for grant, w in self.active.items() if w.expires_at <= until
-        )
+        due = sorted((at, g) for at, g in self._on_time() if at <= until)
         commands = []
         for expires_at, grant in due:
-            window = self.active.pop(grant)
+            w = self.active.pop(grant)
             commands.append(
-                expiry_command(
-                    window.experience_id, window.consumer_id, grant, expires_at, expires_at
-                )
+                expiry_command(w.experience_id, w.consumer_id, grant, expires_at, expires_at)
             )
         return commands
+
+    def claims(self, command: EndAdmission) -> bool:
+        """A recorded expiry is one of the simulation's own: an admission
+        the simulation had active with that expiresAt."""
+        return command.command_id in self.scheduled
+
+    def meet(self, command: EndAdmission) -> bool:
+        """A recorded expiry met in the log: True when the simulation decides
+        it here (it claims it), False when it is dropped."""
+        self.ahead.discard(command.command_id)
+        window = self.active.get(command.grant_digest or "")
+        if window is not None and window.expiry_id == command.command_id:
+            del self.active[command.grant_digest or ""]
+        return self.claims(command)
 
 
 def overrun(times: Sequence[datetime], opened_by: Sequence[Sequence[datetime]]) -> int | None:

@@ -4,13 +4,14 @@ read), then the recorded outcome measured from the events topic."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import asyncpg
 
 from worker.adapters import store
 from worker.config import Settings
+from worker.domain.expiry import is_scheduled_expiry
 from worker.domain.outcome import Outcome
 from worker.domain.scenario import Scenario
 from worker.replay.progress import Progress
@@ -35,43 +36,58 @@ class Comparison:
         return sorted(found)
 
 
+@dataclass
+class Scan:
+    """A first pass over the log: the commands in range, for the recorded
+    side, and the expiries the recorded scheduler published among them."""
+
+    commands: set[UUID] = field(default_factory=set)
+    expiries: set[UUID] = field(default_factory=set)
+    read: Read = field(default_factory=Read)
+
+
 async def compare(
     settings: Settings, plan: Plan, scenarios: list[Scenario], interactive: bool | None = None
 ) -> Comparison:
-    read = Read()
-    commands: set[UUID] = set()
-    runs = []
-    for n, scenario in enumerate(scenarios):
-        # The first pass notes the commands read, for the recorded side.
-        run, read = await _simulate(
-            settings, plan, scenario, commands if n == 0 else None, interactive
-        )
-        runs.append(run)
+    scanned = await scan(settings, plan, interactive)
+    runs = [await _simulate(settings, plan, s, scanned.expiries, interactive) for s in scenarios]
     unpublished = await _unpublished(settings.database_url)
-    recorded = await recorded_outcome(settings, plan, commands, interactive)
-    return Comparison(plan, recorded, runs, read, unpublished)
+    recorded = await recorded_outcome(settings, plan, scanned.commands, interactive)
+    return Comparison(plan, recorded, runs, scanned.read, unpublished)
+
+
+async def scan(settings: Settings, plan: Plan, interactive: bool | None) -> Scan:
+    found = Scan()
+    async with CommandLog(settings, plan.until) as log:
+        with Progress("scan", log.total, "commands", interactive=interactive) as bar:
+            async for n, stamped in log.chunks():
+                for s in stamped:
+                    found.commands.add(s.command.command_id)
+                    if is_scheduled_expiry(s.command):
+                        found.expiries.add(s.command.command_id)
+                bar.advance(n)
+        found.read = log.read
+    return found
 
 
 async def _simulate(
     settings: Settings,
     plan: Plan,
     scenario: Scenario,
-    commands: set[UUID] | None,
+    recorded_expiries: set[UUID],
     interactive: bool | None,
-) -> tuple[Run, Read]:
+) -> Run:
     async with scratch_database(settings.database_url, "simulate") as scratch:
         conn: asyncpg.Connection = await asyncpg.connect(scratch)
         try:
-            simulation = Simulation(conn, plan, scenario)
+            simulation = Simulation(conn, plan, scenario, recorded_expiries)
             async with CommandLog(settings, plan.until) as log:
                 label = f"simulate {scenario.label}"
                 with Progress(label, log.total, "commands", interactive=interactive) as bar:
                     async for n, stamped in log.chunks():
-                        if commands is not None:
-                            commands.update(s.command.command_id for s in stamped)
                         await simulation.decide(stamped)
                         bar.advance(n)
-            return await simulation.finish(), log.read
+            return await simulation.finish()
         finally:
             await conn.close()
 

@@ -3,18 +3,21 @@ scratch database, under the scenario's settings, with the scenario's own
 expiries.
 
 Time. The recorded log holds the expiries the scheduler published for the
-recorded windows; under another window they would have come at other
-times, or not at all. So the recorded expiries (source `scheduler`) are
-dropped, and the simulation keeps the timeline of its own admissions
-(worker.domain.expiry): before a recorded command received at `t`, every
-expiry of a simulated admission whose expiresAt is at or before `t` is
-applied, in expiresAt then grant order, as the scheduler would publish it,
-with the same command id. Commands are decided in batches, as the consumer
-decides them; a batch in which a command comes at or after an expiry that
-an earlier command of the same batch opened is rolled back and decided
-again up to that command, so the expiry goes between them. At the end,
-the expiries due by the end of the range are applied too. Fanfare's own
-expiries (`admission_expired`) are facts of the drop and stay.
+recorded admissions' windows; under another window they would have come
+at other times, or not at all. The simulation keeps the timeline of its
+own admissions (worker.domain.expiry). An expiry of its own that the
+recorded scheduler also published (the same admission and expiresAt: the
+same command id) is decided where the log has it, so the scheduler's lag
+is what it was; the other recorded expiries are dropped. Every other
+expiry of its own is due at its expiresAt: before a recorded command
+received at `t`, each one due at or before `t` is decided, in expiresAt
+then grant order, with the id the scheduler would give it. Commands are
+decided in batches, as the consumer decides them; a batch in which a
+command comes at or after an expiry that an earlier command of the same
+batch opened is rolled back and decided again up to that command, so the
+expiry goes between them. At the end, the expiries due by the end of the
+range are decided too. Fanfare's own expiries (`admission_expired`) are
+facts of the drop and stay.
 
 Settings. Every configuration of a simulated experience in the log gets
 the overrides; an experience with none before its first command gets a
@@ -31,8 +34,8 @@ from uuid import UUID
 import asyncpg
 
 from worker.adapters import kafka, postgres, queries
-from worker.domain.commands import Command, ConfigureExperience, ExperienceCommand
-from worker.domain.expiry import ExpiryTimeline, opened, overrun
+from worker.domain.commands import Command, ConfigureExperience, EndAdmission, ExperienceCommand
+from worker.domain.expiry import ExpiryTimeline, is_scheduled_expiry, opened, overrun
 from worker.domain.model import ExperienceSettings
 from worker.domain.outcome import Outcome, OutcomeTally, Range
 from worker.domain.scenario import Scenario, configuration
@@ -72,8 +75,9 @@ class Run:
     decided: int = 0
     duplicates: int = 0
     parked: int = 0
-    expiries: int = 0
-    recorded_expiries: int = 0  # the scheduler's, dropped
+    expiries: int = 0  # the simulation's own, due at their expiresAt
+    recorded_expiries: int = 0  # the scheduler's, decided where the log has them
+    dropped_expiries: int = 0  # the scheduler's, for windows the simulation did not have
     batches_split: int = 0
 
 
@@ -83,11 +87,17 @@ class _Overrun(Exception):
 
 
 class Simulation:
-    def __init__(self, conn: asyncpg.Connection, plan: Plan, scenario: Scenario) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        plan: Plan,
+        scenario: Scenario,
+        recorded_expiries: Iterable[UUID] = (),
+    ) -> None:
         self.conn = conn
         self.plan = plan
         self.scenario = scenario
-        self.timeline = ExpiryTimeline()
+        self.timeline = ExpiryTimeline(recorded_expiries)
         self.tally = OutcomeTally(
             plan.counted, None if plan.experiences is None else set(plan.experiences)
         )
@@ -114,9 +124,6 @@ class Simulation:
         out: list[Stamped] = []
         for s in recorded:
             command = s.command
-            if command.source.kind == "scheduler":
-                self.run.recorded_expiries += 1
-                continue
             if isinstance(command, ExperienceCommand) and self.plan.simulated(
                 command.experience_id
             ):
@@ -152,12 +159,28 @@ class Simulation:
             rest.extendleft(reversed([Stamped(c, c.received_at, SIMULATED) for c in due]))
             if not rest:
                 return
-            next_due = self.timeline.next_due()
-            take: list[Stamped] = []
-            while rest and len(take) < BATCH and (next_due is None or rest[0].at < next_due):
-                take.append(rest.popleft())
-            kept = await self._decide(take)
-            rest.extendleft(reversed(take[kept:]))
+            take = self._take(rest)
+            if take:
+                kept = await self._decide(take)
+                rest.extendleft(reversed(take[kept:]))
+
+    def _take(self, rest: deque[Stamped]) -> list[Stamped]:
+        """The next batch: up to the next expiry due, and up to a recorded
+        expiry the timeline does not claim yet (an admission of this batch
+        may open it); such a one at the head is dropped."""
+        next_due = self.timeline.next_due()
+        take: list[Stamped] = []
+        while rest and len(take) < BATCH and (next_due is None or rest[0].at < next_due):
+            command = rest[0].command
+            if isinstance(command, EndAdmission) and is_scheduled_expiry(command):
+                if not self.timeline.claims(command) and take:
+                    break
+                if not self.timeline.meet(command):
+                    self.run.dropped_expiries += 1
+                    rest.popleft()
+                    continue
+            take.append(rest.popleft())
+        return take
 
     async def _decide(self, take: list[Stamped]) -> int:
         """Decide `take`, or the part of it before an expiry it opened;
@@ -173,6 +196,9 @@ class Simulation:
             self.timeline.observe(applied.events)
             self.tally.feed(applied.events)
         self.run.decided += len(decided)
+        self.run.recorded_expiries += sum(
+            s.where is not SIMULATED and is_scheduled_expiry(s.command) for s in take
+        )
         return len(take)
 
     async def _apply(self, take: list[Stamped]) -> list[tuple[Command, Applied]]:

@@ -75,8 +75,9 @@ def _summary(comparison: Comparison) -> str:
         parts.append(f"{read.undecodable:,} undecodable")
     for run in comparison.runs:
         parts.append(
-            f"{run.scenario.label}: {run.decided:,} decided, {run.expiries:,} expiries "
-            f"(recorded {run.recorded_expiries:,} dropped), {run.parked:,} parked"
+            f"{run.scenario.label}: {run.decided:,} decided, {run.expiries:,} expiries of its own, "
+            f"{run.recorded_expiries:,} recorded kept, {run.dropped_expiries:,} dropped, "
+            f"{run.parked:,} parked"
         )
     return "; ".join(parts)
 
@@ -114,7 +115,8 @@ def as_json(comparison: Comparison) -> dict[str, Any]:
                 },
                 "decided": r.decided,
                 "expiries": r.expiries,
-                "recordedExpiriesDropped": r.recorded_expiries,
+                "recordedExpiriesKept": r.recorded_expiries,
+                "recordedExpiriesDropped": r.dropped_expiries,
                 "duplicates": r.duplicates,
                 "parked": r.parked,
             }
