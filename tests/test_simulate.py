@@ -1,18 +1,19 @@
 """Issue 19, simulate: a recorded drop decided again under other settings.
 
-The runner on a scratch database applies its own expiries at their times,
-between the recorded commands, whatever the recorded scheduler published
-and however the log is cut into batches. The acceptance test records the
-hot-SKU bench drop through the real consumer and relay, then runs the real
-CLI: under the recorded settings it gives exactly the recorded outcome;
-with a pool of 500 another one; and the live database is unchanged."""
+The runner on a scratch database decides its own expiries at their times,
+between the recorded commands, and the recorded scheduler's where it has
+the same ones, however the log is cut into batches. The acceptance tests
+record drops through the real service, then run the real CLI: the hot-SKU
+bench drop under the recorded settings gives exactly the recorded outcome,
+with a pool of 500 another one, and the live database is unchanged; a drop
+whose holds the live scheduler expired gives the recorded outcome too."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,7 @@ from bench.workload import Record, produce
 from tests import builders as b
 from tests.conftest import service_env
 from tests.helpers import REPO, ServiceProcess, wait_for
-from tests.isolated import isolated_settings
+from tests.isolated import isolated_settings, produce_bulk
 from tests.stack import Stack
 from tests.traffic import T0
 from worker.adapters import store
@@ -230,3 +231,56 @@ async def test_the_hot_sku_drop_simulated_as_recorded_is_the_recorded_outcome(
     assert recorded["refusalsByReason"] == {"INSUFFICIENT_STOCK": 500}
     assert (pooled["peakUnitsHeld"], pooled["refusalsByReason"]) == (500, {"POOL_EMPTY": 1000})
     assert report["commandsRead"] == 3001
+
+
+async def _paced_drop(iso: Settings, experience: str) -> None:
+    """Shoppers arriving in real time, some buying, some leaving, on 1 s
+    windows: most holds end by the live scheduler's expiries."""
+    item = f"{experience}-item"
+    await produce_bulk(
+        iso, [b.stock(item, 15), b.configure(experience, window_seconds=1, buffer_seconds=0)]
+    )
+    for n in range(60):
+        now = datetime.now(UTC)
+        cmds: list[CommandBase] = [b.cart(experience, f"c{n}", b.line(item, 1), at=now)]
+        cmds.append(b.admit(experience, f"c{n}", f"{experience}-{n}", now))
+        if n % 4 == 3:
+            cmds.append(
+                b.complete(experience, f"c{n - 2}", f"{experience}-{n - 2}", f"o{n}", at=now)
+            )
+        elif n % 7 == 6:
+            cmds.append(b.end(experience, f"c{n - 1}", f"{experience}-{n - 1}", at=now))
+        await produce_bulk(iso, cmds)
+        await asyncio.sleep(0.06)
+
+
+async def _settled(conn: asyncpg.Connection) -> bool:
+    """Every admission ended and every event published."""
+    active = await conn.fetchval("SELECT count(*) FROM admissions WHERE status = 'active'")
+    return active == 0 and await store.outbox_backlog(conn) == 0
+
+
+async def test_a_drop_with_live_expiries_simulated_as_recorded_is_the_recorded_outcome(
+    stack: Stack, settings: Settings
+) -> None:
+    async with isolated_settings(stack, settings, partitions=3) as iso:
+        env = service_env(iso, OPS_PORT="0")
+        service = ServiceProcess(["serve"], env)
+        await service.start()
+        conn = await asyncpg.connect(iso.database_url)
+        try:
+            await _paced_drop(iso, "paced")
+            await wait_for(lambda: _settled(conn), timeout=60)
+        finally:
+            await conn.close()
+            await service.stop()
+        result = await asyncio.to_thread(_cli, env, "simulate", "paced", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = orjson.loads(result.stdout)
+    [run] = report["scenarios"]
+    assert run["recordedExpiriesKept"] > 0
+    assert (run["expiries"], run["recordedExpiriesDropped"], run["parked"]) == (0, 0, 0)
+    [block] = report["experiences"]
+    sides = {o.pop("setting"): o for o in block["outcomes"]}
+    assert sides["as recorded"] == sides["recorded"]
+    assert sides["recorded"]["holdsExpiredUnused"] > 0
