@@ -215,6 +215,9 @@ async def test_the_hot_sku_drop_simulated_as_recorded_is_the_recorded_outcome(
                 "--json",
             )
             assert result.returncode == 0, result.stdout + result.stderr
+            typo = await asyncio.to_thread(_cli, env, "simulate", "no-such-drop")
+            assert typo.returncode == 2
+            assert "no command of experience no-such-drop in the log" in typo.stderr
             assert await _snapshot(live) == before
             assert await _databases(live) == scratch_before  # scratch databases dropped
             held = await live.fetchval("SELECT reserved FROM stock")

@@ -5,7 +5,8 @@ memory), the scenarios and the command line that names them."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tests import builders as b
 from tests.fold_support import run_engine
 from tests.traffic import T0
+from worker.config import Settings, load_settings
 from worker.domain import ids
 from worker.domain.commands import CommandBase
 from worker.domain.events import AdmissionEnded, EventBase
@@ -20,8 +22,8 @@ from worker.domain.expiry import ExpiryTimeline, expiry_command, expiry_id, over
 from worker.domain.model import ExperienceSettings, MultiItemPolicy, Strategy
 from worker.domain.outcome import OutcomeTally, Range
 from worker.domain.scenario import RECORDED, ScenarioError, configuration, parse
-from worker.tools import cli
-from worker.tools.simulate import scenarios
+from worker.tools import cli, simulate
+from worker.tools.simulate import plan, scenarios
 
 EXP = "drop"
 
@@ -264,10 +266,39 @@ def test_the_flags_make_one_scenario_and_each_scenario_option_another() -> None:
         _args(EXP, "--all")
 
 
-def test_backfill_is_refused_while_experiences_have_no_such_setting() -> None:
+def _settings() -> Settings:
+    return load_settings(
+        database_url="postgresql://nowhere/x",
+        kafka_bootstrap_servers="nowhere:9092",
+        fanfare_webhook_secret="whsec_test_current_0123456789",
+        reservation_window_seconds=300,
+        reservation_buffer_seconds=30,
+    )
+
+
+def test_backfill_is_refused_while_experiences_have_no_such_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     args = _args(EXP, "--backfill", "on")
     if "backfill" in ExperienceSettings.model_fields:
         assert scenarios(args)[0].update == {"backfill": True}
-    else:
-        with pytest.raises(ScenarioError, match="backfill: unknown setting"):
-            scenarios(args)
+        return
+    with pytest.raises(ScenarioError, match="backfill: unknown setting"):
+        scenarios(args)
+    # Refused before anything is read or decided.
+    assert asyncio.run(simulate.command(_settings(), args)) == 2
+    assert "simulate: backfill: unknown setting" in capsys.readouterr().err
+
+
+def test_the_simulated_clock_ends_at_to_or_at_the_start_of_the_run() -> None:
+    settings = _settings()
+    past = plan(
+        settings, _args(EXP, "--from", "2026-11-27T09:00:00Z", "--to", "2026-11-27T10:00:00Z")
+    )
+    assert (past.counted, past.until, past.horizon) == (Range(T0, s(3600)), s(3600), s(3600))
+    assert past.experiences == {EXP}
+    assert (past.defaults.window_seconds, past.defaults.buffer_seconds) == (300, 30)
+    before = datetime.now(UTC)
+    later = plan(settings, _args("--all", "--to", "2999-01-01T00:00:00Z"))
+    assert later.experiences is None
+    assert before <= later.horizon <= datetime.now(UTC)

@@ -11,6 +11,7 @@ import asyncpg
 
 from worker.adapters import store
 from worker.config import Settings
+from worker.domain.commands import ExperienceCommand
 from worker.domain.expiry import is_scheduled_expiry
 from worker.domain.outcome import Outcome
 from worker.domain.scenario import Scenario
@@ -18,7 +19,7 @@ from worker.replay.progress import Progress
 from worker.replay.scratch import scratch_database
 from worker.simulate.log import CommandLog, Read
 from worker.simulate.recorded import recorded_outcome
-from worker.simulate.runner import Plan, Run, Simulation
+from worker.simulate.runner import Plan, Run, Simulation, SimulationError
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Scan:
 
     commands: set[UUID] = field(default_factory=set)
     expiries: set[UUID] = field(default_factory=set)
+    experiences: set[str] = field(default_factory=set)
     read: Read = field(default_factory=Read)
 
 
@@ -50,6 +52,10 @@ async def compare(
     settings: Settings, plan: Plan, scenarios: list[Scenario], interactive: bool | None = None
 ) -> Comparison:
     scanned = await scan(settings, plan, interactive)
+    missing = sorted((plan.experiences or set()) - scanned.experiences)
+    if missing:
+        # Most likely a mistyped id: say so before deciding anything.
+        raise SimulationError(f"no command of experience {', '.join(missing)} in the log")
     runs = [await _simulate(settings, plan, s, scanned.expiries, interactive) for s in scenarios]
     unpublished = await _unpublished(settings.database_url)
     recorded = await recorded_outcome(settings, plan, scanned.commands, interactive)
@@ -63,6 +69,8 @@ async def scan(settings: Settings, plan: Plan, interactive: bool | None) -> Scan
             async for n, stamped in log.chunks():
                 for s in stamped:
                     found.commands.add(s.command.command_id)
+                    if isinstance(s.command, ExperienceCommand):
+                        found.experiences.add(s.command.experience_id)
                     if is_scheduled_expiry(s.command):
                         found.expiries.add(s.command.command_id)
                 bar.advance(n)
