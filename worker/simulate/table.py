@@ -45,7 +45,7 @@ def columns(comparison: Comparison, experience: str) -> list[tuple[str, Outcome]
 
 
 def render(comparison: Comparison) -> Iterable[str]:
-    yield _summary(comparison)
+    yield from _summary(comparison)
     for experience in comparison.experiences():
         yield ""
         yield f"experience {experience}"
@@ -66,20 +66,19 @@ def render(comparison: Comparison) -> Iterable[str]:
         )
 
 
-def _summary(comparison: Comparison) -> str:
+def _summary(comparison: Comparison) -> Iterable[str]:
     read = comparison.read
-    parts = [f"simulate: {read.records:,} commands read"]
-    if read.after_range:
-        parts.append(f"{read.after_range:,} after the range")
-    if read.undecodable:
-        parts.append(f"{read.undecodable:,} undecodable")
+    skipped = [
+        f"{read.after_range:,} received after --to" if read.after_range else "",
+        f"{read.undecodable:,} undecodable" if read.undecodable else "",
+    ]
+    yield ", ".join([f"simulate: {read.records:,} commands read", *filter(None, skipped)])
     for run in comparison.runs:
-        parts.append(
-            f"{run.scenario.label}: {run.decided:,} decided, {run.expiries:,} expiries of its own, "
-            f"{run.recorded_expiries:,} recorded kept, {run.dropped_expiries:,} dropped, "
-            f"{run.parked:,} parked"
+        yield (
+            f"  {run.scenario.label}: {run.decided:,} decided, {run.expiries:,} expiries "
+            f"of its own, {run.recorded_expiries:,} recorded kept, "
+            f"{run.dropped_expiries:,} dropped, {run.parked:,} parked"
         )
-    return "; ".join(parts)
 
 
 def outcome_json(o: Outcome) -> dict[str, Any]:
