@@ -66,11 +66,13 @@ def _story() -> list[CommandBase]:
     return cmds
 
 
-async def _run(stack: Stack, scenario: Scenario, chunk: int) -> Run:
+async def _run(stack: Stack, scenario: Scenario, chunk: int, until: datetime | None = None) -> Run:
     story = _story()
     stamped = [Stamped(c, c.received_at, Coordinates("t", 0, n)) for n, c in enumerate(story)]
+    # The scheduler's expiries of the whole log, after the range too, as the first pass finds them.
     recorded = {c.command_id for c in story if c.source.kind == "scheduler"}
-    plan = Plan(frozenset({EXP}), Range(), None, s(25), ExperienceSettings())
+    stamped = [x for x in stamped if until is None or x.at <= until]
+    plan = Plan(frozenset({EXP}), Range(until=until), until, until or s(25), ExperienceSettings())
     async with scratch_database(stack.database_url, "simulate_test") as dsn:
         conn = await asyncpg.connect(dsn)
         try:
@@ -94,6 +96,15 @@ async def test_as_recorded_the_recorded_expiry_comes_where_the_log_has_it(
     # b's admission (it holds nothing) expired on time; c's is due at 30 s.
     assert (run.expiries, run.recorded_expiries, run.dropped_expiries) == (1, 1, 0)
     assert run.parked == 0
+
+
+async def test_an_expiry_recorded_after_the_range_has_not_happened_in_it(stack: Stack) -> None:
+    # The range ends at 10.2 s: a's window ended at 10 s, but the recorded
+    # scheduler expired it at 10.4 s, after the range, as the recorded side counts it.
+    run = await _run(stack, RECORDED, 100, until=s(10.2))
+    o = run.outcomes[EXP]
+    assert (o.units_held, o.holds_expired_unused) == (1, 0)
+    assert (run.expiries, run.recorded_expiries, run.dropped_expiries) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
@@ -274,16 +285,28 @@ async def test_a_drop_with_live_expiries_simulated_as_recorded_is_the_recorded_o
         try:
             await _paced_drop(iso, "paced")
             await wait_for(lambda: _settled(conn), timeout=60)
+            admitted = [
+                r["admitted_at"]
+                for r in await conn.fetch("SELECT admitted_at FROM admissions ORDER BY admitted_at")
+            ]
         finally:
             await conn.close()
             await service.stop()
-        result = await asyncio.to_thread(_cli, env, "simulate", "paced", "--json")
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = orjson.loads(result.stdout)
-    [run] = report["scenarios"]
-    assert run["recordedExpiriesKept"] > 0
-    assert (run["expiries"], run["recordedExpiriesDropped"], run["parked"]) == (0, 0, 0)
-    [block] = report["experiences"]
-    sides = {o.pop("setting"): o for o in block["outcomes"]}
-    assert sides["as recorded"] == sides["recorded"]
-    assert sides["recorded"]["holdsExpiredUnused"] > 0
+        whole = await asyncio.to_thread(_cli, env, "simulate", "paced", "--json")
+        # A range cutting through the drop: the same commands on both sides.
+        since, until = admitted[10].isoformat(), admitted[40].isoformat()
+        part = await asyncio.to_thread(
+            _cli, env, "simulate", "paced", "--from", since, "--to", until, "--json"
+        )
+    for result in (whole, part):
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = orjson.loads(result.stdout)
+        [run] = report["scenarios"]
+        assert run["recordedExpiriesKept"] > 0
+        assert (run["recordedExpiriesDropped"], run["parked"]) == (0, 0)
+        [block] = report["experiences"]
+        sides = {o.pop("setting"): o for o in block["outcomes"]}
+        assert sides["as recorded"] == sides["recorded"]
+        assert sides["recorded"]["holdsExpiredUnused"] > 0
+    assert orjson.loads(whole.stdout)["scenarios"][0]["expiries"] == 0
+    assert orjson.loads(part.stdout)["commandsAfterRange"] > 0

@@ -40,7 +40,8 @@ class Comparison:
 @dataclass
 class Scan:
     """A first pass over the log: the commands in range, for the recorded
-    side, and the expiries the recorded scheduler published among them."""
+    side, the experiences they name, and the expiries the recorded
+    scheduler published (after the range too)."""
 
     commands: set[UUID] = field(default_factory=set)
     expiries: set[UUID] = field(default_factory=set)
@@ -75,6 +76,7 @@ async def scan(settings: Settings, plan: Plan, interactive: bool | None) -> Scan
                         found.expiries.add(s.command.command_id)
                 bar.advance(n)
         found.read = log.read
+    found.expiries |= log.read.expiries_after
     return found
 
 

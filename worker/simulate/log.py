@@ -11,14 +11,16 @@ decided before the drop's admissions."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from uuid import UUID
 
 import orjson
 from pydantic import ValidationError
 
 from worker.config import Settings
 from worker.domain.commands import Command, decode_command
+from worker.domain.expiry import is_scheduled_expiry
 from worker.engine import Coordinates
 from worker.replay.source import Record, TopicLog
 
@@ -53,6 +55,9 @@ class Read:
     records: int = 0
     undecodable: int = 0
     after_range: int = 0
+    # The recorded scheduler's expiries received after the range: an expiry
+    # of the simulation with one of these ids happened after the range too.
+    expiries_after: set[UUID] = field(default_factory=set)
 
 
 class CommandLog:
@@ -89,6 +94,8 @@ class CommandLog:
             return None
         if self.until is not None and command.received_at > self.until:
             self.read.after_range += 1
+            if is_scheduled_expiry(command):
+                self.read.expiries_after.add(command.command_id)
             return None
         where = Coordinates(record.topic, record.partition, record.offset)
         return Stamped(command, command.received_at, where)
