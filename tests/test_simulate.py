@@ -38,7 +38,7 @@ from worker.domain.outcome import Range
 from worker.domain.scenario import RECORDED, Scenario, parse
 from worker.engine import Coordinates
 from worker.replay.scratch import scratch_database
-from worker.simulate.log import Stamped
+from worker.simulate.log import CommandLog, Stamped
 from worker.simulate.runner import Plan, Run, Simulation
 
 EXP = "sim-drop"
@@ -310,3 +310,22 @@ async def test_a_drop_with_live_expiries_simulated_as_recorded_is_the_recorded_o
         assert sides["recorded"]["holdsExpiredUnused"] > 0
     assert orjson.loads(whole.stdout)["scenarios"][0]["expiries"] == 0
     assert orjson.loads(part.stdout)["commandsAfterRange"] > 0
+
+
+async def test_every_pass_reads_the_commands_the_first_pass_read(
+    stack: Stack, settings: Settings
+) -> None:
+    """The live log grows between two passes of one comparison."""
+    async with isolated_settings(stack, settings, partitions=3) as iso:
+        first = [b.stock(f"grow-{n}", 1) for n in range(6)]
+        await produce_bulk(iso, first)
+        async with CommandLog(iso, None) as log:
+            seen = [x.command.command_id async for _, chunk in log.chunks() for x in chunk]
+            ends = log.ends_read
+        await produce_bulk(iso, [b.stock(f"grow-{n}", 1) for n in range(6, 10)])
+        async with CommandLog(iso, None, ends) as again:
+            read = [x.command.command_id async for _, chunk in again.chunks() for x in chunk]
+        async with CommandLog(iso, None) as whole:
+            grown = [x.command.command_id async for _, chunk in whole.chunks() for x in chunk]
+    assert sorted(seen) == sorted(read) == sorted(c.command_id for c in first)
+    assert len(grown) == 10

@@ -47,6 +47,7 @@ class Scan:
     expiries: set[UUID] = field(default_factory=set)
     experiences: set[str] = field(default_factory=set)
     read: Read = field(default_factory=Read)
+    ends: dict[int, int] = field(default_factory=dict)  # where each partition was read to
 
 
 async def compare(
@@ -57,7 +58,7 @@ async def compare(
     if missing:
         # Most likely a mistyped id: say so before deciding anything.
         raise SimulationError(f"no command of experience {', '.join(missing)} in the log")
-    runs = [await _simulate(settings, plan, s, scanned.expiries, interactive) for s in scenarios]
+    runs = [await _simulate(settings, plan, s, scanned, interactive) for s in scenarios]
     unpublished = await _unpublished(settings.database_url)
     recorded = await recorded_outcome(settings, plan, scanned.commands, interactive)
     return Comparison(plan, recorded, runs, scanned.read, unpublished)
@@ -75,7 +76,7 @@ async def scan(settings: Settings, plan: Plan, interactive: bool | None) -> Scan
                     if is_scheduled_expiry(s.command):
                         found.expiries.add(s.command.command_id)
                 bar.advance(n)
-        found.read = log.read
+        found.read, found.ends = log.read, log.ends_read
     found.expiries |= log.read.expiries_after
     return found
 
@@ -84,14 +85,14 @@ async def _simulate(
     settings: Settings,
     plan: Plan,
     scenario: Scenario,
-    recorded_expiries: set[UUID],
+    scanned: Scan,
     interactive: bool | None,
 ) -> Run:
     async with scratch_database(settings.database_url, "simulate") as scratch:
         conn: asyncpg.Connection = await asyncpg.connect(scratch)
         try:
-            simulation = Simulation(conn, plan, scenario, recorded_expiries)
-            async with CommandLog(settings, plan.until) as log:
+            simulation = Simulation(conn, plan, scenario, scanned.expiries)
+            async with CommandLog(settings, plan.until, scanned.ends) as log:
                 label = f"simulate {scenario.label}"
                 with Progress(label, log.total, "commands", interactive=interactive) as bar:
                     async for n, stamped in log.chunks():

@@ -61,17 +61,29 @@ class Read:
 
 
 class CommandLog:
-    """One pass over the commands topic, bounded at `until` (receipt time)."""
+    """One pass over the commands topic, bounded at `until` (receipt time)
+    and at the end offsets `ends` (those of an earlier pass: every pass of
+    a comparison reads the same commands while the live log grows)."""
 
-    def __init__(self, settings: Settings, until: datetime | None) -> None:
+    def __init__(
+        self, settings: Settings, until: datetime | None, ends: dict[int, int] | None = None
+    ) -> None:
         self.topic = TopicLog(settings, settings.commands_topic)
         self.until = until
+        self.ends = ends
         self.read = Read()
 
     async def __aenter__(self) -> CommandLog:
         await self.topic.__aenter__()
-        await self.topic.open()
+        bounds = await self.topic.open()
+        if self.ends is not None:
+            for p, (begin, end) in bounds.items():
+                bounds[p] = (begin, max(begin, min(end, self.ends.get(p, begin))))
         return self
+
+    @property
+    def ends_read(self) -> dict[int, int]:
+        return {p: end for p, (_, end) in self.topic.bounds.items()}
 
     async def __aexit__(self, *exc: object) -> None:
         await self.topic.__aexit__(*exc)
