@@ -1,0 +1,132 @@
+"""Backfill after a command, in the same batch: when the command ended holds
+of a backfill experience (released or expired) or set stock, the units free
+on those rows are offered to the refused lines of admissions still active
+(worker.domain.backfill decides who), and each offer is held and published
+as `reservation.created` with reason `backfill`, among the command's own
+events. The unit of work read every candidate with the batch
+(worker.adapters.uow_load), and locked their stock rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import TrackedAdmission
+from worker.domain import ids
+from worker.domain.admission import HoldRequest
+from worker.domain.backfill import BACKFILL_REASON, Candidate, Offer, Shelf, offers
+from worker.domain.commands import CommandBase
+from worker.domain.endings import AdmissionStatus
+from worker.domain.events import EventBase, ReservationEnded, StockSet
+from worker.domain.model import ReservationStatus
+from worker.domain.reservation import OPERATOR_REASON
+from worker.domain.stock import PoolKey
+from worker.engine import holds
+from worker.engine.base import Applied
+from worker.engine.events import Events
+from worker.engine.holds import HoldTerms
+
+
+def backfill(uow: UnitOfWork, cmd: CommandBase, applied: Applied) -> Applied:
+    """`applied` with the holds its freed units went to, if any."""
+    freed, at = _freed(uow, cmd, applied.events)
+    if not freed:
+        return applied
+    shelf = Shelf(
+        free={key: row.free for key, row in uow.stock.items()},
+        pool_used={key: row.used for key, row in uow.pools.items()},
+    )
+    made = offers(freed, shelf, _candidates(uow, {e for e, _, _ in freed}), at)
+    if not made:
+        return applied
+    events = Events(cmd)
+    events.items = list(applied.events)  # numbered after the command's own
+    for offer in made:
+        _hold(uow, events, cmd, offer, at)
+    return Applied(applied.outcome, events.items)
+
+
+def _backfills(uow: UnitOfWork, experience_id: str) -> bool:
+    settings = uow.load_settings(experience_id)
+    return settings is not None and settings.backfill
+
+
+def _freed(
+    uow: UnitOfWork, cmd: CommandBase, events: list[EventBase]
+) -> tuple[set[PoolKey], datetime]:
+    """The rows (experience, product, variant) the command freed units on,
+    and the time they were freed (the latest, when several were)."""
+    freed: set[PoolKey] = set()
+    times = []
+    for e in events:
+        if (
+            isinstance(e, ReservationEnded)
+            and e.type != "reservation.converted"
+            and e.previous_status is ReservationStatus.ACTIVE
+            and _backfills(uow, e.experience_id)
+        ):
+            freed.add((e.experience_id, e.product_id, e.variant_id or ""))
+            times.append(e.ended_at)
+        elif isinstance(e, StockSet):
+            key = (e.product_id, e.variant_id or "")
+            backfilling = [x for x in uow.experiences if _backfills(uow, x)]
+            freed.update((x, *key) for x in backfilling)
+            times.append(cmd.occurred_at)
+    return freed, max(times, default=cmd.occurred_at)
+
+
+def _candidates(uow: UnitOfWork, experiences: set[str]) -> list[Candidate]:
+    """Each consumer's current admission in these experiences, if active."""
+    found = []
+    for a in uow.admissions.values():
+        if a.experience_id not in experiences or a.status != AdmissionStatus.ACTIVE:
+            continue
+        latest = uow.current_admission(a.experience_id, a.consumer_id)
+        if latest is not None and latest.grant_digest == a.grant_digest:
+            found.append(_candidate(uow, a))
+    return found
+
+
+def _candidate(uow: UnitOfWork, a: TrackedAdmission) -> Candidate:
+    settings = uow.admission_settings(a.grant_digest)
+    assert settings is not None  # the admission is tracked
+    taken_away = frozenset(
+        (r.product_id, r.variant_id)
+        for r in uow.reservations_by_grant_digest.get(a.grant_digest, [])
+        if r.status == ReservationStatus.RELEASED and r.end_reason == OPERATOR_REASON
+    )
+    return Candidate(
+        experience_id=a.experience_id,
+        consumer_id=a.consumer_id,
+        grant_digest=a.grant_digest,
+        admitted_at=a.admitted_at,
+        expires_at=a.expires_at,
+        status=AdmissionStatus(a.status),
+        settings=settings,
+        cart=uow.load_cart(a.experience_id, a.consumer_id),
+        held=frozenset((h.product_id, h.variant_id) for h in uow.active_holds(a.grant_digest)),
+        released_by_operator=taken_away,
+    )
+
+
+def _hold(uow: UnitOfWork, events: Events, cmd: CommandBase, offer: Offer, at: datetime) -> None:
+    c = offer.candidate
+    taken = holds.take(uow, c.experience_id, c.settings, offer.units, all_or_nothing=False)
+    if any(reason is not None for reason in taken.values()):
+        # The domain decided on the same counters: a mismatch is a bug, and
+        # the batch fails rather than hold units the rows do not have.
+        raise RuntimeError(f"backfill offered units the rows do not have: {taken}")
+    revision = f"{BACKFILL_REASON}:{cmd.command_id}"
+    requests = [
+        HoldRequest(ids.reservation_id(c.grant_digest, p, v, revision), p, v, units)
+        for (p, v), units in sorted(offer.units.items())
+    ]
+    # Never before its admission: one that arrived before the freeing but was
+    # admitted after it is held from its admission on.
+    created_at = max(at, c.admitted_at)
+    terms = HoldTerms(
+        c.experience_id, c.consumer_id, c.grant_digest, created_at, c.expires_at, c.settings
+    )
+    holds.insert(uow, terms, requests)
+    for request in requests:
+        events.reservation_created(terms, request, reason="backfill")
