@@ -23,9 +23,12 @@ from worker.engine import Coordinates, apply_batch, apply_command
 DEFAULTS = ExperienceSettings()
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 # experiences, grant tombstones, admissions, carts, endings, cart versions,
-# reservations, holds released by id, holds released by product, stock
-# created, stock locked, pools.
-LOAD_STATEMENTS = 12
+# reservations, holds released by id, holds released by product, backfill's
+# candidates (the batch sets stock), stock created, stock locked, pools.
+LOAD_STATEMENTS = 13
+# With backfill on: the holds of candidates the batch had not read, and the
+# settings of their experiences it had not read (worker.adapters.uow_backfill).
+BACKFILL_STATEMENTS = 2
 # experiences, stock, carts, cart versions, admissions (new, changed),
 # endings, reservations (new, changed), pools, the outbox commit lock,
 # outbox, inbox.
@@ -57,18 +60,29 @@ class Counting:
         return counted
 
 
-def _setup(run: str, n: int) -> list[CommandBase]:
+def _setup(run: str, n: int, backfill: bool) -> list[CommandBase]:
     """Per round: a pooled experience, a stock row, and an admission that
-    holds a unit (the batch ends it)."""
+    holds a unit (the batch ends it). With backfill: the row's one unit is
+    held, and an admission to the experience and one to another (outside
+    the batch) are refused it, which the batch's stock raise offers to."""
     commands: list[CommandBase] = []
     for i in range(n):
         exp, sku = f"{run}-e{i}", f"{run}-p{i}"
         commands += [
-            b.stock(sku, 10),
-            b.configure(exp, strategy="pool", pool_size=5),
+            b.stock(sku, 1 if backfill else 10),
+            b.configure(exp, strategy="pool", pool_size=5, backfill=backfill),
             b.cart(exp, "held", b.line(sku, 1), at=T0),
             b.admit(exp, "held", f"{run}-old-{i}", T0),
         ]
+        if backfill:
+            other = f"{run}-f{i}"
+            commands += [
+                b.configure(other, backfill=True),
+                b.cart(exp, "waiting", b.line(sku, 1), at=T0),
+                b.admit(exp, "waiting", f"{run}-waiting-{i}", T0),
+                b.cart(other, "waiting", b.line(sku, 1), at=T0),
+                b.admit(other, "waiting", f"{run}-other-{i}", T0),
+            ]
     return commands
 
 
@@ -78,8 +92,8 @@ def _batch(run: str, n: int) -> list[Command]:
     for i in range(n):
         exp, sku, at = f"{run}-e{i}", f"{run}-p{i}", T0 + timedelta(seconds=10)
         commands += [
-            b.stock(sku, 20),
-            b.configure(exp, strategy="pool", pool_size=6),
+            b.stock(sku, 20).model_copy(update={"occurred_at": at}),
+            b.configure(exp, strategy="pool", pool_size=6, backfill=True),
             b.end(exp, "held", None, at=at),
             b.cart(exp, "new", b.line(sku, 1), at=at),
             b.admit(exp, "new", f"{run}-new-{i}", at),
@@ -96,21 +110,24 @@ async def _apply(pool: asyncpg.Pool, commands: list[CommandBase]) -> None:
         await apply_batch(conn, placed, DEFAULTS)  # type: ignore[arg-type]
 
 
-async def _round_trips(pool: asyncpg.Pool, n: int) -> tuple[int, int]:
+async def _round_trips(pool: asyncpg.Pool, n: int, backfill: bool = False) -> tuple[int, int, int]:
+    """Statements loaded and flushed, and the units backfilled."""
     run = unique("rt")
-    await _apply(pool, _setup(run, n))
+    await _apply(pool, _setup(run, n, backfill))
     commands = _batch(run, n)
     async with pool.acquire() as conn, conn.transaction():
         counting = Counting(conn)
         uow = UnitOfWork()
         await uow_load.load(uow, counting, commands)  # type: ignore[arg-type]
         loaded, counting.statements = counting.statements, 0
+        backfilled = 0
         for offset, command in enumerate(commands):
             applied = apply_command(uow, command, DEFAULTS)
             outcome, events = applied.outcome, applied.events
             uow.record(command.command_id, command.type, outcome, events, "t", 0, offset)
+            backfilled += sum(getattr(e, "reason", None) == "backfill" for e in events)
         await uow_flush.flush(uow, counting)  # type: ignore[arg-type]
-        return loaded, counting.statements
+        return loaded, counting.statements, backfilled
 
 
 @pytest.mark.parametrize("n", [1, 10, 200])
@@ -118,7 +135,17 @@ async def test_a_batch_loads_and_flushes_in_a_fixed_number_of_statements(
     engine_db: asyncpg.Pool, n: int
 ) -> None:
     """n rounds of one command of each kind (n * 8 commands)."""
-    assert await _round_trips(engine_db, n) == (LOAD_STATEMENTS, FLUSH_STATEMENTS)
+    assert await _round_trips(engine_db, n) == (LOAD_STATEMENTS, FLUSH_STATEMENTS, 0)
+
+
+@pytest.mark.parametrize("n", [1, 10, 200])
+async def test_backfill_loads_a_fixed_number_of_statements_more(
+    engine_db: asyncpg.Pool, n: int
+) -> None:
+    """The same rounds with backfill on, and candidates outside the batch."""
+    loaded = LOAD_STATEMENTS + BACKFILL_STATEMENTS
+    # Each round's raise goes to both refused admissions.
+    assert await _round_trips(engine_db, n, backfill=True) == (loaded, FLUSH_STATEMENTS, 2 * n)
 
 
 @pytest.mark.parametrize(

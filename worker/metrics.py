@@ -183,6 +183,21 @@ HOLD_DURATION = Histogram(
     namespace=NAMESPACE,
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600),
 )
+UNITS_BACKFILLED = Counter(
+    "units_backfilled",
+    "Units freed (a hold ended, stock set) and held for a refused line of an admission still "
+    "active, per experience",
+    ["experience"],
+    namespace=NAMESPACE,
+)
+BACKFILL_SECONDS = Histogram(
+    "backfill_seconds",
+    "From the freeing command's occurredAt to the commit of the batch that held the freed "
+    "units again for a refused line (the same batch: what it measures is the command's way "
+    "through the log), per backfilled hold",
+    namespace=NAMESPACE,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300),
+)
 HOLDS_ACTIVE = Gauge(
     "holds_active",
     "Active holds (read from the database by every scheduler process, leading or not)",
