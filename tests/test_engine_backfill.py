@@ -122,11 +122,18 @@ async def test_an_expiry_and_an_operator_release_free_units_too(story: Story) ->
     assert (await story.held("B"), await story.held("C")) == ([], [])
 
 
-async def test_a_stock_raise_is_offered_in_admission_order(story: Story) -> None:
+async def test_a_stock_raise_is_offered_at_the_next_command_in_admission_order(
+    story: Story,
+) -> None:
     await _one_unit(story)
     await story.stock("p", 2, 40)
+    # A stock set belongs to no experience: its units reach the line with
+    # the experience's next command on the product, here a cart put.
+    assert await story.held("B") == []
+    await story(b.cart(story.exp, "D", b.line(story.product("p"), 1), at=at(41)))
     assert (await story.held("B"), await story.held("C")) == ([("p", 1)], [])
     await story.stock("p", 3, 50)
+    await story(b.cart(story.exp, "D", b.line(story.product("p"), 1), at=at(51)))
     assert await story.held("C") == [("p", 1)]
 
 
@@ -147,9 +154,11 @@ async def test_those_who_left_converted_or_expired_are_passed_over(story: Story)
     await _one_unit(story)
     await story(b.complete(story.exp, "A", None, unique("order"), at=at(35)))  # converts A
     await story.stock("p", 2, 36)  # one more unit
+    await story(b.cart(story.exp, "D", b.line(story.product("p"), 1), at=at(37)))
     assert await story.held("B") == [("p", 1)]
     await story.leave("C", 45)
     await story.stock("p", 3, 50)
+    await story(b.cart(story.exp, "D", b.line(story.product("p"), 1), at=at(51)))
     assert await story.held("C") == []
     assert [e.consumer_id for e in story.backfilled()] == ["B"]
 
@@ -186,6 +195,7 @@ async def test_a_pool_backfills_within_its_cap(story: Story) -> None:
     await story.stock("p", 1)
     await _pool_story(story)
     await story.stock("p", 5, 35)  # the pool, not the shelf, is short
+    await story(b.cart(story.exp, "D", b.line(story.product("p"), 1), at=at(36)))
     assert (await story.held("B"), await story.held("C")) == ([], [])
     await story.leave("A", 40)
     assert (await story.held("B"), await story.held("C")) == ([("p", 1)], [])

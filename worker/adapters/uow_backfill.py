@@ -1,44 +1,41 @@
 """What a batch reads for backfill (worker.engine.backfill), after its own
-rows and before it locks stock: the active admissions of backfill
-experiences whose current cart has a line on a product the batch can free
-units of, with their carts, their holds and their experiences' settings.
-At most three statements, however large the batch: the candidates with
-their carts (one join), then the holds of the ones the batch had not read,
-then the settings of experiences it had not read. Their cart rows then join
-the batch's stock rows, so they are locked with them, in key order.
+rows and before it locks stock: the active admissions of the batch's
+backfill experiences whose current cart has a line on a product the batch
+touches, with their carts, and the holds of the ones the batch had not
+read. Two statements at most, however large the batch. Their cart rows
+then join the batch's stock rows, so they are locked with them, in key
+order.
 
-Which products: every product the batch touches, for the backfill
-experiences among the batch's own (a hold of theirs may end); the products
-whose stock is set, for every backfill experience (a raise offers its
-units to all of them)."""
+Only the batch's own experiences: their commands are applied by this
+consumer alone (the partition's position row is locked for the
+transaction), so no other transaction changes these admissions, carts or
+holds between this read and the commit. A stock set (partitioned by
+product) never reads or changes another experience's admissions.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from worker.adapters import rows as tables
 from worker.adapters.store import Conn
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.adapters.uow_rows import CART_ITEMS, TrackedAdmission, TrackedCart, TrackedReservation
-from worker.domain.commands import Command, ConfigureExperience, SetStock
+from worker.domain.commands import Command, ConfigureExperience
 from worker.domain.stock import StockKey
 
-# $1 experiences of the batch that backfill, $2 products the batch touches,
-# $3 products whose stock is set. The cart is matched by product alone
-# (a superset when the product has variants: the engine checks the line).
+# $1 experiences of the batch that backfill, $2 products the batch touches.
+# Only admissions with a line of such a product the admission does not hold:
+# the refused lines.
 CANDIDATES_SQL = """SELECT a.*, c.items AS cart_items, c.updated_at AS cart_updated_at
     FROM admissions a
     JOIN carts c ON c.experience_id = a.experience_id AND c.consumer_id = a.consumer_id
-    WHERE a.status = 'active' AND (
-        (a.experience_id = ANY($1::text[]) AND EXISTS (
-            SELECT 1 FROM unnest($2::text[]) AS p(product_id)
-            WHERE c.items @> jsonb_build_array(jsonb_build_object('productId', p.product_id))))
-        OR (cardinality($3::text[]) > 0
-            AND a.experience_id IN (SELECT experience_id FROM experiences WHERE backfill)
-            AND EXISTS (
-                SELECT 1 FROM unnest($3::text[]) AS p(product_id)
-                WHERE c.items @> jsonb_build_array(
-                    jsonb_build_object('productId', p.product_id)))))"""
+    WHERE a.experience_id = ANY($1::text[]) AND a.status = 'active' AND EXISTS (
+        SELECT 1 FROM jsonb_array_elements(c.items) AS i(line)
+        WHERE i.line->>'productId' = ANY($2::text[]) AND NOT EXISTS (
+            SELECT 1 FROM reservations r
+            WHERE r.admission_grant = a.admission_grant AND r.status = 'active'
+              AND r.product_id = i.line->>'productId'
+              AND r.variant_id = COALESCE(i.line->>'variantId', '')))"""
 HOLDS_OF_SQL = "SELECT * FROM reservations WHERE admission_grant = ANY($1::text[])"
 
 
@@ -49,18 +46,21 @@ async def load_candidates(
     experiences: set[str],
     stock: set[StockKey],
 ) -> None:
-    """Track the candidates (rows the batch read already stay as they are)
-    and add their experiences and cart rows to `experiences` and `stock`."""
-    commands = list(commands)
+    """Track the candidates (rows the batch read already stay as they are),
+    add their cart rows to `stock`, and record the products they were read
+    for: only those are offered (another product's line may have a
+    candidate the batch did not read)."""
     turned_on = {
         c.experience_id for c in commands if isinstance(c, ConfigureExperience) and c.backfill
     }
     backfilling = sorted(e for e in experiences if _backfills(uow, e, turned_on))
-    raised = sorted({c.product_id for c in commands if isinstance(c, SetStock)})
-    if not backfilling and not raised:
-        return
     products = sorted({p for p, _ in stock})
-    found = await conn.fetch(CANDIDATES_SQL, backfilling, products, raised)
+    uow.backfill_products = set(products) if backfilling else set()
+    uow.backfill_waiting = set()
+    if not backfilling:
+        return
+    found = await conn.fetch(CANDIDATES_SQL, backfilling, products)
+    uow.backfill_waiting.update(r["admission_grant"] for r in found)
     unread = [r["admission_grant"] for r in found if r["admission_grant"] not in uow.admissions]
     for r in found:
         uow.track_admission(TrackedAdmission.loaded(r))
@@ -69,27 +69,12 @@ async def load_candidates(
             items = CART_ITEMS.validate_json(r["cart_items"])
             uow.carts[pair] = TrackedCart(items, r["cart_updated_at"])
         stock.update((i.product_id, i.variant_column) for i in uow.carts[pair].items)
-        experiences.add(r["experience_id"])
     if unread:
         for h in await conn.fetch(HOLDS_OF_SQL, unread):
             uow.track_reservation(TrackedReservation.loaded(h))
-    await _settings(uow, conn, experiences)
 
 
 def _backfills(uow: UnitOfWork, experience_id: str, configured: set[str]) -> bool:
     """Backfill is on for it now, or may be once the batch configures it."""
     settings = uow.experiences.get(experience_id)
     return experience_id in configured or (settings is not None and settings.backfill)
-
-
-async def _settings(uow: UnitOfWork, conn: Conn, experiences: set[str]) -> None:
-    unread = sorted(e for e in experiences if e not in uow.experiences)
-    if not unread:
-        return
-    records = await conn.fetch(
-        f"""SELECT experience_id, {tables.SELECT_EXPERIENCE_SETTINGS}
-            FROM experiences WHERE experience_id = ANY($1::text[])""",
-        unread,
-    )
-    for r in records:
-        uow.experiences[r["experience_id"]] = tables.experience_settings(r)

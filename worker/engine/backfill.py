@@ -1,10 +1,11 @@
-"""Backfill after a command, in the same batch: when the command ended holds
-of a backfill experience (released or expired) or set stock, the units free
-on those rows are offered to the refused lines of admissions still active
-(worker.domain.backfill decides who), and each offer is held and published
-as `reservation.created` with reason `backfill`, among the command's own
-events. The unit of work read every candidate with the batch
-(worker.adapters.uow_load), and locked their stock rows."""
+"""Backfill after each command of a backfill experience, in the same batch:
+the units free on the batch's rows (those a hold of the experience gave
+back, or a stock set freed since) are offered to the experience's refused
+lines of admissions still active (worker.domain.backfill decides who), and
+each offer is held and published as `reservation.created` with reason
+`backfill`, among the command's own events. The unit of work read every
+candidate with the batch (worker.adapters.uow_backfill), and locked their
+stock rows."""
 
 from __future__ import annotations
 
@@ -17,10 +18,16 @@ from worker.domain.admission import HoldRequest
 from worker.domain.backfill import BACKFILL_REASON, Candidate, Offer, Shelf, offers
 from worker.domain.commands import CommandBase
 from worker.domain.endings import AdmissionStatus
-from worker.domain.events import EventBase, ReservationEnded, StockSet
+from worker.domain.events import (
+    CartUpdated,
+    EventBase,
+    ReservationCreated,
+    ReservationEnded,
+    ReservationRejected,
+)
 from worker.domain.model import ReservationStatus
 from worker.domain.reservation import OPERATOR_REASON
-from worker.domain.stock import PoolKey
+from worker.domain.stock import PoolKey, StockKey
 from worker.engine import holds
 from worker.engine.base import Applied
 from worker.engine.events import Events
@@ -29,6 +36,7 @@ from worker.engine.holds import HoldTerms
 
 def backfill(uow: UnitOfWork, cmd: CommandBase, applied: Applied) -> Applied:
     """`applied` with the holds its freed units went to, if any."""
+    _note_refusals(uow, applied.events)
     freed, at = _freed(uow, cmd, applied.events)
     if not freed:
         return applied
@@ -36,7 +44,7 @@ def backfill(uow: UnitOfWork, cmd: CommandBase, applied: Applied) -> Applied:
         free={key: row.free for key, row in uow.stock.items()},
         pool_used={key: row.used for key, row in uow.pools.items()},
     )
-    made = offers(freed, shelf, _candidates(uow, {e for e, _, _ in freed}), at)
+    made = offers(freed, shelf, _candidates(uow, freed), at)
     if not made:
         return applied
     events = Events(cmd)
@@ -44,6 +52,9 @@ def backfill(uow: UnitOfWork, cmd: CommandBase, applied: Applied) -> Applied:
     for offer in made:
         _hold(uow, events, cmd, offer, at)
     return Applied(applied.outcome, events.items)
+
+
+CONVERTED = "reservation.converted"
 
 
 def _backfills(uow: UnitOfWork, experience_id: str) -> bool:
@@ -54,32 +65,65 @@ def _backfills(uow: UnitOfWork, experience_id: str) -> bool:
 def _freed(
     uow: UnitOfWork, cmd: CommandBase, events: list[EventBase]
 ) -> tuple[set[PoolKey], datetime]:
-    """The rows (experience, product, variant) the command freed units on,
-    and the time they were freed (the latest, when several were)."""
-    freed: set[PoolKey] = set()
+    """The rows (experience, product, variant) to offer after a command of a
+    backfill experience: the rows its events name (holds ended, taken or
+    refused, the cart put) with units free; and the time they were freed:
+    the latest hold the command ended, or the command's time. Units a stock
+    set or another experience freed reach the line with the experience's
+    next command on that row, decided by its own consumer
+    (worker.adapters.uow_backfill says why)."""
+    experience_id = getattr(cmd, "experience_id", None)
+    if experience_id is None or not _backfills(uow, experience_id):
+        return set(), cmd.occurred_at
+    rows: set[StockKey] = set()
     times = []
     for e in events:
-        if (
-            isinstance(e, ReservationEnded)
-            and e.type != "reservation.converted"
-            and e.previous_status is ReservationStatus.ACTIVE
-            and _backfills(uow, e.experience_id)
-        ):
-            freed.add((e.experience_id, e.product_id, e.variant_id or ""))
-            times.append(e.ended_at)
-        elif isinstance(e, StockSet):
-            key = (e.product_id, e.variant_id or "")
-            backfilling = [x for x in uow.experiences if _backfills(uow, x)]
-            freed.update((x, *key) for x in backfilling)
-            times.append(cmd.occurred_at)
+        if isinstance(e, ReservationEnded):
+            if e.previous_status is ReservationStatus.ACTIVE and e.type != CONVERTED:
+                times.append(e.ended_at)
+            rows.add((e.product_id, e.variant_id or ""))
+        elif isinstance(e, ReservationCreated | ReservationRejected):
+            rows.add((e.product_id, e.variant_id or ""))
+        elif isinstance(e, CartUpdated):
+            rows.update((i.product_id, i.variant_column) for i in e.items)
+    read = uow.backfill_products
+    freed = {
+        (experience_id, *key)
+        for key in rows
+        if key in uow.stock and uow.stock[key].free > 0 and (read is None or key[0] in read)
+    }
     return freed, max(times, default=cmd.occurred_at)
 
 
-def _candidates(uow: UnitOfWork, experiences: set[str]) -> list[Candidate]:
-    """Each consumer's current admission in these experiences, if active."""
+def _note_refusals(uow: UnitOfWork, events: list[EventBase]) -> None:
+    """Admissions refused a line by this command join the ones waiting."""
+    if uow.backfill_waiting is not None:
+        uow.backfill_waiting.update(
+            e.grant_digest for e in events if isinstance(e, ReservationRejected)
+        )
+
+
+def _candidates(uow: UnitOfWork, freed: set[PoolKey]) -> list[Candidate]:
+    """Each consumer's current admission in the freed rows' experiences, if
+    active and its cart has a line without a hold on a freed row (the rest
+    cannot be offered anything: skipped before anything is built)."""
+    experiences = {e for e, _, _ in freed}
+    waiting = uow.backfill_waiting
+    admissions = (
+        uow.admissions.values()
+        if waiting is None
+        else [uow.admissions[g] for g in sorted(waiting) if g in uow.admissions]
+    )
     found = []
-    for a in uow.admissions.values():
+    for a in admissions:
         if a.experience_id not in experiences or a.status != AdmissionStatus.ACTIVE:
+            continue
+        held = {(r.product_id, r.variant_id) for r in uow.active_reservations(a.grant_digest)}
+        lacking = (
+            (line.product_id, line.variant_column)
+            for line in uow.load_cart(a.experience_id, a.consumer_id)
+        )
+        if not any(k not in held and (a.experience_id, *k) in freed for k in lacking):
             continue
         latest = uow.current_admission(a.experience_id, a.consumer_id)
         if latest is not None and latest.grant_digest == a.grant_digest:
