@@ -192,9 +192,9 @@ UNITS_BACKFILLED = Counter(
 )
 BACKFILL_SECONDS = Histogram(
     "backfill_seconds",
-    "From the freeing command's occurredAt to the commit of the batch that held the freed "
-    "units again for a refused line (the same batch: what it measures is the command's way "
-    "through the log), per backfilled hold",
+    "From the occurredAt of the command a backfill was decided after (the one that freed the "
+    "units, or the experience's next command on the row for units a stock set freed) to the "
+    "commit of its batch, per backfilled hold",
     namespace=NAMESPACE,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300),
 )

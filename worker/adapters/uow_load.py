@@ -2,9 +2,8 @@
 footprint (every key its commands can touch) and the set-based statements
 that load those rows: at most twelve (one per table, two for stock, which
 may create rows, two more for the holds an operator releases by id or by
-product), and at most three more when the batch can free units of a
-backfill experience or sets stock (worker.adapters.uow_backfill), however
-large the batch is.
+product), and at most two more when the batch has commands of a backfill
+experience (worker.adapters.uow_backfill), however large the batch is.
 
 Concurrency: reservations, admissions, carts, endings and pools belong to one
 experience, and one experience's commands are applied by one consumer at a

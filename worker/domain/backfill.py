@@ -1,13 +1,15 @@
 """Backfill: who gets the units freed on a backfill experience's stock rows.
 
-When a hold ends released or expired, or stock is set, the units free on
-that stock row are offered to the refused lines of admissions still active,
-oldest admission first (`admittedAt`, ties by grant digest). A refused line
-is a line of the admission's current cart with no active hold of that
-admission on its row, so a line whose cart changed meanwhile is offered the
-cart's current quantity and a line removed from the cart is offered
-nothing. A row whose hold an operator released is not offered again to
-that admission: the operator took it away on purpose.
+After a command frees units on a stock row (a hold ended released or
+expired; a stock set or another experience's freeing is seen with the
+experience's next command on the row), the units free on it are offered to
+the refused lines of admissions still active, oldest admission first
+(`admittedAt`, ties by grant digest). A refused line is a line of the
+admission's current cart with no active hold of that admission on its
+row, so a line whose cart changed meanwhile is offered the cart's current
+quantity and a line removed from the cart is offered nothing. A row whose
+hold an operator released is not offered again to that admission: the
+operator took it away on purpose.
 
 An all-or-nothing cart (hard strategy, or multiItemPolicy all_or_nothing)
 is offered only when every line it lacks fits at once; a pooled experience
