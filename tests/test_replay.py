@@ -34,6 +34,7 @@ from worker.adapters.kafka import SEQ_HEADER
 from worker.config import Settings
 from worker.domain.events import (
     AdmissionRecorded,
+    ReservationCreated,
     ReservationEnded,
     ReservationRejected,
     encode_event,
@@ -163,6 +164,8 @@ def test_traffic_exercises_every_fact() -> None:
                 seen[f"recorded:{e.status}:{e.end_reason is not None}"] += 1
             if isinstance(e, ReservationRejected):
                 seen[f"rejected:{e.reason}"] += 1
+            if isinstance(e, ReservationCreated) and e.reason is not None:
+                seen[f"created:{e.reason}"] += 1
             if isinstance(e, ReservationEnded):
                 seen[f"ended:{e.reason}"] += 1
                 seen[f"from:{e.previous_status}"] += 1
@@ -199,6 +202,7 @@ def test_traffic_exercises_every_fact() -> None:
         "reservation.extended",
         "admission.reopened",
         "admission.retried",
+        "created:backfill",
     }
     assert expected <= set(seen), expected - set(seen)
 
