@@ -65,6 +65,8 @@ class UnitOfWork(BatchHolds):
         # row is in memory.
         self.backfill_products: set[str] | None = None
         self.backfill_waiting: set[str] | None = None
+        # The waiting admissions in line order, kept until one joins.
+        self.backfill_line: list[TrackedAdmission] | None = None
 
     # --- the identity map --------------------------------------------------------
 

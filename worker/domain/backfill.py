@@ -16,7 +16,8 @@ is offered only when every line it lacks fits at once; a pooled experience
 offers one unit per product and admission, within the product's pool. A
 candidate that does not fit is passed over and keeps its place for the next
 freeing; the ones after it may take what it could not. Pure: the engine
-gives the free units, pool usage and candidates, and takes the offers.
+gives the free units, pool usage and the candidates in line order, and
+takes the offers.
 """
 
 from __future__ import annotations
@@ -89,30 +90,42 @@ class Shelf:
                 pool = (candidate.experience_id, *key)
                 self.pool_used[pool] = self.pool_used.get(pool, 0) + n
 
+    def any_free(self, rows: Iterable[PoolKey]) -> bool:
+        return any(self.free.get((p, v), 0) > 0 for _, p, v in rows)
+
     def _pool_room(self, candidate: Candidate, key: StockKey) -> int:
         used = self.pool_used.get((candidate.experience_id, *key), 0)
         return pool_cap(candidate.settings, *key) - used
 
 
-def in_line(candidates: Iterable[Candidate]) -> list[Candidate]:
+def place_in_line(admitted_at: datetime, grant_digest: str) -> tuple[datetime, str]:
     """The offer order: oldest admission first, ties by grant digest."""
-    return sorted(candidates, key=lambda c: (c.admitted_at, c.grant_digest))
+    return admitted_at, grant_digest
+
+
+def in_line(candidates: Iterable[Candidate]) -> list[Candidate]:
+    return sorted(candidates, key=lambda c: place_in_line(c.admitted_at, c.grant_digest))
 
 
 def offers(
-    freed: set[PoolKey], shelf: Shelf, candidates: Iterable[Candidate], at: datetime
+    freed: set[PoolKey], shelf: Shelf, ordered: Iterable[Candidate], at: datetime
 ) -> list[Offer]:
-    """The offers, in line order, of the units on `shelf` to the refused
-    lines on the freed rows (experience, product, variant) at `at`; `shelf`
-    is left with what remains."""
-    made = []
-    for candidate in in_line(candidates):
+    """The offers of the units on `shelf` to the refused lines on the freed
+    rows (experience, product, variant) at `at`, to candidates given in
+    line order (`place_in_line`), read only until the freed rows have no
+    unit left; `shelf` is left with what remains."""
+    made: list[Offer] = []
+    if not shelf.any_free(freed):
+        return made
+    for candidate in ordered:
         if not candidate.open_at(at):
             continue
         units = _offered(candidate, freed, shelf)
         if units:
             shelf.take(candidate, units)
             made.append(Offer(candidate, units))
+            if not shelf.any_free(freed):
+                break
     return made
 
 

@@ -9,13 +9,21 @@ stock rows."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.adapters.uow_rows import TrackedAdmission
 from worker.domain import ids
 from worker.domain.admission import HoldRequest
-from worker.domain.backfill import BACKFILL_REASON, Candidate, Offer, Shelf, offers
+from worker.domain.backfill import (
+    BACKFILL_REASON,
+    Candidate,
+    Offer,
+    Shelf,
+    offers,
+    place_in_line,
+)
 from worker.domain.commands import CommandBase
 from worker.domain.endings import AdmissionStatus
 from worker.domain.events import (
@@ -44,7 +52,7 @@ def backfill(uow: UnitOfWork, cmd: CommandBase, applied: Applied) -> Applied:
         free={key: row.free for key, row in uow.stock.items()},
         pool_used={key: row.used for key, row in uow.pools.items()},
     )
-    made = offers(freed, shelf, _candidates(uow, freed), at)
+    made = offers(freed, shelf, _in_line(uow, freed), at)
     if not made:
         return applied
     events = Events(cmd)
@@ -97,25 +105,38 @@ def _freed(
 
 def _note_refusals(uow: UnitOfWork, events: list[EventBase]) -> None:
     """Admissions refused a line by this command join the ones waiting."""
-    if uow.backfill_waiting is not None:
-        uow.backfill_waiting.update(
-            e.grant_digest for e in events if isinstance(e, ReservationRejected)
-        )
-
-
-def _candidates(uow: UnitOfWork, freed: set[PoolKey]) -> list[Candidate]:
-    """Each consumer's current admission in the freed rows' experiences, if
-    active and its cart has a line without a hold on a freed row (the rest
-    cannot be offered anything: skipped before anything is built)."""
-    experiences = {e for e, _, _ in freed}
     waiting = uow.backfill_waiting
-    admissions = (
-        uow.admissions.values()
-        if waiting is None
-        else [uow.admissions[g] for g in sorted(waiting) if g in uow.admissions]
-    )
-    found = []
-    for a in admissions:
+    if waiting is None:
+        return
+    for e in events:
+        if isinstance(e, ReservationRejected) and e.grant_digest not in waiting:
+            waiting.add(e.grant_digest)
+            uow.backfill_line = None
+
+
+def _line(uow: UnitOfWork) -> list[TrackedAdmission]:
+    """The admissions that may have refused lines, in line order (every
+    admission when all rows are in memory), sorted once per change."""
+    if uow.backfill_line is None or uow.backfill_waiting is None:
+        waiting = uow.backfill_waiting
+        tracked = (
+            list(uow.admissions.values())
+            if waiting is None
+            else [uow.admissions[g] for g in waiting if g in uow.admissions]
+        )
+        tracked.sort(key=lambda a: place_in_line(a.admitted_at, a.grant_digest))
+        if waiting is None:
+            return tracked
+        uow.backfill_line = tracked
+    return uow.backfill_line
+
+
+def _in_line(uow: UnitOfWork, freed: set[PoolKey]) -> Iterator[Candidate]:
+    """Each consumer's current admission in the freed rows' experiences, if
+    active and its cart has a line without a hold on a freed row, in line
+    order; built one at a time, as the offers read them."""
+    experiences = {e for e, _, _ in freed}
+    for a in _line(uow):
         if a.experience_id not in experiences or a.status != AdmissionStatus.ACTIVE:
             continue
         held = {(r.product_id, r.variant_id) for r in uow.active_reservations(a.grant_digest)}
@@ -127,8 +148,7 @@ def _candidates(uow: UnitOfWork, freed: set[PoolKey]) -> list[Candidate]:
             continue
         latest = uow.current_admission(a.experience_id, a.consumer_id)
         if latest is not None and latest.grant_digest == a.grant_digest:
-            found.append(_candidate(uow, a))
-    return found
+            yield _candidate(uow, a)
 
 
 def _candidate(uow: UnitOfWork, a: TrackedAdmission) -> Candidate:
