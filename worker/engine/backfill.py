@@ -1,11 +1,11 @@
 """Backfill after each command of a backfill experience, in the same batch:
-the units free on the batch's rows (those a hold of the experience gave
-back, or a stock set freed since) are offered to the experience's refused
-lines of admissions still active (worker.domain.backfill decides who), and
-each offer is held and published as `reservation.created` with reason
-`backfill`, among the command's own events. The unit of work read every
-candidate with the batch (worker.adapters.uow_backfill), and locked their
-stock rows."""
+the units free on the rows that command's events name (a hold of the
+experience it ended, or units a stock set freed before it) are offered to
+the experience's refused lines of admissions still active
+(worker.domain.backfill decides who), and each offer is held and published
+as `reservation.created` with reason `backfill`, among the command's own
+events. The unit of work read every candidate with the batch
+(worker.adapters.uow_backfill), and locked their stock rows."""
 
 from __future__ import annotations
 
