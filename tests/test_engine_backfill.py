@@ -221,3 +221,31 @@ async def test_the_backfilled_hold_has_an_id_of_its_own(story: Story) -> None:
     [created] = story.backfilled()
     plain = domain_ids.reservation_id(created.grant_digest, created.product_id, None)
     assert created.reservation_id != plain
+
+
+async def test_a_backfilled_hold_expires_with_its_admission_as_extended(story: Story) -> None:
+    await _one_unit(story, extension_seconds=120, max_extensions=1)
+    extended = await story(b.extend(story.exp, "B", story.grant("B"), at(35)))
+    assert extended["status"] == "extended"
+    await story.leave("A", 40)
+    [created] = story.backfilled()
+    assert (created.consumer_id, created.expires_at) == (
+        "B",
+        at(20) + SPAN + timedelta(seconds=120),
+    )
+
+
+async def test_a_retry_refused_for_stock_joins_the_line(story: Story) -> None:
+    await story(b.configure(story.exp, backfill=True, retry_window_seconds=600))
+    await story.stock("p", 1)
+    await story.admit("B", 10, ("p", 1))
+    await story(b.end(story.exp, "B", story.grant("B"), outcome="expired",
+                      reason="window_elapsed", at=at(10) + SPAN))  # fmt: skip
+    await story.admit("A", 600, ("p", 1))  # takes the unit B's expiry freed
+    retried_at = at(10) + SPAN + timedelta(seconds=20)
+    retried = await story(b.retry(story.exp, "B", story.grant("B"), retried_at))
+    assert (retried["held"], retried["rejected"]) == (0, 1)
+    await story.leave("A", 700)
+    assert await story.held("B") == [("p", 1)]
+    [created] = story.backfilled()
+    assert created.expires_at == retried_at + SPAN  # the retry's expiry
