@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
 from tests import builders as b
-from tests.engine_backends import Engine
+from tests.engine_backends import DEFAULTS, Engine, assert_counters_match_rows
 from tests.helpers import unique
 from worker.domain import ids as domain_ids
 from worker.domain.events import ReservationCreated
+from worker.engine import Coordinates, apply_batch
 
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 SPAN = timedelta(seconds=660)  # the default window and buffer
@@ -249,3 +252,46 @@ async def test_a_retry_refused_for_stock_joins_the_line(story: Story) -> None:
     assert await story.held("B") == [("p", 1)]
     [created] = story.backfilled()
     assert created.expires_at == retried_at + SPAN  # the retry's expiry
+
+
+def _line_story(exp: str, run: str) -> list[Any]:
+    """One unit: A holds it, B and C are refused, A leaves, then B."""
+    product = f"{exp}-p"
+    commands: list[Any] = [
+        b.configure(exp, backfill=True),
+        b.stock(product, 1).model_copy(update={"occurred_at": at(0)}),
+    ]
+    for n, who in enumerate("ABC", 1):
+        commands += [
+            b.cart(exp, who, b.line(product, 1), at=at(10 * n - 1)),
+            b.admit(exp, who, f"{run}-{who}", at(10 * n)),
+        ]
+    return [*commands, b.end(exp, "A", None, at=at(40)), b.end(exp, "B", None, at=at(50))]
+
+
+async def _holders(pool: asyncpg.Pool, exp: str) -> list[tuple[str, str]]:
+    rows = await pool.fetch(
+        """SELECT consumer_id, status FROM reservations WHERE experience_id = $1
+           ORDER BY created_at, consumer_id""",
+        exp,
+    )
+    return [(r["consumer_id"], r["status"]) for r in rows]
+
+
+@pytest.mark.parametrize("cuts", [(), (5,), (7, 9), tuple(range(1, 10))])
+async def test_backfill_batches(engine_db: asyncpg.Pool, cuts: tuple[int, ...]) -> None:
+    """The same story in one batch or cut into several: the line read from
+    the database and the line the batch itself refused decide alike."""
+    exp, run = unique("bfb"), unique("g")
+    commands = _line_story(exp, run)
+    bounds = [0, *cuts, len(commands)]
+    for start, end in pairwise(bounds):
+        placed = [(c, Coordinates("t", 0, n)) for n, c in enumerate(commands[start:end])]
+        async with engine_db.acquire() as conn, conn.transaction():
+            await apply_batch(conn, placed, DEFAULTS)
+    assert await _holders(engine_db, exp) == [
+        ("A", "released"),
+        ("B", "released"),
+        ("C", "active"),
+    ]
+    await assert_counters_match_rows(engine_db)
