@@ -54,11 +54,11 @@ async def load_candidates(
         c.experience_id for c in commands if isinstance(c, ConfigureExperience) and c.backfill
     }
     backfilling = sorted(e for e in experiences if _backfills(uow, e, turned_on))
-    products = sorted({p for p, _ in stock})
-    uow.backfill_products = set(products) if backfilling else set()
-    uow.backfill_waiting = set()
+    uow.backfill_products, uow.backfill_waiting = set(), set()
     if not backfilling:
         return
+    products = sorted({p for p, _ in stock})
+    uow.backfill_products.update(products)
     found = await conn.fetch(CANDIDATES_SQL, backfilling, products)
     uow.backfill_waiting.update(r["admission_grant"] for r in found)
     unread = [r["admission_grant"] for r in found if r["admission_grant"] not in uow.admissions]
