@@ -21,6 +21,7 @@ import pytest_asyncio
 from tests import builders as b
 from tests.engine_backends import DEFAULTS, Engine, assert_counters_match_rows
 from tests.helpers import unique
+from worker.adapters import uow_backfill
 from worker.domain import ids as domain_ids
 from worker.domain.events import ReservationCreated
 from worker.engine import Coordinates, apply_batch
@@ -294,4 +295,39 @@ async def test_backfill_batches(engine_db: asyncpg.Pool, cuts: tuple[int, ...]) 
         ("B", "released"),
         ("C", "active"),
     ]
+    await assert_counters_match_rows(engine_db)
+
+
+async def test_a_batch_offers_nothing_past_the_part_of_the_line_it_read(
+    engine_db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read two at a time: B and C are read, D is not; E, refused in the
+    batch itself, stands after D, so the third unit waits for the next
+    batch, which reads D first."""
+    monkeypatch.setattr(uow_backfill, "LINE_READ", 2)
+    exp, run = unique("bfc"), unique("g")
+    product = f"{exp}-p"
+
+    async def batch(*commands: Any) -> None:
+        placed = [(c, Coordinates("t", 0, n)) for n, c in enumerate(commands)]
+        async with engine_db.acquire() as conn, conn.transaction():
+            await apply_batch(conn, placed, DEFAULTS)
+
+    def arrive(who: str, seconds: int) -> list[Any]:
+        return [
+            b.cart(exp, who, b.line(product, 1), at=at(seconds - 1)),
+            b.admit(exp, who, f"{run}-{who}", at(seconds)),
+        ]
+
+    start = b.stock(product, 3).model_copy(update={"occurred_at": at(0)})
+    await batch(b.configure(exp, backfill=True), start)
+    await batch(*arrive("H1", 1), *arrive("H2", 2), *arrive("H3", 3))
+    await batch(*arrive("B", 10), *arrive("C", 20), *arrive("D", 30))
+    leaves = [b.end(exp, who, None, at=at(50)) for who in ("H1", "H2", "H3")]
+    await batch(*arrive("E", 40), *leaves)
+    held = [who for who, status in await _holders(engine_db, exp) if status == "active"]
+    assert held == ["B", "C"]
+    await batch(b.cart(exp, "F", b.line(product, 1), at=at(60)))  # a command on the row
+    held = [who for who, status in await _holders(engine_db, exp) if status == "active"]
+    assert held == ["B", "C", "D"]
     await assert_counters_match_rows(engine_db)

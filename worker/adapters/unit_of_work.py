@@ -65,8 +65,10 @@ class UnitOfWork(BatchHolds):
         # row is in memory.
         self.backfill_products: set[str] | None = None
         self.backfill_waiting: set[str] | None = None
-        # The waiting admissions in line order, kept until one joins.
+        # The waiting admissions in line order, kept until one joins; per
+        # experience read only in part, the place of the last one read.
         self.backfill_line: list[TrackedAdmission] | None = None
+        self.backfill_cutoff: dict[str, tuple[datetime, str]] = {}
 
     # --- the identity map --------------------------------------------------------
 

@@ -136,9 +136,13 @@ def _in_line(uow: UnitOfWork, freed: set[PoolKey]) -> Iterator[Candidate]:
     active and its cart has a line without a hold on a freed row, in line
     order; built one at a time, as the offers read them."""
     experiences = {e for e, _, _ in freed}
+    cutoff = uow.backfill_cutoff
     for a in _line(uow):
         if a.experience_id not in experiences or a.status != AdmissionStatus.ACTIVE:
             continue
+        last = cutoff.get(a.experience_id)
+        if last is not None and place_in_line(a.admitted_at, a.grant_digest) > last:
+            continue  # past the part of the line the batch read
         held = {(r.product_id, r.variant_id) for r in uow.active_reservations(a.grant_digest)}
         lacking = (
             (line.product_id, line.variant_column)
