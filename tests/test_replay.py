@@ -363,6 +363,9 @@ async def test_replay_verify_rebuilds_live_state(stack: Stack, settings: Setting
             assert {"active", "converted", "released", "expired"} <= statuses
             operator = "SELECT count(*) FROM reservations WHERE end_reason = 'operator'"
             assert await conn.fetchval(operator) > 0  # operator releases are replayed too
+            backfilled = """SELECT count(*) FROM outbox WHERE event_type = 'reservation.created'
+                AND convert_from(payload, 'UTF8')::jsonb->>'reason' = 'backfill'"""
+            assert await conn.fetchval(backfilled) > 0  # and backfilled holds
             events = await conn.fetchval("SELECT count(*) FROM outbox")
             # The relay's crash window (sent, not yet marked): some events
             # are published again, later in their partitions.

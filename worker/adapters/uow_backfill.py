@@ -33,7 +33,8 @@ from worker.domain.stock import StockKey
 LINE_READ = 500
 # $1 experiences of the batch that backfill, $2 products the batch touches,
 # $3 LINE_READ. Only admissions with a line of such a product the admission
-# does not hold (the refused lines), each experience's in line order.
+# does not hold (the refused lines), each experience's in line order (grant
+# digests are lowercase hex: every collation orders them as Python does).
 CANDIDATES_SQL = """SELECT t.* FROM unnest($1::text[]) AS x(experience_id)
     CROSS JOIN LATERAL (
         SELECT a.*, c.items AS cart_items, c.updated_at AS cart_updated_at
