@@ -78,6 +78,7 @@ class Setup:
     extension: int = 0  # extensionSeconds
     max_extensions: int = 0
     retry_window: int = 0  # retryWindowSeconds
+    backfill: bool = False
 
     @property
     def ample(self) -> bool:
@@ -101,6 +102,7 @@ class Setup:
             extension_seconds=self.extension,
             max_extensions=self.max_extensions,
             retry_window_seconds=self.retry_window,
+            backfill=self.backfill,
         )
 
     @property
@@ -124,6 +126,8 @@ class Setup:
                 head += f", {self.max_extensions} extensions of {self.extension} s"
             if self.retry_window:
                 head += f", retry within {self.retry_window} s"
+            if self.backfill:
+                head += ", backfill"
         stock = ", ".join(
             f"p{n}={'ample' if q >= AMPLE else q}" for n, q in enumerate(self.on_hand)
         )
@@ -303,6 +307,7 @@ def command(scenario: Scenario, d: Delivery, names: Names) -> Command:
                 extension_seconds=s.extension_seconds,
                 max_extensions=s.max_extensions,
                 retry_window_seconds=s.retry_window_seconds,
+                backfill=s.backfill,
             )
         case "stock":
             return SetStock(

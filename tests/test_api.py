@@ -318,6 +318,7 @@ async def test_configure_an_experience(api: Api) -> None:
             "bufferSeconds": 30,
             "poolSize": 25,
             "multiItemPolicy": "all_or_nothing",
+            "backfill": True,
         },
     )
     assert answer.status == 200, answer.body
@@ -336,6 +337,7 @@ async def test_configure_an_experience(api: Api) -> None:
         "retryWindowSeconds": 0,
         "onComplete": "convert_ordered",
         "pools": [],
+        "backfill": True,
         "poolUsage": [],
     }
 

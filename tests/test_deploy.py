@@ -84,6 +84,7 @@ COUNTERS = frozenset(
         "fanfare_reservations_outbox_published_total",
         "fanfare_reservations_expiries_published_total",
         "fanfare_reservations_retention_rows_deleted_total",
+        "fanfare_reservations_units_backfilled_total",
     }
 )
 HISTOGRAMS = frozenset(
@@ -91,6 +92,7 @@ HISTOGRAMS = frozenset(
         "fanfare_reservations_webhook_request_duration_seconds",
         "fanfare_reservations_batch_apply_seconds",
         "fanfare_reservations_hold_duration_seconds",
+        "fanfare_reservations_backfill_seconds",
     }
 )
 GAUGES = frozenset(

@@ -34,6 +34,7 @@ from worker.adapters.kafka import SEQ_HEADER
 from worker.config import Settings
 from worker.domain.events import (
     AdmissionRecorded,
+    ReservationCreated,
     ReservationEnded,
     ReservationRejected,
     encode_event,
@@ -163,6 +164,8 @@ def test_traffic_exercises_every_fact() -> None:
                 seen[f"recorded:{e.status}:{e.end_reason is not None}"] += 1
             if isinstance(e, ReservationRejected):
                 seen[f"rejected:{e.reason}"] += 1
+            if isinstance(e, ReservationCreated) and e.reason is not None:
+                seen[f"created:{e.reason}"] += 1
             if isinstance(e, ReservationEnded):
                 seen[f"ended:{e.reason}"] += 1
                 seen[f"from:{e.previous_status}"] += 1
@@ -199,6 +202,7 @@ def test_traffic_exercises_every_fact() -> None:
         "reservation.extended",
         "admission.reopened",
         "admission.retried",
+        "created:backfill",
     }
     assert expected <= set(seen), expected - set(seen)
 
@@ -359,6 +363,9 @@ async def test_replay_verify_rebuilds_live_state(stack: Stack, settings: Setting
             assert {"active", "converted", "released", "expired"} <= statuses
             operator = "SELECT count(*) FROM reservations WHERE end_reason = 'operator'"
             assert await conn.fetchval(operator) > 0  # operator releases are replayed too
+            backfilled = """SELECT count(*) FROM outbox WHERE event_type = 'reservation.created'
+                AND convert_from(payload, 'UTF8')::jsonb->>'reason' = 'backfill'"""
+            assert await conn.fetchval(backfilled) > 0  # and backfilled holds
             events = await conn.fetchval("SELECT count(*) FROM outbox")
             # The relay's crash window (sent, not yet marked): some events
             # are published again, later in their partitions.

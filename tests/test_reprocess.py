@@ -78,7 +78,7 @@ async def test_reprocess_of_an_untouched_log_reports_no_difference(
         lines = result.stdout.splitlines()
         assert lines[0].startswith(f"reprocess: {len(levels) + len(commands):,} commands read")
         assert f"{total:,} applied" in lines[0]
-        assert lines[-1] == "no differences: 9 experience(s) identical"
+        assert lines[-1] == "no differences: 10 experience(s) identical"
 
         solo = await asyncio.to_thread(_cli, env, "reprocess", "--experience", "solo")
         assert solo.returncode == 0, solo.stdout + solo.stderr

@@ -26,6 +26,9 @@ T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 # reservations, holds released by id, holds released by product, stock
 # created, stock locked, pools.
 LOAD_STATEMENTS = 12
+# With backfill on: its candidates, and the holds of those the batch had
+# not read (worker.adapters.uow_backfill).
+BACKFILL_STATEMENTS = 2
 # experiences, stock, carts, cart versions, admissions (new, changed),
 # endings, reservations (new, changed), pools, the outbox commit lock,
 # outbox, inbox.
@@ -57,29 +60,36 @@ class Counting:
         return counted
 
 
-def _setup(run: str, n: int) -> list[CommandBase]:
+def _setup(run: str, n: int, backfill: bool) -> list[CommandBase]:
     """Per round: a pooled experience, a stock row, and an admission that
-    holds a unit (the batch ends it)."""
+    holds a unit (the batch ends it). With backfill: the row's one unit is
+    held, and an admission outside the batch is refused it, which the
+    batch's stock raise offers to."""
     commands: list[CommandBase] = []
     for i in range(n):
         exp, sku = f"{run}-e{i}", f"{run}-p{i}"
         commands += [
-            b.stock(sku, 10),
-            b.configure(exp, strategy="pool", pool_size=5),
+            b.stock(sku, 1 if backfill else 10),
+            b.configure(exp, strategy="pool", pool_size=5, backfill=backfill),
             b.cart(exp, "held", b.line(sku, 1), at=T0),
             b.admit(exp, "held", f"{run}-old-{i}", T0),
         ]
+        if backfill:
+            commands += [
+                b.cart(exp, "waiting", b.line(sku, 1), at=T0),
+                b.admit(exp, "waiting", f"{run}-waiting-{i}", T0),
+            ]
     return commands
 
 
-def _batch(run: str, n: int) -> list[Command]:
+def _batch(run: str, n: int, backfill: bool) -> list[Command]:
     """Per round, one command of each kind, touching every table."""
     commands: list[CommandBase] = []
     for i in range(n):
         exp, sku, at = f"{run}-e{i}", f"{run}-p{i}", T0 + timedelta(seconds=10)
         commands += [
-            b.stock(sku, 20),
-            b.configure(exp, strategy="pool", pool_size=6),
+            b.stock(sku, 20).model_copy(update={"occurred_at": at}),
+            b.configure(exp, strategy="pool", pool_size=6, backfill=backfill),
             b.end(exp, "held", None, at=at),
             b.cart(exp, "new", b.line(sku, 1), at=at),
             b.admit(exp, "new", f"{run}-new-{i}", at),
@@ -96,21 +106,24 @@ async def _apply(pool: asyncpg.Pool, commands: list[CommandBase]) -> None:
         await apply_batch(conn, placed, DEFAULTS)  # type: ignore[arg-type]
 
 
-async def _round_trips(pool: asyncpg.Pool, n: int) -> tuple[int, int]:
+async def _round_trips(pool: asyncpg.Pool, n: int, backfill: bool = False) -> tuple[int, int, int]:
+    """Statements loaded and flushed, and the units backfilled."""
     run = unique("rt")
-    await _apply(pool, _setup(run, n))
-    commands = _batch(run, n)
+    await _apply(pool, _setup(run, n, backfill))
+    commands = _batch(run, n, backfill)
     async with pool.acquire() as conn, conn.transaction():
         counting = Counting(conn)
         uow = UnitOfWork()
         await uow_load.load(uow, counting, commands)  # type: ignore[arg-type]
         loaded, counting.statements = counting.statements, 0
+        backfilled = 0
         for offset, command in enumerate(commands):
             applied = apply_command(uow, command, DEFAULTS)
             outcome, events = applied.outcome, applied.events
             uow.record(command.command_id, command.type, outcome, events, "t", 0, offset)
+            backfilled += sum(getattr(e, "reason", None) == "backfill" for e in events)
         await uow_flush.flush(uow, counting)  # type: ignore[arg-type]
-        return loaded, counting.statements
+        return loaded, counting.statements, backfilled
 
 
 @pytest.mark.parametrize("n", [1, 10, 200])
@@ -118,7 +131,17 @@ async def test_a_batch_loads_and_flushes_in_a_fixed_number_of_statements(
     engine_db: asyncpg.Pool, n: int
 ) -> None:
     """n rounds of one command of each kind (n * 8 commands)."""
-    assert await _round_trips(engine_db, n) == (LOAD_STATEMENTS, FLUSH_STATEMENTS)
+    assert await _round_trips(engine_db, n) == (LOAD_STATEMENTS, FLUSH_STATEMENTS, 0)
+
+
+@pytest.mark.parametrize("n", [1, 10, 200])
+async def test_backfill_loads_a_fixed_number_of_statements_more(
+    engine_db: asyncpg.Pool, n: int
+) -> None:
+    """The same rounds with backfill on, and candidates outside the batch."""
+    loaded = LOAD_STATEMENTS + BACKFILL_STATEMENTS
+    # Each round's raise goes to the refused admission.
+    assert await _round_trips(engine_db, n, backfill=True) == (loaded, FLUSH_STATEMENTS, n)
 
 
 @pytest.mark.parametrize(

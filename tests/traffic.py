@@ -4,7 +4,7 @@ changes, supersedes, remembered endings, expiries on time and too early,
 releases, operator releases by id, consumer and product, checkouts with
 and without a grant, the checkout API's partial orders, conflicting orders,
 refused stock levels and pool sizes, extensions and retries, granted or
-refused), with duplicates and out-of-order arrivals. Every time comes from
+refused, a freed unit backfilled), with duplicates and out-of-order arrivals. Every time comes from
 the commands, so the same seed always means the same traffic."""
 
 from __future__ import annotations
@@ -22,13 +22,17 @@ ROWS: list[tuple[str, str | None]] = [("shoe", "42"), ("shoe", "43"), ("cap", No
 # experience -> (window + buffer seconds, configure options or None for defaults)
 EXPERIENCES: dict[str, tuple[int, dict[str, object] | None]] = {
     "drop-soft": (660, None),
-    "drop-hard": (330, {"strategy": "hard", "window_seconds": 300, "buffer_seconds": 30}),
+    "drop-hard": (
+        330,
+        {"strategy": "hard", "window_seconds": 300, "buffer_seconds": 30, "backfill": True},
+    ),
     "drop-pool": (
         660,
         {
             "strategy": "pool",
             "pool_size": 4,
             "pools": [ProductPool(product_id="shoe", variant_id="42", size=2)],
+            "backfill": True,
         },
     ),
     "drop-all": (
@@ -198,4 +202,19 @@ def traffic(seed: int, consumers: int = 40) -> list[CommandBase]:
     # Duplicates: the same command (same id) delivered again later.
     for cmd in rng.sample(cmds, k=len(cmds) // 12):
         cmds.insert(rng.randint(cmds.index(cmd) + 1, len(cmds)), cmd)
-    return cmds
+    return cmds + _backfill_line(T0 + timedelta(seconds=7 * consumers))
+
+
+def _backfill_line(at: datetime) -> list[CommandBase]:
+    """A pool of one bag with backfill, after every story (its own
+    experience, so the stories stay as they were): the first shopper holds
+    it, the second is refused, and holds it once the first leaves."""
+    exp = "drop-line"
+    commands: list[CommandBase] = [b.configure(exp, strategy="pool", pool_size=1, backfill=True)]
+    for n, who in enumerate(("first", "second")):
+        admitted = at + timedelta(seconds=n)
+        commands += [
+            b.cart(exp, who, b.line("bag", 1), at=admitted - timedelta(seconds=1)),
+            b.admit(exp, who, f"{exp}-{who}", admitted),
+        ]
+    return [*commands, b.end(exp, "first", None, at=at + timedelta(seconds=30))]

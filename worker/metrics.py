@@ -183,6 +183,21 @@ HOLD_DURATION = Histogram(
     namespace=NAMESPACE,
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600),
 )
+UNITS_BACKFILLED = Counter(
+    "units_backfilled",
+    "Units freed (a hold ended, stock set) and held for a refused line of an admission still "
+    "active, per experience",
+    ["experience"],
+    namespace=NAMESPACE,
+)
+BACKFILL_SECONDS = Histogram(
+    "backfill_seconds",
+    "From the occurredAt of the command a backfill was decided after (the one that freed the "
+    "units, or the experience's next command on the row for units a stock set freed) to the "
+    "commit of its batch, per backfilled hold",
+    namespace=NAMESPACE,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300),
+)
 HOLDS_ACTIVE = Gauge(
     "holds_active",
     "Active holds (read from the database by every scheduler process, leading or not)",

@@ -292,6 +292,7 @@ EXPERIENCE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("retry_window_seconds", "int"),
     ("on_complete", "text"),
     ("pools", "jsonb"),
+    ("backfill", "bool"),
 )
 EXPERIENCE_COLUMNS = tuple(name for name, _ in EXPERIENCE_SETTINGS)
 # jsonb is read as text: the settings model parses it.

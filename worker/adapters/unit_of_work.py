@@ -59,6 +59,16 @@ class UnitOfWork(BatchHolds):
         self.new_endings: list[EndingRow] = []
         self.outbox: list[EventBase] = []
         self.inbox: list[tuple[UUID, str, str, str, int, int]] = []
+        # Backfill (worker.adapters.uow_backfill): the products whose
+        # candidates were read for the batch's experiences, and the grants
+        # that may have refused lines (read, or refused since); None: every
+        # row is in memory.
+        self.backfill_products: set[str] | None = None
+        self.backfill_waiting: set[str] | None = None
+        # The waiting admissions in line order, kept until one joins; per
+        # experience read only in part, the place of the last one read.
+        self.backfill_line: list[TrackedAdmission] | None = None
+        self.backfill_cutoff: dict[str, tuple[datetime, str]] = {}
 
     # --- the identity map --------------------------------------------------------
 

@@ -2,7 +2,8 @@
 footprint (every key its commands can touch) and the set-based statements
 that load those rows: at most twelve (one per table, two for stock, which
 may create rows, two more for the holds an operator releases by id or by
-product), however large the batch is.
+product), and at most two more when the batch has commands of a backfill
+experience (worker.adapters.uow_backfill), however large the batch is.
 
 Concurrency: reservations, admissions, carts, endings and pools belong to one
 experience, and one experience's commands are applied by one consumer at a
@@ -21,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from worker.adapters import rows as tables
+from worker.adapters import uow_backfill
 from worker.adapters.rows import Pair
 from worker.adapters.store import Conn
 from worker.adapters.unit_of_work import UnitOfWork
@@ -140,6 +142,7 @@ async def load(uow: UnitOfWork, conn: Conn, commands: list[Command]) -> None:
     # Ended and converted holds too: a late completion sells an ended hold
     # again, and a sale can move to the admission it belonged to.
     fp.stock.update((r.product_id, r.variant_id) for r in uow.reservations.values())
+    await uow_backfill.load_candidates(uow, conn, commands, fp.experiences, fp.stock)
     await _lock_stock(uow, conn, fp)
     await _lock_pools(uow, conn, fp.experiences)
 

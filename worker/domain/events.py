@@ -71,6 +71,11 @@ class ReservationCreated(ExperienceEvent):
         "change, the ordered part of a hold the checkout API's order took only part of, or "
         "an expired hold taken anew when an extension decided before its expiry arrived after it",
     )
+    reason: Literal["backfill"] | None = Field(
+        default=None,
+        description="backfill: units freed later (a hold ended, stock raised) offered to this "
+        "refused line of an admission still active, in admission order; null otherwise",
+    )
 
 
 class ReservationRejected(ExperienceEvent):

@@ -117,6 +117,9 @@ class ExperienceSettings(WireModel):
     retry_window_seconds: int = Field(default=0, ge=0, le=86_400)
     on_complete: OnComplete = OnComplete.CONVERT_ORDERED
     pools: tuple[ProductPool, ...] = ()
+    # Units freed later go to the refused lines of still-active admissions,
+    # in admission order (worker.domain.backfill).
+    backfill: bool = False
 
     @model_validator(mode="after")
     def _one_pool_per_product(self) -> ExperienceSettings:

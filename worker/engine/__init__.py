@@ -27,6 +27,7 @@ from worker.domain.commands import (
 )
 from worker.domain.model import ExperienceSettings
 from worker.engine.admission import admit
+from worker.engine.backfill import backfill
 from worker.engine.base import Applied
 from worker.engine.cart import put_cart
 from worker.engine.checkout import complete_checkout
@@ -118,6 +119,11 @@ async def _write_behind(
 
 
 def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSettings) -> Applied:
+    """Decide one command, then offer the units it freed (backfill)."""
+    return backfill(uow, command, _decide(uow, command, defaults))
+
+
+def _decide(uow: UnitOfWork, command: Command, defaults: ExperienceSettings) -> Applied:
     match command:
         case AdmitConsumer():
             return admit(uow, command, defaults)

@@ -6,7 +6,7 @@ events, so the order of the builders' calls is part of the contract."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from worker.adapters.rows import Pair
@@ -190,7 +190,11 @@ class Events:
         )
 
     def reservation_created(
-        self, terms: HoldTerms, hold: HoldRequest, replaces: UUID | None = None
+        self,
+        terms: HoldTerms,
+        hold: HoldRequest,
+        replaces: UUID | None = None,
+        reason: Literal["backfill"] | None = None,
     ) -> None:
         settings = terms.settings
         self.add(
@@ -204,6 +208,7 @@ class Events:
                 created_at=terms.created_at,
                 expires_at=terms.expires_at,
                 replaces=replaces,
+                reason=reason,
             )
         )
 

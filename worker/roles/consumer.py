@@ -16,6 +16,7 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -27,8 +28,9 @@ from worker.adapters import kafka, postgres, store
 from worker.adapters.kafka_group import leave_group_static
 from worker.adapters.kafka_sender import ProducerSlot, producer_from
 from worker.config import Settings
+from worker.domain.backfill import BACKFILL_REASON
 from worker.domain.commands import Command, decode_command
-from worker.domain.events import ReservationEnded
+from worker.domain.events import ReservationCreated, ReservationEnded
 from worker.domain.model import ExperienceSettings
 from worker.engine import Applied, Coordinates, apply_isolating, not_yet_applied
 from worker.logs import get_logger
@@ -323,13 +325,19 @@ def _record_metrics(
     metrics.BATCHES_APPLIED.inc()
     outcomes: Counter[tuple[str, str]] = Counter()
     holds: Counter[tuple[str, str]] = Counter()
+    backfilled: Counter[str] = Counter()
     for command, applied in results:
         outcomes[(command.type, str(applied.outcome.get("status")))] += 1
         for event in applied.events:
             kind = str(getattr(event, "type", ""))
             if kind not in HOLD_COUNTERS:
                 continue
-            holds[(kind, experience_label(getattr(event, "experience_id", "")))] += 1
+            label = experience_label(getattr(event, "experience_id", ""))
+            holds[(kind, label)] += 1
+            if isinstance(event, ReservationCreated) and event.reason == BACKFILL_REASON:
+                backfilled[label] += event.quantity
+                freed_for = (datetime.now(UTC) - event.occurred_at).total_seconds()
+                metrics.BACKFILL_SECONDS.observe(max(0.0, freed_for))
             if isinstance(event, ReservationEnded) and event.created_at is not None:
                 held = (event.ended_at - event.created_at).total_seconds()
                 metrics.HOLD_DURATION.labels(kind.split(".")[1]).observe(max(0.0, held))
@@ -337,5 +345,7 @@ def _record_metrics(
         metrics.COMMANDS_APPLIED.labels(command_type, status).inc(n)
     for (kind, experience_id), n in holds.items():
         HOLD_COUNTERS[kind].labels(experience_id).inc(n)
+    for experience_id, units in backfilled.items():
+        metrics.UNITS_BACKFILLED.labels(experience_id).inc(units)
     for poison in parked:
         metrics.COMMANDS_PARKED.labels(poison.error_class).inc()

@@ -93,6 +93,12 @@ class ExperienceConfig(ApiBody):
         description="Pool sizes per product (pool strategy), each product (and variant) at "
         "most once; poolSize for the rest",
     )
+    backfill: bool = Field(
+        default=False,
+        description="true: units freed later (a hold released or expired, stock raised) are "
+        "offered to the refused lines of admissions still active, in admittedAt order, and "
+        "published as reservation.created with reason backfill",
+    )
 
     @model_validator(mode="after")
     def _pool_needs_size(self) -> ExperienceConfig:
@@ -120,6 +126,7 @@ class SettingsOut(ApiOut):
     retry_window_seconds: int
     on_complete: OnComplete
     pools: tuple[ProductPool, ...]
+    backfill: bool
 
 
 class ExperienceConfiguredOutcome(SettingsOut):
