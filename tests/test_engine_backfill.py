@@ -141,6 +141,19 @@ async def test_a_stock_raise_is_offered_at_the_next_command_in_admission_order(
     assert await story.held("C") == [("p", 1)]
 
 
+async def test_units_free_when_a_newcomer_is_admitted_go_to_the_line_first(
+    story: Story,
+) -> None:
+    await _one_unit(story)
+    await story(b.cart(story.exp, "D", b.line(story.product("p"), 1), at=at(35)))
+    await story.stock("p", 2, 40)
+    # D, admitted after the raise, comes after B and C in the line.
+    await story(b.admit(story.exp, "D", story.grant("D"), at(42)))
+    assert (await story.held("B"), await story.held("D")) == ([("p", 1)], [])
+    [created] = story.backfilled()
+    assert (created.consumer_id, created.created_at) == ("B", at(42))
+
+
 async def test_the_current_cart_is_offered_and_a_removed_line_is_not(story: Story) -> None:
     await story(b.configure(story.exp, backfill=True))
     await story.stock("p", 3)

@@ -27,7 +27,7 @@ from worker.domain.commands import (
 )
 from worker.domain.model import ExperienceSettings
 from worker.engine.admission import admit
-from worker.engine.backfill import backfill
+from worker.engine.backfill import backfill, backfill_first
 from worker.engine.base import Applied
 from worker.engine.cart import put_cart
 from worker.engine.checkout import complete_checkout
@@ -119,8 +119,13 @@ async def _write_behind(
 
 
 def apply_command(uow: UnitOfWork, command: Command, defaults: ExperienceSettings) -> Applied:
-    """Decide one command, then offer the units it freed (backfill)."""
-    return backfill(uow, command, _decide(uow, command, defaults))
+    """Decide one command, then offer the units it freed (backfill); units
+    free before an admission go to those waiting before it."""
+    first = backfill_first(uow, command)
+    applied = _decide(uow, command, defaults)
+    if first:
+        applied = Applied(applied.outcome, first + applied.events)
+    return backfill(uow, command, applied)
 
 
 def _decide(uow: UnitOfWork, command: Command, defaults: ExperienceSettings) -> Applied:

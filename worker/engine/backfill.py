@@ -24,7 +24,7 @@ from worker.domain.backfill import (
     offers,
     place_in_line,
 )
-from worker.domain.commands import CommandBase
+from worker.domain.commands import AdmitConsumer, CommandBase
 from worker.domain.endings import AdmissionStatus
 from worker.domain.events import (
     CartUpdated,
@@ -46,20 +46,46 @@ def backfill(uow: UnitOfWork, cmd: CommandBase, applied: Applied) -> Applied:
     """`applied` with the holds its freed units went to, if any."""
     _note_refusals(uow, applied.events)
     freed, at = _freed(uow, cmd, applied.events)
-    if not freed:
+    events = Events(cmd)
+    events.items = list(applied.events)  # numbered after the command's own
+    if not _offer(uow, events, freed, at, f"{BACKFILL_REASON}:{cmd.command_id}"):
         return applied
+    return Applied(applied.outcome, events.items)
+
+
+def backfill_first(uow: UnitOfWork, cmd: CommandBase) -> list[EventBase]:
+    """Before an admission of a backfill experience takes units: the units
+    already free on its cart's rows (a stock raised, or units another
+    experience freed, since the experience's last command on them) go to
+    the line first, so the newcomer comes after everyone waiting. Its
+    events are numbered apart from the command's own."""
+    if not isinstance(cmd, AdmitConsumer) or not _backfills(uow, cmd.experience_id):
+        return []
+    cart = uow.load_cart(cmd.experience_id, cmd.consumer_id)
+    freed = _free_on(uow, cmd.experience_id, {(i.product_id, i.variant_column) for i in cart})
+    events = Events(cmd, part=FIRST)
+    _offer(uow, events, freed, cmd.occurred_at, f"{BACKFILL_REASON}:{FIRST}{cmd.command_id}")
+    return events.items
+
+
+FIRST = "first:"
+
+
+def _offer(
+    uow: UnitOfWork, events: Events, freed: set[PoolKey], at: datetime, revision: str
+) -> bool:
+    """Hold the units free on `freed` for the line, in its order; whether
+    any were."""
+    if not freed:
+        return False
     shelf = Shelf(
         free={key: row.free for key, row in uow.stock.items()},
         pool_used={key: row.used for key, row in uow.pools.items()},
     )
     made = offers(freed, shelf, _in_line(uow, freed), at)
-    if not made:
-        return applied
-    events = Events(cmd)
-    events.items = list(applied.events)  # numbered after the command's own
     for offer in made:
-        _hold(uow, events, cmd, offer, at)
-    return Applied(applied.outcome, events.items)
+        _hold(uow, events, offer, at, revision)
+    return bool(made)
 
 
 CONVERTED = "reservation.converted"
@@ -94,13 +120,18 @@ def _freed(
             rows.add((e.product_id, e.variant_id or ""))
         elif isinstance(e, CartUpdated):
             rows.update((i.product_id, i.variant_column) for i in e.items)
+    return _free_on(uow, experience_id, rows), max(times, default=cmd.occurred_at)
+
+
+def _free_on(uow: UnitOfWork, experience_id: str, rows: set[StockKey]) -> set[PoolKey]:
+    """Those of `rows` with units free, as the experience's rows; only the
+    products whose line the batch read."""
     read = uow.backfill_products
-    freed = {
+    return {
         (experience_id, *key)
         for key in rows
         if key in uow.stock and uow.stock[key].free > 0 and (read is None or key[0] in read)
     }
-    return freed, max(times, default=cmd.occurred_at)
 
 
 def _note_refusals(uow: UnitOfWork, events: list[EventBase]) -> None:
@@ -177,14 +208,13 @@ def _candidate(uow: UnitOfWork, a: TrackedAdmission) -> Candidate:
     )
 
 
-def _hold(uow: UnitOfWork, events: Events, cmd: CommandBase, offer: Offer, at: datetime) -> None:
+def _hold(uow: UnitOfWork, events: Events, offer: Offer, at: datetime, revision: str) -> None:
     c = offer.candidate
     taken = holds.take(uow, c.experience_id, c.settings, offer.units, all_or_nothing=False)
     if any(reason is not None for reason in taken.values()):
         # The domain decided on the same counters: a mismatch is a bug, and
         # the batch fails rather than hold units the rows do not have.
         raise RuntimeError(f"backfill offered units the rows do not have: {taken}")
-    revision = f"{BACKFILL_REASON}:{cmd.command_id}"
     requests = [
         HoldRequest(ids.reservation_id(c.grant_digest, p, v, revision), p, v, units)
         for (p, v), units in sorted(offer.units.items())

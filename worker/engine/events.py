@@ -53,10 +53,12 @@ from worker.engine.holds import HoldTerms
 class Events:
     """Collects and numbers one command's events."""
 
-    def __init__(self, command: CommandBase) -> None:
+    def __init__(self, command: CommandBase, part: str = "") -> None:
+        """`part` numbers a second set of the command's events apart from
+        its own (their ids differ)."""
         self.command = command
         self.items: list[EventBase] = []
-        self._id_prefix = ids.event_id_prefix(command.command_id)
+        self._id_prefix = ids.event_id_prefix(command.command_id) + part
 
     def common(self) -> dict[str, Any]:
         return {
