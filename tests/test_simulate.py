@@ -132,6 +132,17 @@ async def test_a_longer_window_keeps_the_unit_held_past_the_later_shopper(stack:
     assert (run.expiries, run.recorded_expiries, run.dropped_expiries) == (0, 0, 1)
 
 
+async def test_backfill_hands_the_expired_unit_to_the_refused_shopper(stack: Stack) -> None:
+    run = await _run(stack, parse("backfill=on"), 100)
+    o = run.outcomes[EXP]
+    # a's hold expires at 10.4 s: b (refused at 5 s, admitted until 15 s)
+    # holds the unit until its own expiry, then c (20 s) takes it.
+    assert o.units_backfilled == 1
+    assert (o.peak_units_held, o.units_held, o.holds_expired_unused) == (1, 1, 2)
+    assert dict(o.refusals) == {"INSUFFICIENT_STOCK": 1}
+    assert (await _run(stack, RECORDED, 100)).outcomes[EXP].units_backfilled == 0
+
+
 # --- the hot-SKU bench drop, recorded through the service --------------------------------
 
 

@@ -276,18 +276,17 @@ def _settings() -> Settings:
     )
 
 
-def test_backfill_is_refused_while_experiences_have_no_such_setting(
+def test_backfill_is_an_override_and_an_unknown_setting_is_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    args = _args(EXP, "--backfill", "on")
-    if "backfill" in ExperienceSettings.model_fields:
-        assert scenarios(args)[0].update == {"backfill": True}
-        return
-    with pytest.raises(ScenarioError, match="backfill: unknown setting"):
+    assert scenarios(_args(EXP, "--backfill", "on"))[0].update == {"backfill": True}
+    assert scenarios(_args(EXP, "--backfill", "off"))[0].update == {"backfill": False}
+    args = _args(EXP, "--scenario", "fairness=1")
+    with pytest.raises(ScenarioError, match="unknown override 'fairness'"):
         scenarios(args)
     # Refused before anything is read or decided.
     assert asyncio.run(simulate.command(_settings(), args)) == 2
-    assert "simulate: backfill: unknown setting" in capsys.readouterr().err
+    assert "simulate: unknown override 'fairness'" in capsys.readouterr().err
 
 
 def test_the_simulated_clock_ends_at_to_or_at_the_start_of_the_run() -> None:

@@ -1,6 +1,6 @@
 """A drop's outcome, measured from its events: units sold, units held at
-the peak, holds that expired unused, refusals, and when the stock first
-ran out. The same measure reads a recorded events topic and a simulation's
+the peak, holds that expired unused, refusals, units backfilled, and when
+the stock first ran out. The same measure reads a recorded events topic and a simulation's
 events, so a difference between the two is a difference in decisions,
 never in how they were counted. Pure: the caller feeds the events in the
 order they were decided (commit order)."""
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from worker.domain.backfill import BACKFILL_REASON
 from worker.domain.events import (
     AdmissionRecorded,
     EventBase,
@@ -44,6 +45,7 @@ class Outcome:
 
     units_sold: int = 0
     units_held: int = 0  # held now (after the last event fed)
+    units_backfilled: int = 0  # held for a refused line once units were freed
     peak_units_held: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
     first_admission: datetime | None = None
@@ -88,6 +90,8 @@ def _count(outcome: Outcome, event: ExperienceEvent, counted: bool) -> None:
     """Units held move with every event; the rest counts only in range."""
     if isinstance(event, ReservationCreated):
         outcome.units_held += event.quantity
+        if counted and event.reason == BACKFILL_REASON:
+            outcome.units_backfilled += event.quantity
         if event.replaces is not None:
             outcome.expired_unused.discard(event.replaces)  # taken anew: used after all
     elif isinstance(event, ReservationEnded):

@@ -32,6 +32,7 @@ ROWS: list[tuple[str, Callable[[Outcome], str]]] = [
     ("units held at peak", lambda o: f"{o.peak_units_held:,}"),
     ("holds expired unused", lambda o: f"{o.holds_expired_unused:,}"),
     ("refusals", _refusals),
+    ("units backfilled", lambda o: f"{o.units_backfilled:,}"),
     ("stock first exhausted, after first admission", lambda o: _after(o.sold_out_after)),
     ("stock first exhausted at", lambda o: _when(o.sold_out_at)),
 ]
@@ -88,6 +89,7 @@ def outcome_json(o: Outcome) -> dict[str, Any]:
         "peakUnitsHeld": o.peak_units_held,
         "holdsExpiredUnused": o.holds_expired_unused,
         "refusals": o.refused,
+        "unitsBackfilled": o.units_backfilled,
         "refusalsByReason": dict(sorted(o.refusals.items())),
         "firstAdmissionAt": None if o.first_admission is None else o.first_admission.isoformat(),
         "stockFirstExhaustedAt": None if o.sold_out_at is None else o.sold_out_at.isoformat(),
