@@ -6,7 +6,10 @@ row of an upsert)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import asyncpg
+import pytest_asyncio
 
 from tests.helpers import unique
 from worker.replay import sink
@@ -22,10 +25,22 @@ async def _used(pool: asyncpg.Pool, key: tuple[str, str, str]) -> int | None:
     return None if value is None else int(value)
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def product(engine_db: asyncpg.Pool) -> AsyncIterator[tuple[str, str]]:
+    """An experience and product of the test's own; their pool rows, which
+    no hold backs, are gone after it, so the engine tests sharing the
+    database still find every pool equal to its holds."""
+    exp, prod = unique("exp"), unique("prod")
+    yield exp, prod
+    await engine_db.execute(
+        "DELETE FROM experience_pools WHERE experience_id = $1 AND product_id = $2", exp, prod
+    )
+
+
 async def test_a_batch_that_gives_back_more_than_it_takes_lowers_the_row(
-    engine_db: asyncpg.Pool,
+    engine_db: asyncpg.Pool, product: tuple[str, str]
 ) -> None:
-    key = (unique("exp"), unique("prod"), "")
+    key = (*product, "")
     async with engine_db.acquire() as conn, conn.transaction():
         await sink.write(conn, FoldChanges(pools={key: 2}))
     async with engine_db.acquire() as conn, conn.transaction():
@@ -33,8 +48,10 @@ async def test_a_batch_that_gives_back_more_than_it_takes_lowers_the_row(
     assert await _used(engine_db, key) == 1
 
 
-async def test_a_batch_that_only_takes_creates_the_row(engine_db: asyncpg.Pool) -> None:
-    key = (unique("exp"), unique("prod"), "42")
+async def test_a_batch_that_only_takes_creates_the_row(
+    engine_db: asyncpg.Pool, product: tuple[str, str]
+) -> None:
+    key = (*product, "42")
     async with engine_db.acquire() as conn, conn.transaction():
         await sink.write(conn, FoldChanges(pools={key: 3}))
     assert await _used(engine_db, key) == 3
