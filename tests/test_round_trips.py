@@ -11,11 +11,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from pydantic import ValidationError
 
 from tests import builders as b
 from tests.helpers import unique
 from worker.adapters import uow_flush, uow_load
 from worker.adapters.unit_of_work import UnitOfWork
+from worker.adapters.uow_rows import stored_cart_items
 from worker.domain.commands import Command, CommandBase
 from worker.domain.model import ExperienceSettings
 from worker.engine import Coordinates, apply_batch, apply_command
@@ -164,3 +166,14 @@ async def test_a_batch_of_one_command_loads_no_more(
         counting = Counting(conn)
         await uow_load.load(UnitOfWork(), counting, [command])  # type: ignore[arg-type]
         assert 0 < counting.statements <= LOAD_STATEMENTS
+
+
+def test_a_stored_cart_is_validated_once_per_text_and_its_list_is_its_own() -> None:
+    text = '[{"quantity": 2, "productId": "p", "variantId": null}]'
+    first, second = stored_cart_items(text), stored_cart_items(text)
+    assert first == second == [b.line("p", 2)]
+    assert first[0] is second[0]  # immutable lines, shared
+    first.append(b.line("q", 1))
+    assert stored_cart_items(text) == [b.line("p", 2)]
+    with pytest.raises(ValidationError):
+        stored_cart_items('[{"productId": "p", "quantity": 0}]')

@@ -113,24 +113,21 @@ class BatchChanges:
         )
 
     async def _outbox(self, conn: Conn) -> None:
+        # Binary COPY, like new admissions and reservations: an event id is
+        # derived from its command's id and the inbox admits a command once,
+        # so no event is written twice (a repeat would fail the batch and be
+        # found by isolating it, never silently dropped).
         if not self.outbox:
             return
         await store.hold_outbox_commit(conn)
-        await conn.execute(
-            """INSERT INTO outbox (event_id, event_type, partition_key, payload)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
-               ON CONFLICT (event_id) DO NOTHING""",
-            *tables.tuple_columns(self.outbox),
-        )
+        await conn.copy_records_to_table("outbox", records=self.outbox, columns=OUTBOX_COLUMNS)
 
     async def _inbox(self, conn: Conn) -> None:
-        if not self.inbox:
-            return
-        await conn.execute(
-            """INSERT INTO inbox (command_id, command_type, outcome, topic, partition, "offset")
-               SELECT i, t, o::jsonb, tp, p, off
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
-                           $6::bigint[]) AS v(i, t, o, tp, p, off)
-               ON CONFLICT (command_id) DO NOTHING""",
-            *tables.tuple_columns(self.inbox),
-        )
+        # Binary COPY: the commands were checked against the inbox at the
+        # batch's start, under its partitions' position locks.
+        if self.inbox:
+            await conn.copy_records_to_table("inbox", records=self.inbox, columns=INBOX_COLUMNS)
+
+
+OUTBOX_COLUMNS = ["event_id", "event_type", "partition_key", "payload"]
+INBOX_COLUMNS = ["command_id", "command_type", "outcome", "topic", "partition", "offset"]

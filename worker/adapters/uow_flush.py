@@ -10,13 +10,11 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Any, TypeVar
 
-import orjson
-
 from worker.adapters import rows as tables
 from worker.adapters.changes import BatchChanges
 from worker.adapters.store import Conn
 from worker.adapters.unit_of_work import UnitOfWork
-from worker.adapters.uow_rows import TrackedAdmission, TrackedReservation
+from worker.adapters.uow_rows import CART_ITEMS, TrackedAdmission, TrackedReservation
 from worker.domain.events import encode_event
 
 
@@ -71,8 +69,8 @@ def _carts(uow: UnitOfWork) -> list[tuple[str, str, str, datetime]]:
     taken = []
     for key, cart in sorted(uow.carts.items()):
         if cart.dirty:
-            items = [i.model_dump(mode="json", by_alias=True) for i in cart.items]
-            taken.append((*key, orjson.dumps(items).decode(), cart.updated_at))
+            items = CART_ITEMS.dump_json(cart.items, by_alias=True).decode()
+            taken.append((*key, items, cart.updated_at))
             cart.dirty = False
     return taken
 

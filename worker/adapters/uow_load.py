@@ -27,13 +27,13 @@ from worker.adapters.rows import Pair
 from worker.adapters.store import Conn
 from worker.adapters.unit_of_work import UnitOfWork
 from worker.adapters.uow_rows import (
-    CART_ITEMS,
     CartVersion,
     PoolRow,
     StockRow,
     TrackedAdmission,
     TrackedCart,
     TrackedReservation,
+    stored_cart_items,
 )
 from worker.domain.commands import (
     AdmitConsumer,
@@ -190,7 +190,7 @@ async def _carts(uow: UnitOfWork, conn: Conn, pairs: set[Pair]) -> None:
         return
     exps, cons = _unzip(pairs)
     for r in await conn.fetch(CART_LOOKUP_SQL, exps, cons):
-        items = CART_ITEMS.validate_json(r["items"])
+        items = stored_cart_items(r["items"])
         uow.carts[(r["experience_id"], r["consumer_id"])] = TrackedCart(items, r["updated_at"])
 
 
@@ -209,7 +209,7 @@ async def _cart_versions(uow: UnitOfWork, conn: Conn, pairs: set[Pair]) -> None:
     exps, cons = _unzip(pairs)
     for r in await conn.fetch(CART_VERSIONS_SQL, exps, cons):
         uow.cart_versions[(r["experience_id"], r["consumer_id"])].append(
-            CartVersion(r["updated_at"], r["command_id"], CART_ITEMS.validate_json(r["items"]))
+            CartVersion(r["updated_at"], r["command_id"], stored_cart_items(r["items"]))
         )
 
 

@@ -5,6 +5,7 @@ decision is the domain's; these only record that one was made."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,18 @@ from worker.domain.stock import PoolUsage, StockLevel
 
 # A cart's items from and to JSON in one call (jsonb is read as text).
 CART_ITEMS: TypeAdapter[list[CartLine]] = TypeAdapter(list[CartLine])
+
+
+def stored_cart_items(text: str) -> list[CartLine]:
+    """A stored cart's items. The carts of a drop are mostly the same few
+    JSON texts (PostgreSQL prints jsonb one way) and a CartLine is
+    immutable, so each text is validated once and its lines shared."""
+    return list(_validated_cart(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _validated_cart(text: str) -> tuple[CartLine, ...]:
+    return tuple(CART_ITEMS.validate_json(text))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -15,6 +15,7 @@ from typing import TypeVar
 import asyncpg
 from pydantic import ValidationError
 
+from worker import collector
 from worker.adapters import postgres, retention, store
 from worker.config import Settings
 from worker.domain.events import Event, decode_event, event_decoder
@@ -36,7 +37,11 @@ REPLAY_LOCK_KEY = 0x5245504C4159  # "REPLAY"
 BATCH_EVENTS = 25_000  # as the CLI's --batch-events default
 # Events decoded between two chances for the writer to run.
 _DECODE_SLICE = 500
-# Batches between two full collections while the collector is paused.
+# Batches between two full collections while the collector is paused for the
+# fold: a replay keeps a few batches of events alive at a time (hundreds of
+# thousands of tracked objects) while allocating millions, and the collector
+# cost a third of the replay's CPU at the default threshold, a tenth at
+# 100,000. The fold makes no cycles of its own; this bounds what others make.
 _COLLECT_EVERY = 100
 
 
@@ -141,23 +146,6 @@ async def _read_ahead(batches: AsyncIterator[T], depth: int = 2) -> AsyncIterato
             await task
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """A replay keeps a few batches of events alive at a time (hundreds of
-    thousands of tracked objects) while allocating millions: the cyclic
-    collector, at any threshold, keeps rescanning the live ones, which cost
-    a third of the replay's CPU at the default threshold and a tenth at
-    100,000. The fold makes no cycles of its own; `_fold_log` still collects
-    every COLLECT_EVERY batches, so what others make stays bounded."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 async def _write(conn: asyncpg.Connection, planned: Planned) -> None:
     try:
         async with conn.transaction():
@@ -221,7 +209,7 @@ async def replay_into(
                 began = time.monotonic()
                 with (
                     Progress(label, source.total, interactive=interactive) as progress,
-                    _collector_paused(),
+                    collector.paused(),
                 ):
                     await _fold_log(conn, reader, source, progress, batch_events, result)
                 result.seconds = time.monotonic() - began

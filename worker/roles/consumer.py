@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from pydantic import ValidationError
 
-from worker import metrics
+from worker import collector, metrics
 from worker.adapters import kafka, postgres, store
 from worker.adapters.kafka_group import leave_group_static
 from worker.adapters.kafka_sender import ProducerSlot, producer_from
@@ -192,7 +192,7 @@ class CommandConsumer:
         while True:
             attempt += 1
             try:
-                with metrics.BATCH_SECONDS.time():
+                with metrics.BATCH_SECONDS.time(), collector.paused():
                     await self._apply(batch, attempt)
                 return
             except TRANSIENT_ERRORS as exc:
