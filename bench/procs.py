@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -23,6 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "whsec_bench_0123456789abcdef"  # noqa: S105 - a throwaway benchmark secret
 
 _RUNNING: set[Child] = set()
+# Resident memory of every child, recorded when it stops or exits (see
+# Child.memory); a stage's run collects and clears it (take_memory).
+_MEMORY: list[dict[str, Any]] = []
 
 
 def free_port() -> int:
@@ -63,10 +67,13 @@ class Child:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0  # time.time() just before spawning
+        self.role = args[3] if args[1:3] == ["-m", "worker"] and len(args) > 3 else None
+        self.memory: dict[str, Any] | None = None
 
     def start(self) -> None:
         log = self.log_path.open("wb")
         self.started_at = time.time()
+        self.memory = None
         self.proc = subprocess.Popen(  # noqa: S603
             self.args, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
         )
@@ -79,7 +86,51 @@ class Child:
         return self.proc.pid
 
     def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        """The exit code once the child has exited. The child is reaped here
+        with wait4, whose resource usage gives its peak resident memory."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            try:
+                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.proc.poll()
+            if pid == 0:
+                return None
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+            # ru_maxrss is in KiB on Linux; it covers the whole life, shutdown too.
+            peak = usage.ru_maxrss / 1024
+            if self.memory is not None:
+                self.memory["peak_rss_mib"] = round(max(peak, self.memory["peak_rss_mib"] or 0), 1)
+            self._record(None, peak)
+        return self.proc.returncode
+
+    def _record(self, rss_mib: float | None, peak_mib: float | None) -> None:
+        if self.memory is not None:
+            return
+        self.memory = {
+            "name": self.name,
+            "role": self.role,
+            "pid": self.pid,
+            "rss_mib": None if rss_mib is None else round(rss_mib, 1),
+            "peak_rss_mib": None if peak_mib is None else round(peak_mib, 1),
+            "seconds": round(time.time() - self.started_at, 1),
+        }
+        _MEMORY.append(self.memory)
+
+    def sample_memory(self) -> None:
+        """Record the resident memory now (VmRSS) and its peak so far
+        (VmHWM) from /proc, while the child still runs."""
+        status = Path(f"/proc/{self.pid}/status")
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            return
+        rss = fields.get("VmRSS", "").split()
+        peak = fields.get("VmHWM", "").split()
+        self._record(int(rss[0]) / 1024 if rss else None, int(peak[0]) / 1024 if peak else None)
 
     def tail(self, lines: int = 30) -> str:
         """The log's last lines, its very last one first (the error, usually)."""
@@ -103,13 +154,14 @@ class Child:
     async def stop(self, grace: float = 15.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
+        if self.exited() is None:
+            self.sample_memory()
             self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.to_thread(self.proc.wait, grace)
-            except subprocess.TimeoutExpired:
+                await self.wait_exit(grace)
+            except TimeoutError:
                 self.proc.kill()
-                self.proc.wait(timeout=10)
+                await self.wait_exit(10)
         _RUNNING.discard(self)
 
     async def wait_http(self, url: str, timeout: float = 60.0) -> None:
@@ -151,6 +203,14 @@ async def running(*children: Child) -> AsyncIterator[tuple[Child, ...]]:
     finally:
         for child in reversed(children):
             await child.stop()
+
+
+def take_memory() -> list[dict[str, Any]]:
+    """The memory recorded for the children that stopped since the last
+    call, in the order they stopped."""
+    taken = list(_MEMORY)
+    _MEMORY.clear()
+    return taken
 
 
 def stop_all_sync() -> None:

@@ -158,3 +158,14 @@ async def run(ctx: Context, result: StageResult) -> None:
     result.figures.append(
         kafka_figure(ctx, "events/s vs Kafka read", rate, "consumer", "kafka_events")
     )
+    peak = (child.memory or {}).get("peak_rss_mib")
+    result.details["replay_peak_rss_mib"] = peak
+    result.figures.append(
+        Figure(
+            "peak RSS per 1M events",
+            peak * 1_000_000 / sent if peak and sent else None,
+            "MiB",
+            note=f"the replay process's peak resident memory (wait4), {peak} MiB for "
+            f"{sent:,} events",
+        )
+    )
