@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "whsec_bench_0123456789abcdef"  # noqa: S105 - a throwaway benchmark secret
 
 _RUNNING: set[Child] = set()
-# Resident memory of every child, recorded when it stops or exits (see
-# Child.memory); a stage's run collects and clears it (take_memory).
+# Resident memory of every child, recorded when it is stopped (VmRSS then)
+# or seen to exit (its VmHWM as last read); a stage's run collects and
+# clears it (take_memory).
 _MEMORY: list[dict[str, Any]] = []
 
 
@@ -69,11 +70,13 @@ class Child:
         self.started_at = 0.0  # time.time() just before spawning
         self.role = args[3] if args[1:3] == ["-m", "worker"] and len(args) > 3 else None
         self.memory: dict[str, Any] | None = None
+        self._peak: float | None = None  # VmHWM, MiB, as last read
 
     def start(self) -> None:
         log = self.log_path.open("wb")
         self.started_at = time.time()
         self.memory = None
+        self._peak = None
         self.proc = subprocess.Popen(  # noqa: S603
             self.args, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
         )
@@ -86,27 +89,31 @@ class Child:
         return self.proc.pid
 
     def exited(self) -> int | None:
-        """The exit code once the child has exited. The child is reaped here
-        with wait4, whose resource usage gives its peak resident memory."""
         if self.proc is None:
             return None
-        if self.proc.returncode is None:
-            try:
-                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
-            except ChildProcessError:
-                return self.proc.poll()
-            if pid == 0:
-                return None
-            self.proc.returncode = os.waitstatus_to_exitcode(status)
-            # ru_maxrss is in KiB on Linux; it covers the whole life, shutdown too.
-            peak = usage.ru_maxrss / 1024
-            if self.memory is not None:
-                self.memory["peak_rss_mib"] = round(max(peak, self.memory["peak_rss_mib"] or 0), 1)
-            self._record(None, peak)
-        return self.proc.returncode
+        code = self.proc.poll()
+        if code is not None:
+            # Gone by itself (or killed): its peak as last read while it ran.
+            self._record(None, self._peak)
+        return code
+
+    def _read_memory(self) -> float | None:
+        """VmRSS now, in MiB, from /proc; keeps VmHWM (the peak so far).
+        Not wait4's ru_maxrss: on Linux it counts the parent's memory the
+        child had before exec, the bench's own."""
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        rss = fields.get("VmRSS", "").split()
+        peak = fields.get("VmHWM", "").split()
+        if peak:
+            self._peak = int(peak[0]) / 1024
+        return int(rss[0]) / 1024 if rss else None
 
     def _record(self, rss_mib: float | None, peak_mib: float | None) -> None:
-        if self.memory is not None:
+        if self.memory is not None or (rss_mib is None and peak_mib is None):
             return
         self.memory = {
             "name": self.name,
@@ -117,20 +124,6 @@ class Child:
             "seconds": round(time.time() - self.started_at, 1),
         }
         _MEMORY.append(self.memory)
-
-    def sample_memory(self) -> None:
-        """Record the resident memory now (VmRSS) and its peak so far
-        (VmHWM) from /proc, while the child still runs."""
-        status = Path(f"/proc/{self.pid}/status")
-        try:
-            fields = dict(
-                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
-            )
-        except OSError:
-            return
-        rss = fields.get("VmRSS", "").split()
-        peak = fields.get("VmHWM", "").split()
-        self._record(int(rss[0]) / 1024 if rss else None, int(peak[0]) / 1024 if peak else None)
 
     def tail(self, lines: int = 30) -> str:
         """The log's last lines, its very last one first (the error, usually)."""
@@ -143,7 +136,11 @@ class Child:
 
     async def wait_exit(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
+        polls = 0
         while time.monotonic() < deadline:
+            if polls % 5 == 0:  # the peak so far, every ~0.1 s
+                self._read_memory()
+            polls += 1
             code = self.exited()
             if code is not None:
                 _RUNNING.discard(self)
@@ -155,7 +152,8 @@ class Child:
         if self.proc is None:
             return
         if self.exited() is None:
-            self.sample_memory()
+            rss = self._read_memory()
+            self._record(rss, self._peak)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 await self.wait_exit(grace)

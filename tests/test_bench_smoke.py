@@ -7,10 +7,12 @@ The checks themselves are shown to fail on doctored numbers below."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from bench import curves
 from bench.checks import check_no_oversell, compare
 from bench.core import StageResult
 from bench.curves import Column, Curve
+from bench.procs import Child, take_memory
 from bench.stages.curve_rate import saturated
 from bench.stages.ingest import check_window
 from tests.stack import Stack
@@ -153,6 +156,57 @@ def test_saturation_is_a_short_rate_refusals_or_an_exploded_p99() -> None:
     assert "not accepted" in (saturated(dict(ok, not_accepted=3), 20.0) or "")
     assert "p99" in (saturated(dict(ok, p99=201.0), 20.0) or "")
     assert saturated(dict(ok, p99=199.0), 20.0) is None
+
+
+_HOLDER = """
+import pathlib, sys, time
+block = b"x" * (int(sys.argv[3]) * 1024 * 1024)  # written, so resident
+pathlib.Path(sys.argv[1]).write_text("held")
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.01)
+"""
+
+
+def _wait_for(path: Path) -> None:
+    while not path.exists():
+        time.sleep(0.01)
+
+
+def test_memory_of_a_child_is_recorded_when_stopped_and_when_it_exits(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        go = tmp_path / "go"
+        children = {
+            name: Child(
+                name,
+                [sys.executable, "-c", _HOLDER, str(tmp_path / name), str(go), str(mib)],
+                dict(os.environ),
+                tmp_path,
+            )
+            for name, mib in (("stopped", 200), ("exits", 200), ("small", 0))
+        }
+        take_memory()
+        for child in children.values():
+            child.start()
+        for name in children:
+            await asyncio.to_thread(_wait_for, tmp_path / name)
+        stopped, exits, small = children["stopped"], children["exits"], children["small"]
+        await stopped.stop()
+        for child in (exits, small):
+            assert child._read_memory() is not None  # what wait_exit does every ~0.1 s
+        go.write_text("go")
+        for child in (exits, small):
+            assert await child.wait_exit(60) == 0
+        memory = {m["name"]: m for m in take_memory()}
+        assert memory["stopped"]["rss_mib"] >= 200, memory
+        assert memory["stopped"]["peak_rss_mib"] >= memory["stopped"]["rss_mib"], memory
+        assert memory["exits"]["rss_mib"] is None, memory
+        assert memory["exits"]["peak_rss_mib"] >= 200, memory
+        # Not the parent's memory (here 300 MiB more than the child's).
+        assert memory["small"]["peak_rss_mib"] < 150, memory
+
+    ballast = b"y" * (300 * 1024 * 1024)
+    asyncio.run(scenario())
+    assert len(ballast) > 0
 
 
 def test_curve_tables_print_every_point() -> None:

@@ -165,7 +165,7 @@ async def run(ctx: Context, result: StageResult) -> None:
             "peak RSS per 1M events",
             peak * 1_000_000 / sent if peak and sent else None,
             "MiB",
-            note=f"the replay process's peak resident memory (wait4), {peak} MiB for "
+            note=f"the replay process's peak resident memory (VmHWM), {peak} MiB for "
             f"{sent:,} events",
         )
     )
