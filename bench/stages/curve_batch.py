@@ -73,7 +73,13 @@ async def _sweep(ctx: Context, result: StageResult, stage: ModuleType, curve: Cu
         except Exception as exc:
             run.status, run.reason = "failed", f"{type(exc).__name__}: {exc}"
         run.seconds = round(time.monotonic() - started, 1)
-        curve.points.append(_point(batch, run, take_memory()))
+        point = _point(batch, run, take_memory())
+        curve.points.append(point)
+        print(
+            f"   {stage.NAME} at batch {batch}: {point['rate'] or 0:,.0f}/s, "
+            f"naive {point['naive'] or 0:,.0f}/s, {run.seconds:.0f} s",
+            flush=True,
+        )
         for c in run.checks:
             check(result, f"{stage.NAME} at batch {batch}: {c.name}", c.passed, c.detail)
         if run.status == "failed" and not run.checks:

@@ -113,6 +113,12 @@ async def _step(ctx: Context, result: StageResult, curve: Curve, rate: float) ->
             f"; {point['note']}" if point["note"] else ""
         )
     curve.points.append(point)
+    print(
+        f"   {rate:,.0f}/s asked: {point['achieved'] or 0:,.0f}/s sent, p50 "
+        f"{point['p50'] or 0:,.1f} ms, p99 {point['p99'] or 0:,.1f} ms, {point['seconds']:.0f} s"
+        + (f"; saturated: {point['saturated']}" if point["saturated"] else ""),
+        flush=True,
+    )
     return point["saturated"] is not None
 
 

@@ -232,7 +232,13 @@ async def _load(
     await _until_seen(accepted & watched, seen)
     stop.set()
     polls = await poller
-    commits = await _commit_times(pool, accepted) if ctx.commit_timestamps else {}
+    commits = {}
+    if ctx.commit_timestamps:
+        # The poller watched a sample: the last holds may commit after it saw
+        # its own. Up to 120 s for every accepted one, as for the sample.
+        grants = list(accepted)
+        await wait_for_count(lambda: _held(pool, grants), len(grants), time.time(), 120)
+        commits = await _commit_times(pool, accepted)
     if profiler is not None:
         result.details["profile"] = {"py_spy": profiler.finish()}
     return _Observed(digests, sent, accepted, watched, seen, commits, start_at, polls)
@@ -243,6 +249,16 @@ async def _until_seen(wanted: set[str], seen: dict[str, float]) -> None:
         if wanted <= set(seen):
             return
         await asyncio.sleep(0.05)
+
+
+async def _held(pool: asyncpg.Pool, grants: list[str]) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(DISTINCT admission_grant) FROM reservations "
+            "WHERE admission_grant = ANY($1::text[])",
+            grants,
+        )
+    )
 
 
 async def _commit_times(pool: asyncpg.Pool, accepted: set[str]) -> dict[str, float]:
