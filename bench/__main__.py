@@ -17,12 +17,23 @@ from typing import Any
 
 import orjson
 
-from bench import ceilings, machine, report
+from bench import ceilings, curve_charts, curves, machine, report
 from bench.core import FULL, SMOKE, Context, StageResult
-from bench.procs import REPO, SECRET, stop_all_sync
+from bench.procs import REPO, SECRET, stop_all_sync, take_memory
 from bench.snapshot import snapshot
 from bench.stack import BenchStack, start_stack
-from bench.stages import apply, e2e, expiry, failover, hot_sku, ingest, rebuild
+from bench.stages import (
+    apply,
+    curve_batch,
+    curve_prefill,
+    curve_rate,
+    e2e,
+    expiry,
+    failover,
+    hot_sku,
+    ingest,
+    rebuild,
+)
 from worker.config import load_settings
 from worker.logs import configure_logging
 
@@ -34,7 +45,12 @@ STAGES: dict[str, Any] = {
     "expiry": expiry,
     "rebuild": rebuild,
     "failover": failover,
+    "curve_batch": curve_batch,
+    "curve_prefill": curve_prefill,
+    "curve_rate": curve_rate,
 }
+# Run once whatever --repeat says: a curve's point is one run.
+CURVES = ("curve_batch", "curve_prefill", "curve_rate")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -101,6 +117,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="leave the PostgreSQL/Kafka this run starts running",
     )
+    parser.add_argument(
+        "--no-curves",
+        action="store_true",
+        help="leave out the curves (batch size, existing admissions, offered rate) "
+        "unless named in --only",
+    )
     parser.add_argument("--no-charts", action="store_true")
     return parser.parse_args(argv)
 
@@ -111,6 +133,7 @@ async def run_stage(
     result = StageResult(name=name, title=STAGES[name].TITLE)
     started = time.monotonic()
     print(f"== {name}: {result.title}", flush=True)
+    take_memory()
     try:
         await step(ctx, result)
     except Exception as exc:
@@ -118,6 +141,9 @@ async def run_stage(
         result.reason = f"{type(exc).__name__}: {str(exc)[:1500]}"
         result.details["traceback"] = traceback.format_exc()[-4000:]
     result.seconds = round(time.monotonic() - started, 1)
+    result.details["memory"] = take_memory()
+    if result.details["memory"]:
+        print(f"   memory: {curves.memory_line(result.details['memory'])}", flush=True)
     print(
         f"   {result.status} in {result.seconds:.0f} s"
         + (f": {result.reason[:300]}" if result.reason else ""),
@@ -153,7 +179,7 @@ async def run_all(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]
     print("measuring the machine's ceilings (pg_test_fsync, Kafka perf tests)", flush=True)
     ctx.ceilings = info["ceilings"] = await ceilings.measure(ctx)
     print(f"service runs from the {ctx.worker_label}", flush=True)
-    names = args.only or list(STAGES)
+    names = args.only or [n for n in STAGES if not (args.no_curves and n in CURVES)]
     results: list[StageResult] = []
 
     async def ingest_step(c: Context, r: StageResult) -> None:
@@ -162,7 +188,7 @@ async def run_all(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]
     for name in names:
         step = ingest_step if name == "ingest" else STAGES[name].run
         runs = []
-        for index in range(args.repeat):
+        for index in range(1 if name in CURVES else args.repeat):
             ctx.repeat_index = index
             runs.append(await run_stage(name, step, ctx))
         results.append(median_run(runs))
@@ -243,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_charts:
         try:
             charts = report.charts(results, args.out)
+            for stage, made in curve_charts.charts(results, args.out).items():
+                charts.setdefault(stage, []).extend(made)
         except Exception as exc:  # charts are a convenience, never the verdict
             print(f"charts failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     for r in results:
@@ -288,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         + f" ({measured['from']}); median of {args.repeat} run(s) per stage"
     )
     print(report.table(results, previous))
+    print(curves.text(curves.stored(r.as_json() for r in results)))
+    memory = curves.memory_table({r.name: r.as_json() for r in results})
+    if memory:
+        print("\nresident memory of each process at the end of each stage, MiB (peak):")
+        print(memory)
     print(f"\nresults: {args.out / 'results.json'}")
     failed = [r.name for r in results if r.status == "failed"]
     if failed:

@@ -88,6 +88,14 @@ class Sizes:
     failover_restart_after: float
     failover_term_at: float
     failover_gone_at: float
+    # The curves (bench/stages/curve_*.py): one run a point.
+    curve_batch_sizes: tuple[int, ...]
+    curve_apply_consumers: int
+    curve_hot_admissions: int
+    curve_prefill_admissions: tuple[int, ...]
+    curve_prefill_template: int
+    curve_rates: tuple[float, ...]
+    curve_rate_seconds: float
 
 
 FULL = Sizes(
@@ -110,6 +118,13 @@ FULL = Sizes(
     failover_restart_after=2,
     failover_term_at=40,
     failover_gone_at=60,
+    curve_batch_sizes=(50, 100, 250, 500, 1_000, 2_000),
+    curve_apply_consumers=5_000,
+    curve_hot_admissions=20_000,
+    curve_prefill_admissions=(0, 1_000_000, 5_000_000),
+    curve_prefill_template=1_000,
+    curve_rates=(250, 500, 1_000, 2_000, 4_000),
+    curve_rate_seconds=10,
 )
 SMOKE = Sizes(
     ingest_seconds=2,
@@ -131,6 +146,13 @@ SMOKE = Sizes(
     failover_restart_after=1,
     failover_term_at=7,
     failover_gone_at=11,
+    curve_batch_sizes=(100, 1_000),
+    curve_apply_consumers=500,
+    curve_hot_admissions=2_000,
+    curve_prefill_admissions=(0, 20_000),
+    curve_prefill_template=100,
+    curve_rates=(100, 200),
+    curve_rate_seconds=2,
 )
 
 

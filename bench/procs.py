@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -23,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "whsec_bench_0123456789abcdef"  # noqa: S105 - a throwaway benchmark secret
 
 _RUNNING: set[Child] = set()
+# Resident memory of every child, recorded when it is stopped (VmRSS then)
+# or seen to exit (its VmHWM as last read); a stage's run collects and
+# clears it (take_memory).
+_MEMORY: list[dict[str, Any]] = []
 
 
 def free_port() -> int:
@@ -63,10 +68,15 @@ class Child:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0  # time.time() just before spawning
+        self.role = args[3] if args[1:3] == ["-m", "worker"] and len(args) > 3 else None
+        self.memory: dict[str, Any] | None = None
+        self._peak: float | None = None  # VmHWM, MiB, as last read
 
     def start(self) -> None:
         log = self.log_path.open("wb")
         self.started_at = time.time()
+        self.memory = None
+        self._peak = None
         self.proc = subprocess.Popen(  # noqa: S603
             self.args, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
         )
@@ -79,7 +89,41 @@ class Child:
         return self.proc.pid
 
     def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        if self.proc is None:
+            return None
+        code = self.proc.poll()
+        if code is not None:
+            # Gone by itself (or killed): its peak as last read while it ran.
+            self._record(None, self._peak)
+        return code
+
+    def _read_memory(self) -> float | None:
+        """VmRSS now, in MiB, from /proc; keeps VmHWM (the peak so far).
+        Not wait4's ru_maxrss: on Linux it counts the parent's memory the
+        child had before exec, the bench's own."""
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        rss = fields.get("VmRSS", "").split()
+        peak = fields.get("VmHWM", "").split()
+        if peak:
+            self._peak = int(peak[0]) / 1024
+        return int(rss[0]) / 1024 if rss else None
+
+    def _record(self, rss_mib: float | None, peak_mib: float | None) -> None:
+        if self.memory is not None or (rss_mib is None and peak_mib is None):
+            return
+        self.memory = {
+            "name": self.name,
+            "role": self.role,
+            "pid": self.pid,
+            "rss_mib": None if rss_mib is None else round(rss_mib, 1),
+            "peak_rss_mib": None if peak_mib is None else round(peak_mib, 1),
+            "seconds": round(time.time() - self.started_at, 1),
+        }
+        _MEMORY.append(self.memory)
 
     def tail(self, lines: int = 30) -> str:
         """The log's last lines, its very last one first (the error, usually)."""
@@ -92,7 +136,11 @@ class Child:
 
     async def wait_exit(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
+        polls = 0
         while time.monotonic() < deadline:
+            if polls % 5 == 0:  # the peak so far, every ~0.1 s
+                self._read_memory()
+            polls += 1
             code = self.exited()
             if code is not None:
                 _RUNNING.discard(self)
@@ -103,13 +151,15 @@ class Child:
     async def stop(self, grace: float = 15.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
+        if self.exited() is None:
+            rss = self._read_memory()
+            self._record(rss, self._peak)
             self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.to_thread(self.proc.wait, grace)
-            except subprocess.TimeoutExpired:
+                await self.wait_exit(grace)
+            except TimeoutError:
                 self.proc.kill()
-                self.proc.wait(timeout=10)
+                await self.wait_exit(10)
         _RUNNING.discard(self)
 
     async def wait_http(self, url: str, timeout: float = 60.0) -> None:
@@ -151,6 +201,14 @@ async def running(*children: Child) -> AsyncIterator[tuple[Child, ...]]:
     finally:
         for child in reversed(children):
             await child.stop()
+
+
+def take_memory() -> list[dict[str, Any]]:
+    """The memory recorded for the children that stopped since the last
+    call, in the order they stopped."""
+    taken = list(_MEMORY)
+    _MEMORY.clear()
+    return taken
 
 
 def stop_all_sync() -> None:

@@ -1,7 +1,8 @@
 """`python -m bench.readme_table [results.json]`: the README's Performance
 table, in Markdown, from a run's results: the commit measured, every
 figure with its same-run baseline and ceiling, the checks, and each run's
-raw figures when the stage was repeated."""
+raw figures when the stage was repeated; then a table per curve and the
+resident memory of every process at the end of each stage."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from bench import curves
 from bench.report import fmt
 
 
@@ -56,6 +58,10 @@ def table(document: dict[str, Any]) -> str:
         for f in stage["figures"]:
             lines.append(_row(name, stage, f))
         lines.append(f"| {name} | checks | {passed} of {len(checks)} passed | | | | | |")
+    lines.append(curves.markdown(curves.stored(document["stages"].values())))
+    memory = curves.memory_table(document["stages"], markdown_style=True)
+    if memory:
+        lines += ["", "**Resident memory** of each process at the end of each stage:", "", memory]
     return "\n".join(lines)
 
 

@@ -7,25 +7,33 @@ The checks themselves are shown to fail on doctored numbers below."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench import curves
 from bench.checks import check_no_oversell, compare
 from bench.core import StageResult
+from bench.curves import Column, Curve
+from bench.procs import Child, take_memory
+from bench.stages.curve_rate import saturated
 from bench.stages.ingest import check_window
 from tests.stack import Stack
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "apply", "hot_sku", "e2e", "expiry", "rebuild", "failover")
+CURVES = ("curve_batch", "curve_prefill", "curve_rate")
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_bench_smoke_runs_every_stage_and_never_oversells(stack: Stack, tmp_path: Path) -> None:
     env = dict(
         os.environ,
@@ -38,7 +46,7 @@ def test_bench_smoke_runs_every_stage_and_never_oversells(stack: Stack, tmp_path
         env=env,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=400,
         check=False,
     )
     report = f"exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
@@ -49,7 +57,7 @@ def test_bench_smoke_runs_every_stage_and_never_oversells(stack: Stack, tmp_path
     assert results["machine"]["nproc"] >= 1
     assert results["machine"]["postgresql"]["version"]
     stages = results["stages"]
-    assert set(stages) == set(STAGES), report
+    assert set(stages) == set(STAGES + CURVES), report
     for name in STAGES:
         stage = stages[name]
         # "not available" only where the stage depends on a command that
@@ -89,10 +97,128 @@ def test_bench_smoke_runs_every_stage_and_never_oversells(stack: Stack, tmp_path
     commit = results["run"]["commit"]
     assert len(commit["commit"]) == 40
     assert isinstance(commit["dirty"], bool)
+    _assert_curves(stages, done.stdout)
+    _assert_memory(stages, done.stdout)
     # The printed table.
     assert "webhooks/s" in done.stdout
     assert "transitions/s" in done.stdout
     assert "commit measured:" in done.stdout
+
+
+def _assert_curves(stages: dict[str, Any], stdout: str) -> None:
+    """Every curve ran at its smoke points, with its checks, and printed."""
+    curves = {c["name"]: c for name in CURVES for c in stages[name]["details"]["curves"]}
+    assert set(curves) == {"apply_by_batch", "hot_sku_by_batch", "apply_by_existing", "e2e_by_rate"}
+    for name in CURVES:
+        assert stages[name]["status"] == "ok", (name, stages[name]["reason"])
+        assert stages[name]["checks"], name
+        assert all(c["passed"] for c in stages[name]["checks"]), name
+    for name in ("apply_by_batch", "hot_sku_by_batch"):
+        points = curves[name]["points"]
+        assert [p["x"] for p in points] == [100, 1000], name
+        assert all(p["rate"] > 0 and p["naive"] > 0 and p["ratio"] > 0 for p in points), points
+    existing = curves["apply_by_existing"]["points"]
+    assert [p["x"] for p in existing] == [0, 20_000]
+    assert existing[1]["existing"] == 20_100, existing
+    assert existing[1]["prefill"]["rows"]["admissions"] == 20_000, existing
+    assert existing[1]["prefill_s"] > 0
+    assert all(p["rate"] > 0 for p in existing)
+    rates = curves["e2e_by_rate"]["points"]
+    assert [p["x"] for p in rates] == [100, 200], rates
+    assert all(p["p99"] is not None and p["p99"] >= p["p50"] for p in rates), rates
+    for curve in curves.values():
+        assert curve["title"] in stdout, curve["title"]
+
+
+def _assert_memory(stages: dict[str, Any], stdout: str) -> None:
+    """Every role process of a stage had its resident memory recorded."""
+    roles = {m["role"] for m in stages["e2e"]["details"]["memory"]}
+    assert {"receiver", "consumer", "relay", "scheduler"} <= roles, roles
+    for m in stages["e2e"]["details"]["memory"]:
+        if m["role"] is None:  # the load generator exits by itself: its peak only
+            assert m["peak_rss_mib"] > 0, m
+            continue
+        assert m["rss_mib"] > 0, m
+        assert m["peak_rss_mib"] >= m["rss_mib"], m
+    assert any(m["role"] == "consumer" for m in stages["apply"]["details"]["memory"])
+    if stages["rebuild"]["status"] == "ok":
+        peak = next(f for f in stages["rebuild"]["figures"] if f["name"] == "replay peak RSS")
+        assert peak["value"] > 0, peak
+        assert stages["rebuild"]["details"]["replay_peak_rss_mib_per_million"] > 0
+    assert "resident memory of each process" in stdout
+
+
+def test_saturation_is_a_short_rate_refusals_or_an_exploded_p99() -> None:
+    ok = {"x": 1000, "achieved": 995.0, "not_accepted": 0, "p99": 40.0}
+    assert saturated(ok, lowest_p99=20.0) is None
+    assert "achieved" in (saturated(dict(ok, achieved=850.0), 20.0) or "")
+    assert "not accepted" in (saturated(dict(ok, not_accepted=3), 20.0) or "")
+    assert "p99" in (saturated(dict(ok, p99=201.0), 20.0) or "")
+    assert saturated(dict(ok, p99=199.0), 20.0) is None
+
+
+_HOLDER = """
+import pathlib, sys, time
+block = b"x" * (int(sys.argv[3]) * 1024 * 1024)  # written, so resident
+pathlib.Path(sys.argv[1]).write_text("held")
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.01)
+"""
+
+
+def _wait_for(path: Path) -> None:
+    while not path.exists():
+        time.sleep(0.01)
+
+
+def test_memory_of_a_child_is_recorded_when_stopped_and_when_it_exits(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        go = tmp_path / "go"
+        children = {
+            name: Child(
+                name,
+                [sys.executable, "-c", _HOLDER, str(tmp_path / name), str(go), str(mib)],
+                dict(os.environ),
+                tmp_path,
+            )
+            for name, mib in (("stopped", 200), ("exits", 200), ("small", 0))
+        }
+        take_memory()
+        for child in children.values():
+            child.start()
+        for name in children:
+            await asyncio.to_thread(_wait_for, tmp_path / name)
+        stopped, exits, small = children["stopped"], children["exits"], children["small"]
+        await stopped.stop()
+        for child in (exits, small):
+            assert child._read_memory() is not None  # what wait_exit does every ~0.1 s
+        go.write_text("go")
+        for child in (exits, small):
+            assert await child.wait_exit(60) == 0
+        memory = {m["name"]: m for m in take_memory()}
+        assert memory["stopped"]["rss_mib"] >= 200, memory
+        assert memory["stopped"]["peak_rss_mib"] >= memory["stopped"]["rss_mib"], memory
+        assert memory["exits"]["rss_mib"] is None, memory
+        assert memory["exits"]["peak_rss_mib"] >= 200, memory
+        # Not the parent's memory (here 300 MiB more than the child's).
+        assert memory["small"]["peak_rss_mib"] < 150, memory
+
+    ballast = b"y" * (300 * 1024 * 1024)
+    asyncio.run(scenario())
+    assert len(ballast) > 0
+
+
+def test_curve_tables_print_every_point() -> None:
+    curve = Curve("c_by_x", "c against x", "x", "/s", [Column("p99", "p99", "ms")])
+    curve.points += [{"x": 250, "p99": 12.5, "note": ""}, {"x": 500, "p99": None, "note": "n"}]
+    text = curves.text([curve.as_json()])
+    assert "c against x (1 run a point)" in text
+    assert "250/s" in text
+    assert "12.5 ms" in text
+    assert "500/s" in text
+    table = curves.markdown([curve.as_json()])
+    assert "| 250/s | 12.5 ms |  |" in table
+    assert "| 500/s | - | n |" in table
 
 
 def _product(**counts: int) -> dict[str, int | str]:

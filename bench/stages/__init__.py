@@ -1,1 +1,1 @@
-"""The six stages, in the order they run."""
+"""The stages, in the order they run; the curves (curve_*) last."""

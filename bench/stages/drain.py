@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +57,16 @@ async def _nothing() -> AsyncIterator[DbActivity | None]:
     yield None
 
 
-async def _inbox_count(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval("SELECT count(*) FROM inbox"))
+async def _inbox_count(pool: asyncpg.Pool, since: float | None) -> int:
+    """Inbox rows: all of them, or those applied since a Unix time (when
+    the tables were filled beforehand and counting them all is slow)."""
+    if since is None:
+        return int(await pool.fetchval("SELECT count(*) FROM inbox"))
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM inbox WHERE applied_at >= to_timestamp($1)", since
+        )
+    )
 
 
 async def _run_service_consumer(
@@ -69,6 +77,7 @@ async def _run_service_consumer(
     timeout: float,
     watch: bool,
     profile: bool = False,
+    since: float | None = None,
 ) -> tuple[Progress, dict[str, Any]]:
     env = service_env(ns.settings)
     child = worker_role(name, "consumer", env, ctx.log_dir(name.split("-")[0]), ctx.worker_root)
@@ -86,7 +95,7 @@ async def _run_service_consumer(
                 db_activity(ns.database_url) if profile else _nothing() as activity,
             ):
                 progress = await wait_for_count(
-                    lambda: _inbox_count(pool),
+                    lambda: _inbox_count(pool, since),
                     goal,
                     child.started_at,
                     timeout,
@@ -97,7 +106,7 @@ async def _run_service_consumer(
                 extra["db_activity"] = activity.summary()
         else:
             progress = await wait_for_count(
-                lambda: _inbox_count(pool),
+                lambda: _inbox_count(pool, since),
                 goal,
                 child.started_at,
                 timeout,
@@ -198,10 +207,11 @@ async def _service_timed(
     timed: list[Record],
     timeout: float,
     profile: bool,
+    since: float | None = None,
 ) -> Side:
-    goal = len(setup) + len(timed)
+    before = 0 if since is not None else len(setup)
     progress, extra = await _run_service_consumer(
-        ctx, ns, f"{stage}-service", goal, timeout, True, profile
+        ctx, ns, f"{stage}-service", before + len(timed), timeout, True, profile, since
     )
     timed_ids = [r.command_id for r in timed]
     first_applied = await _first_applied(ns.database_url, timed_ids)
@@ -213,13 +223,38 @@ async def _service_timed(
         if progress.reached_at and first_applied
         else None,
         count=len(timed),
-        progress=[[t, max(0, n - len(setup))] for t, n in progress.series()],
+        progress=[[t, max(0, n - before)] for t, n in progress.series()],
         oversell_samples=w.samples,
         oversold_samples=w.oversold_samples,
         oversell_worst=w.worst,
         oversell_final=await final_oversell(ns.database_url, "stock"),
         extra={"batches": batches, **({"profile": extra.get("profile")} if profile else {})},
     )
+
+
+async def service_drain(
+    ctx: Context,
+    ns: Namespace,
+    stage: str,
+    setup: list[list[Record]],
+    timed: list[Record],
+    timeout: float,
+    between: Callable[[], Awaitable[None]],
+) -> Side:
+    """The service alone drains the setup, part after part (commands of
+    different keys are ordered only within a part), then `between` runs
+    (e.g. fills the tables), then the service drains the timed records from
+    a cold process; progress counts the inbox rows applied after `between`."""
+    check_valid([r for part in setup for r in part] + timed)
+    applied = 0
+    for part in setup:
+        await produce(ns.settings, part)
+        applied += len(part)
+        await _run_service_consumer(ctx, ns, f"{stage}-service-setup", applied, timeout, False)
+    await between()
+    since = float(await scalar(ns.database_url, "SELECT extract(epoch FROM now())"))
+    await produce(ns.settings, timed)
+    return await _service_timed(ctx, ns, stage, [], timed, timeout, False, since)
 
 
 async def _naive_timed(

@@ -104,7 +104,17 @@ class _Observed:
     polls: int
 
 
-def _workload(ctx: Context) -> tuple[list[Record], list[list[str]]]:
+@dataclass(frozen=True)
+class Load:
+    """The offered load of one run: webhooks/s for a number of seconds; its
+    logs go under `logs/<logs>/`."""
+
+    rate: float
+    seconds: float
+    logs: str = NAME
+
+
+def _workload(load: Load) -> tuple[list[Record], list[list[str]]]:
     """Stock and one cart per consumer (set up untimed), and the plan of
     admissions the load generator sends: (experience, consumer, grant)."""
     b = Builder()
@@ -113,7 +123,7 @@ def _workload(ctx: Context) -> tuple[list[Record], list[list[str]]]:
     now = datetime.now(UTC)
     setup = [b.stock(p, 10_000_000) for p in products]
     plan: list[list[str]] = []
-    for n in range(int(ctx.sizes.e2e_rate * ctx.sizes.e2e_seconds)):
+    for n in range(int(load.rate * load.seconds)):
         exp = experiences[n % len(experiences)]
         setup.append(b.cart(exp, f"c{n}", [(products[n % len(products)], 1)], now))
         plan.append([exp, f"c{n}", f"grant-{b.tag}-{n}"])
@@ -121,27 +131,36 @@ def _workload(ctx: Context) -> tuple[list[Record], list[list[str]]]:
     return setup, plan
 
 
-def _loadgen(ctx: Context, port: int, plan_path: Path, start_at: float) -> Child:
-    s = ctx.sizes
+def _loadgen(ctx: Context, load: Load, port: int, plan_path: Path, start_at: float) -> Child:
+    logs = ctx.log_dir(load.logs)
     args = [
         *("open", "--url", f"http://127.0.0.1:{port}/webhooks/fanfare", "--secret", SECRET),
-        *("--out", str(ctx.log_dir(NAME) / "loadgen.json"), "--duration", str(s.e2e_seconds)),
-        *("--rate", str(s.e2e_rate), "--plan", str(plan_path), "--start-at", str(start_at)),
+        *("--out", str(logs / "loadgen.json"), "--duration", str(load.seconds)),
+        *("--rate", str(load.rate), "--plan", str(plan_path), "--start-at", str(start_at)),
         *("--connections", "512"),
     ]
-    return python_module("loadgen", "bench.loadgen", args, ctx.log_dir(NAME))
+    return python_module("loadgen", "bench.loadgen", args, logs)
 
 
 async def run(ctx: Context, result: StageResult) -> None:
-    setup, plan = _workload(ctx)
-    plan_path = ctx.log_dir(NAME) / "plan.json"
+    await measure(ctx, result, Load(ctx.sizes.e2e_rate, ctx.sizes.e2e_seconds))
+
+
+async def measure(ctx: Context, result: StageResult, load: Load) -> None:
+    """One run at the offered load, its figures and checks into `result`."""
+    setup, plan = _workload(load)
+    plan_path = ctx.log_dir(load.logs) / "plan.json"
     plan_path.write_bytes(orjson.dumps(plan))
     digests = [ids.grant_digest(g) for _, _, g in plan]
     async with fresh_namespace(ctx) as ns:
         env = service_env(ns.settings)
         roles = {
             role: worker_role(
-                role, role, dict(env, OPS_PORT=str(free_port())), ctx.log_dir(NAME), ctx.worker_root
+                role,
+                role,
+                dict(env, OPS_PORT=str(free_port())),
+                ctx.log_dir(load.logs),
+                ctx.worker_root,
             )
             for role in ROLES
         }
@@ -152,12 +171,12 @@ async def run(ctx: Context, result: StageResult) -> None:
             port = int(env["LISTEN_PORT"])
             await roles["receiver"].wait_http(f"http://127.0.0.1:{port}/healthz")
             await _set_up(ns, pool, roles, setup)
-            observed = await _load(ctx, ns, pool, roles, port, plan_path, digests, result)
+            observed = await _load(ctx, load, ns, pool, roles, port, plan_path, digests, result)
         finally:
             for child in reversed(roles.values()):
                 await child.stop()
             await pool.close()
-    _analyse(result, ctx, observed)
+    _analyse(result, ctx, load, observed)
 
 
 async def _set_up(
@@ -178,6 +197,7 @@ async def _set_up(
 
 async def _load(
     ctx: Context,
+    load: Load,
     ns: Namespace,
     pool: asyncpg.Pool,
     roles: dict[str, Child],
@@ -187,9 +207,8 @@ async def _load(
     result: StageResult,
 ) -> _Observed:
     """The timed load, the poller beside it, then the commit times."""
-    s = ctx.sizes
     start_at = time.time() + 2.0
-    loadgen = _loadgen(ctx, port, plan_path, start_at)
+    loadgen = _loadgen(ctx, load, port, plan_path, start_at)
     seen: dict[str, float] = {}
     stop = asyncio.Event()
     # With commit timestamps the poll is only a cross-check: a tenth of the
@@ -197,7 +216,7 @@ async def _load(
     sample = 10 if ctx.commit_timestamps else 1
     watched = set(digests[::sample])
     poller = asyncio.create_task(
-        _poll_visible(ns.database_url, digests, start_at, s.e2e_rate, stop, seen, sample)
+        _poll_visible(ns.database_url, digests, start_at, load.rate, stop, seen, sample)
     )
     profiler = (
         Profiler(roles["consumer"].pid, ctx.out_dir / "profile-e2e-consumer.txt")
@@ -205,15 +224,21 @@ async def _load(
         else None
     )
     loadgen.start()
-    code = await loadgen.wait_exit(s.e2e_seconds + 120)
+    code = await loadgen.wait_exit(load.seconds + 120)
     if code != 0:
         raise RuntimeError(f"loadgen failed ({code}):\n{loadgen.tail()}")
-    sent: dict[str, Any] = orjson.loads((ctx.log_dir(NAME) / "loadgen.json").read_bytes())
+    sent: dict[str, Any] = orjson.loads((ctx.log_dir(load.logs) / "loadgen.json").read_bytes())
     accepted = {digests[r[0]] for r in sent["rows"] if 200 <= r[4] < 300}
     await _until_seen(accepted & watched, seen)
     stop.set()
     polls = await poller
-    commits = await _commit_times(pool, accepted) if ctx.commit_timestamps else {}
+    commits = {}
+    if ctx.commit_timestamps:
+        # The poller watched a sample: the last holds may commit after it saw
+        # its own. Up to 120 s for every accepted one, as for the sample.
+        grants = list(accepted)
+        await wait_for_count(lambda: _held(pool, grants), len(grants), time.time(), 120)
+        commits = await _commit_times(pool, accepted)
     if profiler is not None:
         result.details["profile"] = {"py_spy": profiler.finish()}
     return _Observed(digests, sent, accepted, watched, seen, commits, start_at, polls)
@@ -224,6 +249,16 @@ async def _until_seen(wanted: set[str], seen: dict[str, float]) -> None:
         if wanted <= set(seen):
             return
         await asyncio.sleep(0.05)
+
+
+async def _held(pool: asyncpg.Pool, grants: list[str]) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(DISTINCT admission_grant) FROM reservations "
+            "WHERE admission_grant = ANY($1::text[])",
+            grants,
+        )
+    )
 
 
 async def _commit_times(pool: asyncpg.Pool, accepted: set[str]) -> dict[str, float]:
@@ -246,8 +281,7 @@ def _intervals(
     return kept, len(all_ms) - len(kept)
 
 
-def _analyse(result: StageResult, ctx: Context, o: _Observed) -> None:
-    s = ctx.sizes
+def _analyse(result: StageResult, ctx: Context, load: Load, o: _Observed) -> None:
     sent, accepted, seen, commits = o.sent, o.accepted, o.seen, o.commits
     rows = sent["rows"]
     answered = {o.digests[r[0]]: r for r in rows}
@@ -259,8 +293,8 @@ def _analyse(result: StageResult, ctx: Context, o: _Observed) -> None:
     sends = sorted(r[2] for r in rows)
     achieved = (len(sends) - 1) / (sends[-1] - sends[0]) if len(sends) > 1 else None
     result.details.update(
-        rate_target=s.e2e_rate,
-        seconds=s.e2e_seconds,
+        rate_target=load.rate,
+        seconds=load.seconds,
         planned=sent["planned"],
         accepted=len(accepted),
         failed=sent["failed"],
@@ -278,8 +312,8 @@ def _analyse(result: StageResult, ctx: Context, o: _Observed) -> None:
         latencies_ms=sorted(round(v, 3) for v in primary),
         latency_over_time=_over_time(answered, done, o.start_at),
     )
-    _checks(result, s.e2e_rate, achieved, sent, accepted, missing, negative_send)
-    _figures(result, s.e2e_rate, achieved, primary, from_send, method, negative_2xx)
+    _checks(result, load.rate, achieved, sent, accepted, missing, negative_send)
+    _figures(result, load.rate, achieved, primary, from_send, method, negative_2xx)
     for name in ("2xx to hold p50", "send to hold p50"):
         figure = result.figure(name)
         if figure is not None:

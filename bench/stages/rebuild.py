@@ -158,3 +158,15 @@ async def run(ctx: Context, result: StageResult) -> None:
     result.figures.append(
         kafka_figure(ctx, "events/s vs Kafka read", rate, "consumer", "kafka_events")
     )
+    peak = (child.memory or {}).get("peak_rss_mib")
+    per_million = peak * 1_000_000 / sent if peak and sent else None
+    result.details.update(replay_peak_rss_mib=peak, replay_peak_rss_mib_per_million=per_million)
+    result.figures.append(
+        Figure(
+            "replay peak RSS",
+            peak,
+            "MiB",
+            note=f"VmHWM of the replay process for {sent:,} events: "
+            f"{per_million or 0:,.0f} MiB per 1M events (its ~70 MiB at start included)",
+        )
+    )
