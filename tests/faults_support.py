@@ -785,7 +785,7 @@ async def _crash_a_backend_mid_query(
     through crash recovery and drops every connection mid-statement, the
     way a crash of the database (or its host) looks to clients. The outbox
     is locked first, so the relay's read of it or a consumer's write to it
-    waits inside a query, deterministically. Returns when it happened
+    (a COPY) waits inside a query, deterministically. Returns when it happened
     and what `just_before` counted right before it."""
     holder = await asyncpg.connect(url)
     watcher = await asyncpg.connect(url)
@@ -797,7 +797,7 @@ async def _crash_a_backend_mid_query(
             lambda: watcher.fetchval(
                 """SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                    WHERE l.relation = 'outbox'::regclass AND NOT l.granted
-                     AND (a.query ILIKE 'SELECT%' OR a.query ILIKE 'INSERT%') LIMIT 1"""
+                     AND a.query ILIKE ANY (ARRAY['SELECT%', 'INSERT%', 'COPY%']) LIMIT 1"""
             ),
             timeout=30,
         )
