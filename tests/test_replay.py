@@ -28,7 +28,7 @@ from tests.fold_support import Tables, engine_rows, on_the_wire, run_engine
 from tests.helpers import REPO, ServiceProcess, wait_for
 from tests.isolated import isolated_settings, produce_bulk
 from tests.stack import Stack
-from tests.traffic import ROWS, T0, stock_levels, traffic
+from tests.traffic import T0, stock_levels, traffic
 from worker.adapters import kafka
 from worker.adapters.kafka import SEQ_HEADER
 from worker.config import Settings
@@ -339,7 +339,7 @@ async def test_replay_verify_rebuilds_live_state(stack: Stack, settings: Setting
             levels = stock_levels(scale=3)
             await produce_bulk(iso, levels)
             await wait_for(
-                lambda: conn.fetchval("SELECT count(*) = $1 FROM stock", len(ROWS)), timeout=60
+                lambda: conn.fetchval("SELECT count(*) = $1 FROM stock", len(levels)), timeout=60
             )
             commands = traffic(seed=7, consumers=160)
             # Arrival order differs from the story order within a partition

@@ -59,7 +59,9 @@ async def test_reprocess_of_an_untouched_log_reports_no_difference(
         try:
             levels = stock_levels(scale=2)
             await produce_bulk(iso, levels)
-            await wait_for(lambda: conn.fetchval("SELECT count(*) = 4 FROM stock"), timeout=60)
+            await wait_for(
+                lambda: conn.fetchval("SELECT count(*) = $1 FROM stock", len(levels)), timeout=60
+            )
             commands = [*traffic(seed=5, consumers=80), *_solo()]
             await produce_bulk(iso, commands)
             total = len({c.command_id for c in [*levels, *commands]})
@@ -78,7 +80,8 @@ async def test_reprocess_of_an_untouched_log_reports_no_difference(
         lines = result.stdout.splitlines()
         assert lines[0].startswith(f"reprocess: {len(levels) + len(commands):,} commands read")
         assert f"{total:,} applied" in lines[0]
-        assert lines[-1] == "no differences: 10 experience(s) identical"
+        # The traffic's experiences and one subject per product its stock levels set.
+        assert lines[-1] == "no differences: 11 experience(s) identical"
 
         solo = await asyncio.to_thread(_cli, env, "reprocess", "--experience", "solo")
         assert solo.returncode == 0, solo.stdout + solo.stderr

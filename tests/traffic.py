@@ -47,8 +47,13 @@ EXPERIENCES: dict[str, tuple[int, dict[str, object] | None]] = {
 }
 
 
+# The backfill line's product: one unit, of its own, so no story's stock set
+# or hold (applied on other partitions, in any order) can take it first.
+LINE_PRODUCT = "line-bag"
+
+
 def stock_levels(scale: int = 1) -> list[CommandBase]:
-    return [b.stock(p, 18 * scale, v) for p, v in ROWS]
+    return [*(b.stock(p, 18 * scale, v) for p, v in ROWS), b.stock(LINE_PRODUCT, 1)]
 
 
 def _lines(rng: random.Random) -> list[CartLine]:
@@ -206,15 +211,16 @@ def traffic(seed: int, consumers: int = 40) -> list[CommandBase]:
 
 
 def _backfill_line(at: datetime) -> list[CommandBase]:
-    """A pool of one bag with backfill, after every story (its own
-    experience, so the stories stay as they were): the first shopper holds
-    it, the second is refused, and holds it once the first leaves."""
+    """One unit of a product of its own, with backfill, after every story
+    (its own experience, so the stories stay as they were): the first
+    shopper holds it, the second is refused, and holds it once the first
+    leaves."""
     exp = "drop-line"
     commands: list[CommandBase] = [b.configure(exp, strategy="pool", pool_size=1, backfill=True)]
     for n, who in enumerate(("first", "second")):
         admitted = at + timedelta(seconds=n)
         commands += [
-            b.cart(exp, who, b.line("bag", 1), at=admitted - timedelta(seconds=1)),
+            b.cart(exp, who, b.line(LINE_PRODUCT, 1), at=admitted - timedelta(seconds=1)),
             b.admit(exp, who, f"{exp}-{who}", admitted),
         ]
     return [*commands, b.end(exp, "first", None, at=at + timedelta(seconds=30))]
