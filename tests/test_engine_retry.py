@@ -177,3 +177,73 @@ async def test_a_later_admission_before_the_retry_arriving_late_voids_it(
     assert (await engine.admission("retry-void"))[0] == "expired"
     assert await engine.holds("retry-new") == [(2, "active")]
     assert await engine.stock(p) == (5, 2, 0)
+
+
+# Trying again twice (README, Arrival order): admitted with g0, then g1;
+# g1's holds expire (our expiry due) and the consumer tries again at +33 s;
+# Fanfare's admission-expired, without a grant, ends that holding period at
+# +54 s, and the consumer tries again at +75 s, within the 120 s window.
+RETRIED_TWICE = [DUE + timedelta(seconds=33), DUE + timedelta(seconds=54)]
+LAST_RETRY = DUE + timedelta(seconds=75)
+
+
+async def _retried_twice(engine: Engine, late_expiry: bool) -> tuple[Ids, str, dict[str, object]]:
+    """The story in time order, or with the last retry arriving before
+    Fanfare's expiry it follows; the last retry's answer."""
+    exp, cons, p = ids = unique("exp"), unique("cons"), unique("prod")
+    first, grant = unique("g0"), unique("g1")
+    await engine(b.configure(exp, retry_window_seconds=120))
+    await engine(b.stock(p, 5))
+    await engine(b.cart(exp, cons, b.line(p, 2), at=T0 - timedelta(minutes=1)))
+    await engine(b.admit(exp, cons, first, T0 - timedelta(seconds=21)))
+    await engine(b.admit(exp, cons, grant, T0))
+    assert (await engine(b.retry(exp, cons, grant, RETRIED_TWICE[0])))["held"] == 1
+    ended = b.end(
+        exp, cons, None, outcome="expired", reason="admission_expired", at=RETRIED_TWICE[1]
+    )
+    last = b.retry(exp, cons, grant, LAST_RETRY)
+    if late_expiry:
+        answer = await engine(last)
+        await engine(ended)
+    else:
+        await engine(ended)
+        answer = await engine(last)
+    return ids, grant, answer
+
+
+@pytest.mark.parametrize("late_expiry", [False, True], ids=["time_order", "late_expiry"])
+async def test_a_retry_refused_before_the_expiry_it_follows_arrived_counts_once_it_does(
+    engine: Engine, late_expiry: bool
+) -> None:
+    (_, _, p), grant, answer = await _retried_twice(engine, late_expiry)
+    # The answer at arrival stands (the storefront had it); the outcome does not.
+    assert answer.get("error") == ("NOT_EXPIRED" if late_expiry else None)
+    assert await engine.admission(grant) == ("active", None)
+    assert await engine.holds(grant) == [(2, "active"), (2, "expired"), (2, "expired")]
+    assert await engine.expires_at(grant) == LAST_RETRY + SPAN
+    assert await engine.stock(p) == (5, 2, 0)
+    created = [e for e in engine.events if e.type == "reservation.created"]
+    assert created[-1].created_at == LAST_RETRY
+    retried = [e for e in engine.events if e.type == "admission.retried"]
+    assert (retried[-1].retried_at, retried[-1].follows) == (LAST_RETRY, RETRIED_TWICE[1])
+
+
+async def test_a_granted_retry_outside_the_window_of_an_earlier_expiry_arriving_late(
+    engine: Engine, ids: Ids
+) -> None:
+    """The retry came 30 s after our expiry, but Fanfare's expiry 200 s
+    before it arrives later: the retry was 230 s after the admission stood
+    expired, past the 120 s window. It no longer counts, as in time order,
+    where it is refused RETRY_WINDOW_CLOSED."""
+    exp, cons, p = ids
+    await engine(b.configure(exp, retry_window_seconds=120))
+    await engine(b.stock(p, 5))
+    await engine(b.cart(exp, cons, b.line(p, 2), at=T0 - timedelta(minutes=1)))
+    await engine(b.admit(exp, cons, "retry-narrow", T0))
+    assert (await engine(b.retry(exp, cons, "retry-narrow", RETRIED)))["held"] == 1
+    early = DUE - timedelta(seconds=200)
+    late = b.end(exp, cons, None, outcome="expired", reason="admission_expired", at=early)
+    assert (await engine(late))["status"] == "expired"
+    assert await engine.admission("retry-narrow") == ("expired", "admission_expired")
+    assert await engine.holds("retry-narrow") == [(2, "expired"), (2, "expired")]
+    assert await engine.stock(p) == (5, 0, 0)
