@@ -8,12 +8,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
 from tests import builders as b
-from tests.engine_backends import Engine
+from tests.engine_backends import Engine, PostgresEngine
 from tests.helpers import unique
+from worker.adapters import queries
+from worker.domain.ids import grant_digest
 
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 SPAN = timedelta(seconds=660)  # the default window and buffer
@@ -247,3 +250,29 @@ async def test_a_granted_retry_outside_the_window_of_an_earlier_expiry_arriving_
     assert await engine.admission("retry-narrow") == ("expired", "admission_expired")
     assert await engine.holds("retry-narrow") == [(2, "expired"), (2, "expired")]
     assert await engine.stock(p) == (5, 0, 0)
+
+
+async def test_a_pending_retry_leaves_what_the_api_names_a_call_after(
+    engine_db: asyncpg.Pool, ids: Ids
+) -> None:
+    """The API names a call for an admission holding again after the expiry
+    its latest granted retry followed (a second call answers the first
+    outcome): a retry kept pending follows none and changes nothing there;
+    taken up, it is that latest retry."""
+    exp, cons, _ = ids
+    engine = PostgresEngine(engine_db)
+    await _expired(engine, ids, "retry-named", window=120)
+    await engine(b.retry(exp, cons, "retry-named", RETRIED_TWICE[0]))
+    refused = await engine(b.retry(exp, cons, "retry-named", LAST_RETRY))
+    assert refused["error"] == "NOT_EXPIRED"
+    digest = grant_digest("retry-named")
+    times = await queries.admission_times(engine_db, digest)
+    assert times is not None
+    assert times.expiry_to_follow(LAST_RETRY) == DUE
+    ended = b.end(
+        exp, cons, None, outcome="expired", reason="admission_expired", at=RETRIED_TWICE[1]
+    )
+    await engine(ended)
+    taken = await queries.admission_times(engine_db, digest)
+    assert taken is not None
+    assert taken.expiry_to_follow(LAST_RETRY) == RETRIED_TWICE[1]

@@ -188,7 +188,7 @@ class _Fold:
         matches = [
             x
             for x in self.endings
-            if x.follows is None
+            if x.outcome != AdmissionStatus.ACTIVE.value  # a retry, pending or not
             and (
                 x.grant_digest == e.grant_digest
                 or (
