@@ -13,6 +13,7 @@ from worker.domain.endings import (
     AdmissionStatus,
     Fact,
     Visit,
+    taken_up_id,
     verdicts,
 )
 from worker.domain.extension import Extension, Refusal, extend
@@ -164,7 +165,7 @@ def test_a_pending_retry_counts_once_an_earlier_expiry_arrives() -> None:
     late = verdicts([HELD_AGAIN], [RETRY, PENDING, ended, our_expiry(E1)])[G]
     assert (late.status, len(late.taken_up)) == (AdmissionStatus.ACTIVE, 1)
     # Once applied, the granted retry at its time stands for it.
-    applied = dataclasses.replace(taken, command_id=uuid4())
+    applied = dataclasses.replace(taken, command_id=taken_up_id(PENDING))
     done = verdicts([Visit(G, T0, PENDING.at + SPAN, SPAN)], [RETRY, PENDING, ended, applied])[G]
     assert (done.status, done.taken_up) == (AdmissionStatus.ACTIVE, ())
 

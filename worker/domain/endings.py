@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
+from worker.domain import ids
 from worker.domain.model import ReservationStatus
 
 
@@ -218,12 +219,18 @@ def _verdict(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict
     return replace(verdict, taken_up=tuple(taken_up)) if taken_up else verdict
 
 
+def taken_up_id(retry: Fact) -> UUID:
+    """The id a pending retry is kept under once it counts, beside the
+    pending one (which then no longer counts on its own)."""
+    return ids.uuid5(f"retry:{retry.command_id}")
+
+
 def _retries(mine: list[Fact]) -> list[Fact]:
-    """The retries in time order; a pending one already applied (a granted
-    retry at its time stands for it) is that retry."""
-    granted = {f.at for f in mine if f.retry and not f.pending}
+    """The retries in time order, but the pending ones already taken up."""
+    granted = {f.command_id for f in mine if f.retry and not f.pending}
     return sorted(
-        (f for f in mine if f.retry and not (f.pending and f.at in granted)), key=Fact.sort_key
+        (f for f in mine if f.retry and not (f.pending and taken_up_id(f) in granted)),
+        key=Fact.sort_key,
     )
 
 

@@ -14,7 +14,6 @@ from uuid import UUID
 
 from worker.adapters.rows import Pair
 from worker.adapters.unit_of_work import UnitOfWork
-from worker.domain import ids
 from worker.domain.admission import plan_holds, taken_again
 from worker.domain.endings import AdmissionStatus, Fact
 from worker.domain.model import ExperienceSettings
@@ -32,11 +31,6 @@ def pending(
     return Fact(
         command_id, grant_digest, AdmissionStatus.ACTIVE, PENDING_REASON, at, retry_window=window
     )
-
-
-def kept_as(retry: Fact) -> UUID:
-    """The id a pending retry taken up is kept under, beside the pending one."""
-    return ids.uuid5(f"retry:{retry.command_id}")
 
 
 def hold_again(

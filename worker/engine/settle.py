@@ -21,11 +21,12 @@ from worker.domain.endings import (
     Verdict,
     Visit,
     hold_status,
+    taken_up_id,
     verdicts,
 )
 from worker.domain.model import ExperienceSettings, ReservationStatus
 from worker.engine.events import Events
-from worker.engine.retried import hold_again, kept_as
+from worker.engine.retried import hold_again
 from worker.engine.sale import Sold, sell
 
 SALE_REVISED = "sale_revised"
@@ -98,7 +99,7 @@ def _take_up(
             assert retry.follows is not None
             expired = Verdict(AdmissionStatus.EXPIRED, retry.reason, retry.follows)
             bring_to(uow, events, pair, grant_digest, expired, defaults)
-            hold_again(uow, events, pair, retry, settings, kept_as(retry))
+            hold_again(uow, events, pair, retry, settings, taken_up_id(retry))
 
 
 def _to_change(
