@@ -195,3 +195,17 @@ def test_a_granted_retry_outside_the_window_of_an_earlier_expiry_arriving_late()
     early = fanfare_expired(E0 - s(200))
     verdict = verdicts([RETRIED], [narrow, early])[G]
     assert (verdict.status, verdict.at, verdict.taken_up) == (AdmissionStatus.EXPIRED, early.at, ())
+
+
+def test_a_pending_retry_counts_exactly_when_it_would_have_been_granted() -> None:
+    """Our expiry was due at E0, then the consumer left: a retry after that
+    is refused at its time (the admission stands released), so kept pending
+    it does not count either, whatever arrives later from after it."""
+    visit = Visit(G, T0, E0, SPAN)
+    pending = dataclasses.replace(PENDING, at=E0 + s(30))
+    facts = [left(E0 + s(10))]
+    refused = retry([visit], facts, G, pending.at, RETRYING)
+    assert isinstance(refused, Refusal)
+    assert refused.code == "NOT_EXPIRED"
+    verdict = verdicts([visit], [*facts, pending])[G]
+    assert (verdict.status, verdict.taken_up) == (AdmissionStatus.RELEASED, ())

@@ -682,6 +682,23 @@ RETRIED_TWICE = story(
     ],
     arrival=[0, 1, 2, 3, 5, 4],
 )
+# Our expiry is due (extended to +749 s) before the consumer is denied at
+# +764 s: a retry at +785 s is refused (released), kept pending, and must
+# not count later either, whether the next admission settles after it (time
+# order) or arrived before it.
+DENIED_AFTER_DUE = story(
+    Setup(Strategy.SOFT, on_hand=(AMPLE, AMPLE), extension=60, max_extensions=1, retry_window=120),
+    [
+        Fact("admit", 22, 0, grant=0),
+        Fact("admit", 29, 1, grant=1),
+        Fact("extend", 71, 1, grant=1),
+        Fact("retry", 722, 1, grant=1),
+        Fact("denied", 764, 1),
+        Fact("retry", 785, 1, grant=1),
+        Fact("admit", 806, 1, grant=2),
+    ],
+    arrival=[0, 4, 1, 6, 2, 3, 5],
+)
 
 
 def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
@@ -693,6 +710,7 @@ def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
     )
     @given(scenario=scenarios())
     @example(scenario=RETRIED_TWICE)
+    @example(scenario=DENIED_AFTER_DUE)
     def property_(scenario: Scenario) -> None:
         event("ample stock" if scenario.setup.ample else "scarce stock")
         note(str(scenario))

@@ -245,15 +245,13 @@ def _implied(visit: Visit, retry: Fact) -> Fact:
 
 
 def _pending_counts(visit: Visit, start: datetime, before: list[Fact], retry: Fact) -> Fact | None:
-    """A pending retry as granted, if by the facts before it its period stood
-    expired (our expiry due counts) and it came within its window."""
-    due = visit.expires_at
-    if start <= due <= retry.at:
-        before = [
-            *before,
-            Fact(None, visit.grant_digest, AdmissionStatus.EXPIRED, WINDOW_ELAPSED, due),
-        ]
-    ended = _period(Visit(visit.grant_digest, start, due), None, before)
+    """A pending retry as granted, if the facts before it would have granted
+    it at its time (worker.domain.retry.expiry_of): its period ended by an
+    expiry, or still open past its expiry (ours, due), at most its window
+    earlier."""
+    ended = _period(Visit(visit.grant_digest, start, visit.expires_at), None, before)
+    if not ended.over and visit.expires_at <= retry.at:
+        ended = Verdict(AdmissionStatus.EXPIRED, WINDOW_ELAPSED, visit.expires_at)
     if not _retried_in_time(ended, retry):
         return None
     assert ended.at is not None
