@@ -9,6 +9,7 @@ rows, and check after each test that the counters equal the row sums
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -56,6 +57,9 @@ class MemoryEngine:
     async def admission(self, grant: str) -> tuple[str, str | None]:
         row = self.uow.admissions[ids.grant_digest(grant)]
         return row.status, row.end_reason
+
+    async def expires_at(self, grant: str) -> datetime:
+        return self.uow.admissions[ids.grant_digest(grant)].expires_at
 
     async def holds(self, grant: str) -> list[tuple[int, str]]:
         digest = ids.grant_digest(grant)
@@ -121,6 +125,14 @@ class PostgresEngine:
         )
         assert row is not None
         return row["status"], row["end_reason"]
+
+    async def expires_at(self, grant: str) -> datetime:
+        at = await self.pool.fetchval(
+            "SELECT expires_at FROM admissions WHERE admission_grant = $1",
+            ids.grant_digest(grant),
+        )
+        assert isinstance(at, datetime)
+        return at
 
     async def holds(self, grant: str) -> list[tuple[int, str]]:
         rows = await self.pool.fetch(

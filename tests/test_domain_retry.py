@@ -4,6 +4,7 @@ worker.domain.retry) and how a kept retry weighs against other facts by time
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -12,6 +13,7 @@ from worker.domain.endings import (
     AdmissionStatus,
     Fact,
     Visit,
+    taken_up_id,
     verdicts,
 )
 from worker.domain.extension import Extension, Refusal, extend
@@ -135,3 +137,75 @@ def test_an_earlier_expiry_arriving_late_counts_the_window_from_it() -> None:
     assert (verdict.status, verdict.at) == (AdmissionStatus.EXPIRED, T0 + s(60))
     near = Fact(uuid4(), None, AdmissionStatus.EXPIRED, "admission_expired", E0 - s(60))
     assert verdicts([RETRIED], [RETRY, near])[G].status is AdmissionStatus.ACTIVE
+
+
+# A retry refused NOT_EXPIRED at arrival, kept pending: the admission held
+# again from TR (until E1) when it came, 42 s after the retry.
+SPAN = s(660)
+HELD_AGAIN = Visit(G, T0, E1, SPAN)
+PENDING = Fact(uuid4(), G, AdmissionStatus.ACTIVE, "not_expired", TR + s(42), retry_window=s(120))
+
+
+def fanfare_expired(at: datetime) -> Fact:
+    return Fact(uuid4(), None, AdmissionStatus.EXPIRED, "admission_expired", at)
+
+
+def test_a_pending_retry_counts_once_an_earlier_expiry_arrives() -> None:
+    assert PENDING.pending
+    waiting = verdicts([HELD_AGAIN], [RETRY, PENDING])[G]
+    assert (waiting.status, waiting.taken_up) == (AdmissionStatus.ACTIVE, ())
+    ended = fanfare_expired(TR + s(21))
+    verdict = verdicts([HELD_AGAIN], [RETRY, PENDING, ended])[G]
+    assert verdict.status is AdmissionStatus.ACTIVE
+    [taken] = verdict.taken_up
+    assert (taken.command_id, taken.at) == (PENDING.command_id, PENDING.at)
+    assert (taken.follows, taken.reason, taken.pending) == (TR + s(21), "admission_expired", False)
+    # Its period runs until its own time plus the span: our expiry for the
+    # period before it no longer ends it.
+    late = verdicts([HELD_AGAIN], [RETRY, PENDING, ended, our_expiry(E1)])[G]
+    assert (late.status, len(late.taken_up)) == (AdmissionStatus.ACTIVE, 1)
+    # Once applied, the granted retry at its time stands for it.
+    applied = dataclasses.replace(taken, command_id=taken_up_id(PENDING))
+    done = verdicts([Visit(G, T0, PENDING.at + SPAN, SPAN)], [RETRY, PENDING, ended, applied])[G]
+    assert (done.status, done.taken_up) == (AdmissionStatus.ACTIVE, ())
+
+
+def test_a_pending_retry_counts_by_our_expiry_due() -> None:
+    pending = dataclasses.replace(PENDING, at=E0 + s(10))
+    verdict = verdicts([Visit(G, T0, E0, SPAN)], [pending])[G]
+    [taken] = verdict.taken_up
+    assert (taken.follows, taken.reason) == (E0, WINDOW_ELAPSED)
+
+
+def test_a_pending_retry_that_does_not_count_changes_nothing() -> None:
+    for facts in (
+        [fanfare_expired(TR - s(100))],  # its window closed
+        [left(TR + s(21))],  # released, not expired
+        [fanfare_expired(TR + s(50))],  # after it: the period was still holding
+    ):
+        alone = verdicts([HELD_AGAIN], [RETRY, *facts])[G]
+        assert verdicts([HELD_AGAIN], [RETRY, PENDING, *facts])[G] == alone
+    later = Visit(G2, TR + s(30), TR + s(690))
+    superseded = verdicts([HELD_AGAIN, later], [RETRY, PENDING, fanfare_expired(TR + s(21))])[G]
+    assert (superseded.status, superseded.taken_up) == (AdmissionStatus.EXPIRED, ())
+
+
+def test_a_granted_retry_outside_the_window_of_an_earlier_expiry_arriving_late() -> None:
+    narrow = dataclasses.replace(RETRY, retry_window=s(120))
+    early = fanfare_expired(E0 - s(200))
+    verdict = verdicts([RETRIED], [narrow, early])[G]
+    assert (verdict.status, verdict.at, verdict.taken_up) == (AdmissionStatus.EXPIRED, early.at, ())
+
+
+def test_a_pending_retry_counts_exactly_when_it_would_have_been_granted() -> None:
+    """Our expiry was due at E0, then the consumer left: a retry after that
+    is refused at its time (the admission stands released), so kept pending
+    it does not count either, whatever arrives later from after it."""
+    visit = Visit(G, T0, E0, SPAN)
+    pending = dataclasses.replace(PENDING, at=E0 + s(30))
+    facts = [left(E0 + s(10))]
+    refused = retry([visit], facts, G, pending.at, RETRYING)
+    assert isinstance(refused, Refusal)
+    assert refused.code == "NOT_EXPIRED"
+    verdict = verdicts([visit], [*facts, pending])[G]
+    assert (verdict.status, verdict.taken_up) == (AdmissionStatus.RELEASED, ())

@@ -8,12 +8,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
 from tests import builders as b
-from tests.engine_backends import Engine
+from tests.engine_backends import Engine, PostgresEngine
 from tests.helpers import unique
+from worker.adapters import queries
+from worker.domain.ids import grant_digest
 
 T0 = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
 SPAN = timedelta(seconds=660)  # the default window and buffer
@@ -177,3 +180,99 @@ async def test_a_later_admission_before_the_retry_arriving_late_voids_it(
     assert (await engine.admission("retry-void"))[0] == "expired"
     assert await engine.holds("retry-new") == [(2, "active")]
     assert await engine.stock(p) == (5, 2, 0)
+
+
+# Trying again twice (README, Arrival order): admitted with g0, then g1;
+# g1's holds expire (our expiry due) and the consumer tries again at +33 s;
+# Fanfare's admission-expired, without a grant, ends that holding period at
+# +54 s, and the consumer tries again at +75 s, within the 120 s window.
+RETRIED_TWICE = [DUE + timedelta(seconds=33), DUE + timedelta(seconds=54)]
+LAST_RETRY = DUE + timedelta(seconds=75)
+
+
+async def _retried_twice(engine: Engine, late_expiry: bool) -> tuple[Ids, str, dict[str, object]]:
+    """The story in time order, or with the last retry arriving before
+    Fanfare's expiry it follows; the last retry's answer."""
+    exp, cons, p = ids = unique("exp"), unique("cons"), unique("prod")
+    first, grant = unique("g0"), unique("g1")
+    await engine(b.configure(exp, retry_window_seconds=120))
+    await engine(b.stock(p, 5))
+    await engine(b.cart(exp, cons, b.line(p, 2), at=T0 - timedelta(minutes=1)))
+    await engine(b.admit(exp, cons, first, T0 - timedelta(seconds=21)))
+    await engine(b.admit(exp, cons, grant, T0))
+    assert (await engine(b.retry(exp, cons, grant, RETRIED_TWICE[0])))["held"] == 1
+    ended = b.end(
+        exp, cons, None, outcome="expired", reason="admission_expired", at=RETRIED_TWICE[1]
+    )
+    last = b.retry(exp, cons, grant, LAST_RETRY)
+    if late_expiry:
+        answer = await engine(last)
+        await engine(ended)
+    else:
+        await engine(ended)
+        answer = await engine(last)
+    return ids, grant, answer
+
+
+@pytest.mark.parametrize("late_expiry", [False, True], ids=["time_order", "late_expiry"])
+async def test_a_retry_refused_before_the_expiry_it_follows_arrived_counts_once_it_does(
+    engine: Engine, late_expiry: bool
+) -> None:
+    (_, _, p), grant, answer = await _retried_twice(engine, late_expiry)
+    # The answer at arrival stands (the storefront had it); the outcome does not.
+    assert answer.get("error") == ("NOT_EXPIRED" if late_expiry else None)
+    assert await engine.admission(grant) == ("active", None)
+    assert await engine.holds(grant) == [(2, "active"), (2, "expired"), (2, "expired")]
+    assert await engine.expires_at(grant) == LAST_RETRY + SPAN
+    assert await engine.stock(p) == (5, 2, 0)
+    created = [e for e in engine.events if e.type == "reservation.created"]
+    assert created[-1].created_at == LAST_RETRY
+    retried = [e for e in engine.events if e.type == "admission.retried"]
+    assert (retried[-1].retried_at, retried[-1].follows) == (LAST_RETRY, RETRIED_TWICE[1])
+
+
+async def test_a_granted_retry_outside_the_window_of_an_earlier_expiry_arriving_late(
+    engine: Engine, ids: Ids
+) -> None:
+    """The retry came 30 s after our expiry, but Fanfare's expiry 200 s
+    before it arrives later: the retry was 230 s after the admission stood
+    expired, past the 120 s window. It no longer counts, as in time order,
+    where it is refused RETRY_WINDOW_CLOSED."""
+    exp, cons, p = ids
+    await engine(b.configure(exp, retry_window_seconds=120))
+    await engine(b.stock(p, 5))
+    await engine(b.cart(exp, cons, b.line(p, 2), at=T0 - timedelta(minutes=1)))
+    await engine(b.admit(exp, cons, "retry-narrow", T0))
+    assert (await engine(b.retry(exp, cons, "retry-narrow", RETRIED)))["held"] == 1
+    early = DUE - timedelta(seconds=200)
+    late = b.end(exp, cons, None, outcome="expired", reason="admission_expired", at=early)
+    assert (await engine(late))["status"] == "expired"
+    assert await engine.admission("retry-narrow") == ("expired", "admission_expired")
+    assert await engine.holds("retry-narrow") == [(2, "expired"), (2, "expired")]
+    assert await engine.stock(p) == (5, 0, 0)
+
+
+async def test_a_pending_retry_leaves_what_the_api_names_a_call_after(
+    engine_db: asyncpg.Pool, ids: Ids
+) -> None:
+    """The API names a call for an admission holding again after the expiry
+    its latest granted retry followed (a second call answers the first
+    outcome): a retry kept pending follows none and changes nothing there;
+    taken up, it is that latest retry."""
+    exp, cons, _ = ids
+    engine = PostgresEngine(engine_db)
+    await _expired(engine, ids, "retry-named", window=120)
+    await engine(b.retry(exp, cons, "retry-named", RETRIED_TWICE[0]))
+    refused = await engine(b.retry(exp, cons, "retry-named", LAST_RETRY))
+    assert refused["error"] == "NOT_EXPIRED"
+    digest = grant_digest("retry-named")
+    times = await queries.admission_times(engine_db, digest)
+    assert times is not None
+    assert times.expiry_to_follow(LAST_RETRY) == DUE
+    ended = b.end(
+        exp, cons, None, outcome="expired", reason="admission_expired", at=RETRIED_TWICE[1]
+    )
+    await engine(ended)
+    taken = await queries.admission_times(engine_db, digest)
+    assert taken is not None
+    assert taken.expiry_to_follow(LAST_RETRY) == RETRIED_TWICE[1]

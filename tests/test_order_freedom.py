@@ -62,7 +62,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
 from tests.stack import Stack
@@ -667,6 +667,40 @@ PARTIAL_ORDERS = """
     FROM reservations r WHERE r.end_reason = $1"""
 
 
+# Stories the generator found once, checked on every run. A retry refused
+# NOT_EXPIRED (the admission held again after an earlier retry) arrives
+# before Fanfare's expiry, without a grant, from before it: it counts.
+RETRIED_TWICE = story(
+    Setup(Strategy.SOFT, on_hand=(AMPLE, AMPLE), retry_window=120),
+    [
+        Fact("cart", 22, items=((0, 1),)),
+        Fact("admit", 43, grant=0),
+        Fact("admit", 64, grant=1),
+        Fact("retry", 757, grant=1),
+        Fact("fanfare_expired", 778),
+        Fact("retry", 799, grant=1),
+    ],
+    arrival=[0, 1, 2, 3, 5, 4],
+)
+# Our expiry is due (extended to +749 s) before the consumer is denied at
+# +764 s: a retry at +785 s is refused (released), kept pending, and must
+# not count later either, whether the next admission settles after it (time
+# order) or arrived before it.
+DENIED_AFTER_DUE = story(
+    Setup(Strategy.SOFT, on_hand=(AMPLE, AMPLE), extension=60, max_extensions=1, retry_window=120),
+    [
+        Fact("admit", 22, 0, grant=0),
+        Fact("admit", 29, 1, grant=1),
+        Fact("extend", 71, 1, grant=1),
+        Fact("retry", 722, 1, grant=1),
+        Fact("denied", 764, 1),
+        Fact("retry", 785, 1, grant=1),
+        Fact("admit", 806, 1, grant=2),
+    ],
+    arrival=[0, 4, 1, 6, 2, 3, 5],
+)
+
+
 def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
     @settings(
         max_examples=EXAMPLES,
@@ -675,6 +709,8 @@ def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(scenario=scenarios())
+    @example(scenario=RETRIED_TWICE)
+    @example(scenario=DENIED_AFTER_DUE)
     def property_(scenario: Scenario) -> None:
         event("ample stock" if scenario.setup.ample else "scarce stock")
         note(str(scenario))
@@ -695,6 +731,7 @@ def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
         "checkout.rejected",  # a checkout's lines missing or short
         "reservation.extended",
         "admission.retried",
+        "admission.retry_kept",  # a retry refused NOT_EXPIRED, kept pending
     ):
         assert seen[kind] > 0, f"no example produced {kind}"
     # Partial orders are reached: lines left out, and holds ordered in part.
@@ -903,6 +940,13 @@ def test_a_sale_after_the_retry_applied_before_it_sells_the_held_again(
     runs = check(harness, scenario)
     assert _holds(runs.arrived, "converted") == [("g0", "p0", 1)]
     assert runs.arrived.stock["p0"] == (1, 0, 1)
+    assert_same(runs)
+
+
+def test_a_retry_refused_before_the_expiry_it_follows_arrived_counts(harness: Harness) -> None:
+    runs = check(harness, RETRIED_TWICE)
+    assert _holds(runs.arrived, "active") == [("g1", "p0", 1)]
+    assert runs.arrived.admissions["g1"] == ("active", None)
     assert_same(runs)
 
 

@@ -224,6 +224,42 @@ def test_admission_recorded_ended_takes_the_remembered_time() -> None:
     assert tables.rows() == engine_rows(uow)
 
 
+def test_a_pending_retry_and_its_taking_up_fold_to_the_engine_rows() -> None:
+    """A retry refused NOT_EXPIRED is kept pending; Fanfare's expiry from
+    before it arrives and makes it count. A rebuild keeps both rows (the
+    pending retry, and the retry as taken up) and the holds taken again."""
+    due = T0 + timedelta(seconds=660)
+    cmds = [
+        b.configure("r", retry_window_seconds=120),
+        b.stock("r-p", 5),
+        b.cart("r", "c", b.line("r-p", 1), at=T0 - timedelta(seconds=30)),
+        b.admit("r", "c", "g", T0),
+        b.retry("r", "c", "g", due + timedelta(seconds=33)),
+        b.retry("r", "c", "g", due + timedelta(seconds=75)),
+        b.end(
+            "r",
+            "c",
+            None,
+            outcome="expired",
+            reason="admission_expired",
+            at=due + timedelta(seconds=54),
+        ),
+    ]
+    uow, events = run_engine(cmds)
+    kinds = Counter(e.type for e in events)
+    assert (kinds["admission.retry_kept"], kinds["admission.retried"]) == (1, 2)
+    kept = sorted((e.outcome, e.reason, e.follows is None) for e in uow.endings[("r", "c")])
+    assert kept == [
+        ("active", "admission_expired", False),  # the pending retry, taken up
+        ("active", "not_expired", True),  # the pending retry as refused
+        ("active", "window_elapsed", False),  # the first retry
+        ("expired", "admission_expired", True),  # Fanfare's expiry, without a grant
+    ]
+    tables = Tables()
+    tables.apply(fold(on_the_wire(events)))
+    assert tables.rows() == engine_rows(uow)
+
+
 def test_pool_row_written_by_a_rejection_exists_at_zero() -> None:
     """The engine takes the pool unit, finds no stock, gives it back, and
     writes the row: a rebuild must have the same row."""

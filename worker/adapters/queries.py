@@ -251,6 +251,7 @@ async def admission_times(db: Reader, grant_digest: str) -> AdmissionTimes | Non
         """SELECT a.status, a.expires_at, a.ended_at,
                   (SELECT e.follows FROM admission_endings e
                     WHERE e.admission_grant = a.admission_grant AND e.outcome = 'active'
+                      AND e.follows IS NOT NULL  -- a retry kept pending followed none
                     ORDER BY e.ended_at DESC LIMIT 1) AS retry_follows
            FROM admissions a WHERE a.admission_grant = $1""",
         grant_digest,

@@ -14,7 +14,8 @@ decision still needs goes with it:
   sales_retired (what `sold` and a pool's `used` sum with the sold holds);
 - admissions: ended before the history cutoff, with no active or sold hold
   left; each leaves a grant tombstone;
-- admission_endings: remembered endings and completions before the cutoff;
+- admission_endings: remembered endings, completions and retries (granted
+  or kept pending) before the cutoff;
 - cart_versions: versions before the cutoff but the last one of each
   consumer at or before it (the cart as it stood then);
 - grant_tombstones: a history plus an inbox retention after the admission

@@ -139,7 +139,12 @@ class UnitOfWork(BatchHolds):
 
     def visits(self, experience_id: str, consumer_id: str) -> list[Visit]:
         return [
-            Visit(a.grant_digest, a.admitted_at, a.expires_at)
+            Visit(
+                a.grant_digest,
+                a.admitted_at,
+                a.expires_at,
+                timedelta(seconds=a.window_seconds + a.buffer_seconds),
+            )
             for a in self.admissions_by_pair.get((experience_id, consumer_id), [])
         ]
 

@@ -19,6 +19,13 @@ the times Fanfare (or our scheduler, or checkout) gave, never on arrival:
   facts between the expiry and the retry change nothing. If it stood
   otherwise (released, sold, or a later admission came before the retry),
   the retry does not count and that verdict stands.
+- A retry refused at arrival because the admission did not stand expired by
+  what was known then is kept as pending (no `follows`): an expiry from
+  before it that arrives later may make it count, exactly as if it had been
+  granted at its time. It counts when, by the facts before it, its holding
+  period stood expired (an ending, or our expiry due) at most its window
+  earlier and no later admission had come; the verdict names it
+  (`Verdict.taken_up`) for the engine to apply.
 
 The engine keeps every grant-less ending and completion (a fact can change
 hands when an admission that came between arrives late) and asks `verdicts`
@@ -28,11 +35,12 @@ again whenever a consumer's admissions or facts change.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
+from worker.domain import ids
 from worker.domain.model import ReservationStatus
 
 
@@ -61,11 +69,13 @@ class AdmissionState:
 
 @dataclass(frozen=True)
 class Visit:
-    """One admission of a consumer in an experience."""
+    """One admission of a consumer in an experience. `span`: its window and
+    buffer, how long a retry holds (None: not known, no retry pending)."""
 
     grant_digest: str
     admitted_at: datetime
     expires_at: datetime
+    span: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,11 @@ class Fact:
     def retry(self) -> bool:
         return self.outcome is AdmissionStatus.ACTIVE
 
+    @property
+    def pending(self) -> bool:
+        """A retry refused at arrival, kept: it follows no expiry yet."""
+        return self.retry and self.follows is None
+
     def sort_key(self) -> tuple[datetime, str, str]:
         return (self.at, self.reason, str(self.command_id or ""))
 
@@ -106,6 +121,9 @@ class Verdict:
     held_until: datetime | None = None
     # The kept completion it comes from (None: checkout's own sale).
     sale: UUID | None = None
+    # Pending retries that now count, in time order, each as granted (the
+    # expiry it follows filled in): the engine applies them.
+    taken_up: tuple[Fact, ...] = ()
 
     @property
     def over(self) -> bool:
@@ -172,22 +190,72 @@ def _verdict(visit: Visit, following: Visit | None, mine: list[Fact]) -> Verdict
     """Period by period: each retry that counts starts a new one."""
     facts = [f for f in mine if not f.retry]
     start, expires = visit.admitted_at, visit.expires_at
-    for retry in sorted((f for f in mine if f.retry), key=Fact.sort_key):
-        assert retry.follows is not None
-        # The expiry the retry follows, even if it was never applied as such.
-        implied = Fact(
-            None, visit.grant_digest, AdmissionStatus.EXPIRED, retry.reason, retry.follows
-        )
+    taken_up: list[Fact] = []
+    for retry in _retries(mine):
         if following is not None and retry.at >= following.admitted_at:
+            if retry.pending:
+                continue  # refused, and never the consumer's to count
             # The grant was no longer the consumer's: the retry does not count.
-            facts, expires = [*facts, implied], retry.follows
+            facts, expires = [*facts, _implied(visit, retry)], _follows(retry)
             break
         before = [f for f in facts if f.at < retry.at]
-        ended = _period(Visit(visit.grant_digest, start, retry.follows), None, [*before, implied])
-        if not _retried_in_time(ended, retry):
-            return ended
+        if retry.pending:
+            counted = _pending_counts(visit, start, before, retry)
+            if counted is None:
+                continue
+            taken_up.append(counted)
+            expires = retry.at + visit.span if visit.span is not None else visit.expires_at
+        else:
+            ended = _period(
+                Visit(visit.grant_digest, start, _follows(retry)),
+                None,
+                [*before, _implied(visit, retry)],
+            )
+            if not _retried_in_time(ended, retry):
+                return ended
+            expires = visit.expires_at
         start, facts = retry.at, [f for f in facts if f.at >= retry.at]
-    return _period(Visit(visit.grant_digest, start, expires), following, facts)
+    verdict = _period(Visit(visit.grant_digest, start, expires), following, facts)
+    return replace(verdict, taken_up=tuple(taken_up)) if taken_up else verdict
+
+
+def taken_up_id(retry: Fact) -> UUID:
+    """The id a pending retry is kept under once it counts, beside the
+    pending one (which then no longer counts on its own)."""
+    return ids.uuid5(f"retry:{retry.command_id}")
+
+
+def _retries(mine: list[Fact]) -> list[Fact]:
+    """The retries in time order, but the pending ones already taken up."""
+    granted = {f.command_id for f in mine if f.retry and not f.pending}
+    return sorted(
+        (f for f in mine if f.retry and not (f.pending and taken_up_id(f) in granted)),
+        key=Fact.sort_key,
+    )
+
+
+def _follows(retry: Fact) -> datetime:
+    assert retry.follows is not None
+    return retry.follows
+
+
+def _implied(visit: Visit, retry: Fact) -> Fact:
+    """The expiry a granted retry follows, even if it was never applied as such."""
+    return Fact(None, visit.grant_digest, AdmissionStatus.EXPIRED, retry.reason, _follows(retry))
+
+
+def _pending_counts(visit: Visit, start: datetime, before: list[Fact], retry: Fact) -> Fact | None:
+    """A pending retry as granted, if the facts before it would have granted
+    it at its time (worker.domain.retry.expiry_of): its period ended by an
+    expiry, or still open past its expiry (ours, due), at most its window
+    earlier."""
+    ended = _period(Visit(visit.grant_digest, start, visit.expires_at), None, before)
+    if not ended.over and visit.expires_at <= retry.at:
+        ended = Verdict(AdmissionStatus.EXPIRED, WINDOW_ELAPSED, visit.expires_at)
+    if not _retried_in_time(ended, retry):
+        return None
+    assert ended.at is not None
+    return replace(retry, reason=ended.reason or WINDOW_ELAPSED, follows=ended.at)
 
 
 def _retried_in_time(ended: Verdict, retry: Fact) -> bool:

@@ -217,6 +217,26 @@ class AdmissionRetried(ExperienceEvent):
         description="The window it was decided with: an expiry that arrives later and "
         "ended the admission earlier counts it from there"
     )
+    retry_id: UUID | None = Field(
+        default=None,
+        description="The id the retry is kept under when that is not `commandId`: a "
+        "retry kept pending (`admission.retry_kept`) that a later-arriving expiry made "
+        "count, applied by the command that brought that expiry",
+    )
+
+
+class RetryKept(ExperienceEvent):
+    """A retry refused `NOT_EXPIRED` (the admission held, by what was known
+    at its arrival), kept: an expiry from before it that arrives later may
+    make it count, and then it is applied at its own time: an
+    `admission.retried` with a `retryId`, holds with ids of this command.
+    Nothing else changes."""
+
+    type: Literal["admission.retry_kept"] = "admission.retry_kept"
+    consumer_id: str
+    grant_digest: str
+    retried_at: AwareDatetime
+    retry_window_seconds: int
 
 
 class LateConversionUnfilled(ExperienceEvent):
@@ -299,6 +319,7 @@ Event = Annotated[
     | ReservationExtended
     | AdmissionReopened
     | AdmissionRetried
+    | RetryKept
     | LateConversionUnfilled
     | CheckoutRejected
     | ExperienceConfigured

@@ -24,6 +24,9 @@ MISMATCH = "ADMISSION_MISMATCH"
 NOT_ALLOWED = "RETRY_NOT_ALLOWED"
 NOT_EXPIRED = "NOT_EXPIRED"
 WINDOW_CLOSED = "RETRY_WINDOW_CLOSED"
+# A retry refused NOT_EXPIRED is kept with this reason until it counts
+# (worker.domain.endings: a pending retry).
+PENDING_REASON = "not_expired"
 
 
 @dataclass(frozen=True)

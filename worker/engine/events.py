@@ -40,6 +40,7 @@ from worker.domain.events import (
     ReservationEnded,
     ReservationExtended,
     ReservationRejected,
+    RetryKept,
     StockRefused,
     StockSet,
 )
@@ -163,15 +164,32 @@ class Events:
             )
         )
 
-    def admission_retried(self, pair: Pair, grant_digest: str, retry: Retry) -> None:
+    def admission_retried(
+        self, pair: Pair, grant_digest: str, retry: Retry, at: datetime, kept_as: UUID
+    ) -> None:
+        """`kept_as`: the id the retry is kept under, named when it is not
+        the command's own (a pending retry taken up)."""
+        own = kept_as == self.command.command_id
         self.add(
             AdmissionRetried(
                 **self.about(*pair, grant_digest),
                 reason=retry.reason,
                 follows=retry.follows,
-                retried_at=self.command.occurred_at,
+                retried_at=at,
                 expires_at=retry.expires_at,
                 retry_window_seconds=int(retry.window.total_seconds()),
+                retry_id=None if own else kept_as,
+            )
+        )
+
+    def retry_kept(self, pair: Pair, fact: Fact) -> None:
+        assert fact.retry_window is not None
+        assert fact.grant_digest is not None
+        self.add(
+            RetryKept(
+                **self.about(*pair, fact.grant_digest),
+                retried_at=fact.at,
+                retry_window_seconds=int(fact.retry_window.total_seconds()),
             )
         )
 

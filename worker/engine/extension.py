@@ -14,11 +14,11 @@ from worker.domain.commands import ExtendReservation
 from worker.domain.endings import AdmissionStatus, Verdict, verdicts
 from worker.domain.extension import Extension, Refusal, extend
 from worker.domain.model import ExperienceSettings
-from worker.engine.admission import hold_requests
 from worker.engine.base import Applied
 from worker.engine.events import Events
 from worker.engine.holds import HoldTerms
 from worker.engine.settle import settle
+from worker.engine.taking import hold_requests
 
 
 def extend_reservation(

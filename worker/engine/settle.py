@@ -21,10 +21,12 @@ from worker.domain.endings import (
     Verdict,
     Visit,
     hold_status,
+    taken_up_id,
     verdicts,
 )
 from worker.domain.model import ExperienceSettings, ReservationStatus
 from worker.engine.events import Events
+from worker.engine.retried import hold_again
 from worker.engine.sale import Sold, sell
 
 SALE_REVISED = "sale_revised"
@@ -69,10 +71,35 @@ def settle(
         return Settled({visits[0].grant_digest: OPEN})
     earlier = [f for f in facts if new is None or f.command_id != new.command_id]
     result = Settled(verdicts(visits, facts if new is None else [*earlier, new]))
+    _take_up(uow, events, result, pair, skip, defaults)
     for change in _to_change(uow, pair, visits, earlier, result, skip):
         result.changed[change.grant_digest] = change.before
         _apply(uow, events, result, pair, change, defaults)
     return result
+
+
+def _take_up(
+    uow: UnitOfWork,
+    events: Events,
+    result: Settled,
+    pair: Pair,
+    skip: str | None,
+    defaults: ExperienceSettings,
+) -> None:
+    """Pending retries that a late fact made count are applied as at their
+    own time: the admission expired at the expiry each follows, then held
+    again. Its verdict (a fact after the retry may end it) is brought about
+    next, as any other."""
+    for grant_digest, verdict in sorted(result.verdicts.items()):
+        if grant_digest == skip or not verdict.taken_up:
+            continue
+        result.changed[grant_digest] = uow.standing(grant_digest)
+        settings = uow.admission_settings(grant_digest) or defaults
+        for retry in verdict.taken_up:
+            assert retry.follows is not None
+            expired = Verdict(AdmissionStatus.EXPIRED, retry.reason, retry.follows)
+            bring_to(uow, events, pair, grant_digest, expired, defaults)
+            hold_again(uow, events, pair, retry, settings, taken_up_id(retry))
 
 
 def _to_change(

@@ -37,9 +37,11 @@ from worker.domain.events import (
     ReservationEnded,
     ReservationExtended,
     ReservationRejected,
+    RetryKept,
     StockSet,
 )
 from worker.domain.model import CartLine, ReservationStatus, Strategy
+from worker.domain.retry import PENDING_REASON
 from worker.domain.stock import PoolKey
 from worker.replay.fold_changes import (
     AdmissionClose,
@@ -186,7 +188,7 @@ class _Fold:
         matches = [
             x
             for x in self.endings
-            if x.follows is None
+            if x.outcome != AdmissionStatus.ACTIVE.value  # a retry, pending or not
             and (
                 x.grant_digest == e.grant_digest
                 or (
@@ -257,7 +259,7 @@ class _Fold:
 
     def _retried(self, e: AdmissionRetried) -> None:
         kept = EndingRow(
-            command_id=e.command_id,
+            command_id=e.retry_id or e.command_id,
             experience_id=e.experience_id,
             consumer_id=e.consumer_id,
             grant_digest=e.grant_digest,
@@ -275,6 +277,20 @@ class _Fold:
             new.expires_at = e.expires_at
         else:
             self._terms(e.grant_digest, e.expires_at, None)
+
+    def _retry_kept(self, e: RetryKept) -> None:
+        kept = EndingRow(
+            command_id=e.command_id,
+            experience_id=e.experience_id,
+            consumer_id=e.consumer_id,
+            grant_digest=e.grant_digest,
+            outcome=AdmissionStatus.ACTIVE.value,
+            reason=PENDING_REASON,
+            ended_at=e.retried_at,
+            retry_window_seconds=e.retry_window_seconds,
+        )
+        self.endings.append(kept)
+        self.changes.endings.append(kept)
 
     def _revised(self, e: AdmissionRevised) -> None:
         new = self.changes.admissions.get(e.grant_digest)
@@ -368,6 +384,7 @@ _HANDLERS: dict[type, Callable[[_Fold, Any], None]] = {
     ReservationExtended: _Fold._extended,
     AdmissionReopened: _Fold._reopened,
     AdmissionRetried: _Fold._retried,
+    RetryKept: _Fold._retry_kept,
     EndingRemembered: _Fold._remembered,
     ReservationCreated: _Fold._created,
     ReservationEnded: _Fold._ended,
