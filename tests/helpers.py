@@ -27,6 +27,22 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_worker(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m worker ARGS` from this tree, as an operator runs a tool:
+    its exit code and output, never raising on failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import sys
 
 import asyncpg
 
 from tests import builders as b
 from tests.conftest import service_env
-from tests.helpers import REPO, ServiceProcess, wait_for
+from tests.helpers import ServiceProcess, run_worker, wait_for
 from tests.isolated import isolated_settings, produce_bulk, read_all
 from tests.stack import Stack
 from worker.adapters import kafka
@@ -33,20 +32,8 @@ def _cells(line: str) -> list[str]:
     return re.split(r"\s{2,}", line.strip())
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-async def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_cli, env, *args)
+async def _run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(run_worker, env, *args)
 
 
 async def test_parked_command_fixed_and_replayed_is_applied_once(
@@ -81,7 +68,7 @@ async def test_parked_command_fixed_and_replayed_is_applied_once(
                 await producer.stop()
             await read_all(iso, iso.dead_letter_topic, expect_at_least=2)
 
-            listed = await run_cli(env, "dlq", "list")
+            listed = await _run_cli(env, "dlq", "list")
             assert listed.returncode == 0, listed.stderr
             lines = listed.stdout.splitlines()
             assert _cells(lines[0])[:8] == [*COLUMNS]
@@ -108,11 +95,11 @@ async def test_parked_command_fixed_and_replayed_is_applied_once(
 
             # The fix: the follow-up migration drops the over-strict rule.
             await conn.execute("ALTER TABLE reservations DROP CONSTRAINT reservations_sku_upper")
-            once = await run_cli(env, "dlq", "replay", "--offset", ref)
+            once = await _run_cli(env, "dlq", "replay", "--offset", ref)
             assert once.returncode == 0, once.stderr
             # Again, and everything else with it: re-injecting an applied
             # command is harmless, the garbage is parked once more.
-            again = await run_cli(env, "dlq", "replay", "--all")
+            again = await _run_cli(env, "dlq", "replay", "--all")
             assert again.returncode == 0, again.stderr
             injected = re.findall(r"-> \S+ (\d+):(\d+)", once.stdout + again.stdout)
             assert len(injected) == 3
@@ -137,12 +124,12 @@ async def test_parked_command_fixed_and_replayed_is_applied_once(
             assert await conn.fetchval("SELECT reserved FROM stock") == 2
             await read_all(iso, iso.dead_letter_topic, expect_at_least=3)
 
-            relisted = await run_cli(env, "dlq", "list")
+            relisted = await _run_cli(env, "dlq", "list")
             (entry,) = [_cells(ln) for ln in relisted.stdout.splitlines() if ln.startswith(ref)]
             assert entry[7] == "applied"
             assert relisted.stdout.splitlines()[-1] == "3 parked command(s)"
 
-            bad = await run_cli(env, "dlq", "replay", "--offset", "7:999")
+            bad = await _run_cli(env, "dlq", "replay", "--offset", "7:999")
             assert bad.returncode == 2
             assert "no parked command at 7:999" in bad.stderr
         finally:

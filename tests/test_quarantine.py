@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +23,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError, field_validator
 
 from tests.conftest import SECRET, service_env
-from tests.helpers import REPO, ServiceProcess, admission_envelope, unique, wait_for
+from tests.helpers import ServiceProcess, admission_envelope, run_worker, unique, wait_for
 from tests.isolated import isolated_settings, read_all
 from tests.receiver_support import app_client, signed
 from tests.stack import Stack
@@ -100,20 +99,8 @@ def test_a_stored_grant_that_is_no_digest_is_refused_on_the_replay_path() -> Non
 # --- the receiver, the tool and the consumers ----------------------------------
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-async def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_cli, env, *args)
+async def _run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(run_worker, env, *args)
 
 
 async def _post(client: Client, sent: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -198,7 +185,7 @@ async def _scenario(
     await _inspect(iso, env, grants)
 
     # The fix is deployed: re-drive everything, once.
-    once = await run_cli(env, "quarantine", "replay", "--all")
+    once = await _run_cli(env, "quarantine", "replay", "--all")
     assert once.returncode == 0, once.stderr
     assert len(re.findall(r"^re-driven ", once.stdout, re.M)) == 3, once.stdout
     assert len(re.findall(r"^skipped ", once.stdout, re.M)) == 1, once.stdout
@@ -218,12 +205,12 @@ async def _inspect(iso: Settings, env: dict[str, str], grants: list[str]) -> Non
         assert not any(grant.encode() in value for value in stored)
         assert any(ids.grant_digest(grant).encode() in value for value in stored)
 
-    listed = await run_cli(env, "quarantine", "list")
+    listed = await _run_cli(env, "quarantine", "list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[-1] == "4 quarantined delivery(ies), 4 pending"
     entry = re.match(r"(\d+:\d+)\s", listed.stdout.splitlines()[1])
     assert entry is not None
-    shown = await run_cli(env, "quarantine", "show", "--offset", entry.group(1))
+    shown = await _run_cli(env, "quarantine", "show", "--offset", entry.group(1))
     assert shown.returncode == 0, shown.stderr
     assert orjson.loads(shown.stdout)["state"] == "pending"
 
@@ -233,11 +220,11 @@ async def _second_time_nothing_new(
 ) -> None:
     """Neither a second replay nor Fanfare's retry to the fixed receiver
     applies anything new."""
-    again = await run_cli(env, "quarantine", "replay", "--all")
+    again = await _run_cli(env, "quarantine", "replay", "--all")
     assert again.returncode == 0, again.stderr
     assert "re-driven" not in again.stdout
     assert len(re.findall(r"^skipped ", again.stdout, re.M)) == 4, again.stdout
-    relisted = await run_cli(env, "quarantine", "list")
+    relisted = await _run_cli(env, "quarantine", "list")
     assert relisted.stdout.splitlines()[-1] == "4 quarantined delivery(ies), 0 pending"
 
     sentinel = admission_envelope(EXPERIENCE, "c-sentinel", unique("grant-clear"))

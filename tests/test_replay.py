@@ -12,7 +12,6 @@ import asyncio
 import random
 import re
 import subprocess
-import sys
 from collections import Counter
 from datetime import timedelta
 from typing import Any, cast
@@ -25,7 +24,7 @@ from aiokafka import ConsumerRecord
 from tests import builders as b
 from tests.conftest import service_env
 from tests.fold_support import Tables, engine_rows, on_the_wire, run_engine
-from tests.helpers import REPO, ServiceProcess, wait_for
+from tests.helpers import ServiceProcess, run_worker, wait_for
 from tests.isolated import isolated_settings, produce_bulk
 from tests.stack import Stack
 from tests.traffic import T0, stock_levels, traffic
@@ -294,20 +293,8 @@ def test_fold_from_the_middle_warns_instead_of_guessing() -> None:
 # --- acceptance: the real services and CLI ---------------------------------------
 
 
-def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 async def _run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_cli, env, *args)
+    return await asyncio.to_thread(run_worker, env, *args)
 
 
 SNAPSHOT = [

@@ -5,32 +5,18 @@ experience alone reprocesses identically when no other shares its stock."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from datetime import timedelta
 
 import asyncpg
 
 from tests import builders as b
 from tests.conftest import service_env
-from tests.helpers import REPO, ServiceProcess, wait_for
+from tests.helpers import ServiceProcess, run_worker, wait_for
 from tests.isolated import isolated_settings, produce_bulk
 from tests.stack import Stack
 from tests.traffic import T0, stock_levels, traffic
 from worker.config import Settings
 from worker.domain.commands import CommandBase
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _solo() -> list[CommandBase]:
@@ -75,7 +61,7 @@ async def test_reprocess_of_an_untouched_log_reports_no_difference(
             for c in consumers:
                 await c.stop()
 
-        result = await asyncio.to_thread(_cli, env, "reprocess")
+        result = await asyncio.to_thread(run_worker, env, "reprocess")
         assert result.returncode == 0, result.stdout + result.stderr
         lines = result.stdout.splitlines()
         assert lines[0].startswith(f"reprocess: {len(levels) + len(commands):,} commands read")
@@ -83,7 +69,7 @@ async def test_reprocess_of_an_untouched_log_reports_no_difference(
         # The traffic's experiences and one subject per product its stock levels set.
         assert lines[-1] == "no differences: 11 experience(s) identical"
 
-        solo = await asyncio.to_thread(_cli, env, "reprocess", "--experience", "solo")
+        solo = await asyncio.to_thread(run_worker, env, "reprocess", "--experience", "solo")
         assert solo.returncode == 0, solo.stdout + solo.stderr
         assert "of other experiences skipped" in solo.stdout
         assert solo.stdout.splitlines()[-1] == "no differences: 1 experience(s) identical"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +23,7 @@ from bench.stages.hot_sku import drop
 from bench.workload import Record, produce
 from tests import builders as b
 from tests.conftest import service_env
-from tests.helpers import REPO, ServiceProcess, wait_for
+from tests.helpers import ServiceProcess, run_worker, wait_for
 from tests.isolated import isolated_settings, produce_bulk
 from tests.stack import Stack
 from tests.traffic import T0
@@ -147,15 +146,7 @@ async def test_backfill_hands_the_expired_unit_to_the_refused_shopper(stack: Sta
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_worker(env, *args, timeout=300)
 
 
 async def _applied(conn: asyncpg.Connection, records: list[Record]) -> None:
