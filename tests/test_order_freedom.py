@@ -42,11 +42,11 @@ own time plus a delay.
   asked for once the storefront shows the holds, so it arrives after its
   admission; and up to a few seconds after its own time (Kafka's
   acknowledgement), so an expiry of ours for the old time may be applied
-  before it. Never after a checkout of the consumer from after it, though
-  late its admission arrived: the API logs an experience's writes on one
-  partition in the order it receives them, and the checkout is decided
-  against the holds as they stand when it is applied, so it finds the
-  extension or the retry applied.
+  before it. Never after an extension, a retry or a checkout of the
+  consumer from after it, though late its admission arrived: the API logs
+  an experience's writes on one partition in the order it receives them
+  (and the checkout is decided against the holds as they stand when it is
+  applied, so it finds the extension or the retry applied).
 Ties are broken at random. With scarce stock, who gets the last unit rightly
 depends on arrival (first come, first held): only the invariants are checked.
 """
@@ -611,15 +611,17 @@ def deliveries(head: list[Fact], told: list[tuple[Fact, Step]]) -> list[Delivery
             if envelope == 0 and s.again is not None:
                 # Kafka delivering the same command again (a crash before the offsets).
                 sent.append((d.arrival + s.again, s.tie, Delivery(n, 0, d.arrival + s.again)))
+    previous: dict[int, int] = {}  # consumer -> its latest extension's or retry's arrival
     for n, (f, s) in enumerate(told, len(head)):
         if f.origin == "scheduler" and f.grant is not None and s.expiry is not None:
             d = Delivery(n, 0, arrival(f, s.expiry, admitted[f.grant]))
             sent.append((d.arrival, s.tie, d))
         elif f.kind in ("extend", "retry") and f.grant is not None:
-            when = max(f.at + min(s.delay, 5), admitted[f.grant] + 1)
-            bound = next_checkout(checkouts, f)
-            d = Delivery(n, 0, when if bound is None else min(when, bound - 1))
-            sent.append((d.arrival, s.tie, d))
+            earliest = max(admitted[f.grant] + 1, previous.get(f.consumer, 0))
+            when = api_arrival(f, s.delay, earliest, next_checkout(checkouts, f))
+            previous[f.consumer] = when
+            # One tie for them all: at one arrival they stay in time order.
+            sent.append((when, 0, Delivery(n, 0, when)))
     return [d for _, _, d in sorted(sent, key=lambda x: (x[0], x[1]))]
 
 
@@ -627,6 +629,15 @@ def next_checkout(checkouts: list[tuple[int, int]], fact: Fact) -> int | None:
     """When the consumer's next checkout after `fact` happens (and arrives:
     an API write), if any."""
     return min((t for c, t in checkouts if c == fact.consumer and t > fact.at), default=None)
+
+
+def api_arrival(fact: Fact, delay: int, earliest: int, checkout: int | None) -> int:
+    """An extension's or a retry's arrival: a few seconds late at most, but
+    not before `earliest` (after its admission arrived, not before the
+    consumer's earlier ones: the API logs an experience's writes in the
+    order it receives them), and before the consumer's next checkout."""
+    when = max(fact.at + min(delay, 5), earliest)
+    return when if checkout is None else min(when, checkout - 1)
 
 
 def story_of_one(products: int) -> st.SearchStrategy[list[Step]]:
@@ -790,6 +801,21 @@ def test_an_extension_is_applied_before_a_later_checkout() -> None:
     assert [f.at for f in facts[-4:]] == [22, 64, 127, 274]
     arrived = [facts[d.fact].kind for d in order if facts[d.fact].at >= 64]
     assert arrived == ["admit", "extend", "checkout"]
+
+
+def test_a_consumer_s_extension_and_retry_arrive_in_their_order() -> None:
+    """Both wait for an admission arriving 44 h late, whatever their ties: a
+    retry at +253 s applied before the extension at +127 s would hold again
+    an admission that the extension kept holding, in time order, to +304 s."""
+    step = Step(1, "cart", ((0, 2),), 0, False, "queue", None, 0, (), None, 0)
+    setup = dataclasses.replace(EXTENDED_THEN_CHECKED_OUT.setup, retry_window=120)
+    admit = dataclasses.replace(step, gap=2, kind="admit", delay=HOURS_44)
+    extend = dataclasses.replace(step, gap=2, kind="extend", tie=7)
+    retry = dataclasses.replace(step, gap=0, kind="retry")
+    facts, order = tell(setup, [[step, admit, extend, retry]])
+    assert [f.at for f in facts[-4:]] == [22, 64, 127, 253]
+    arrived = [facts[d.fact].kind for d in order if facts[d.fact].at >= 64]
+    assert arrived == ["admit", "extend", "retry"]
 
 
 # --- the acceptance stories ---------------------------------------------------------------
