@@ -143,3 +143,38 @@ async def test_an_earlier_leave_arriving_after_the_extension_still_ends_it(
     assert left["status"] == "released"
     assert await engine.statuses(exp, cons) == [(p, 2, "released")]
     assert await engine.stock(p) == (5, 0, 0)
+
+
+async def test_a_checkout_after_the_old_expiry_sells_what_the_extension_kept(
+    engine: Engine, ids: tuple[str, str, str]
+) -> None:
+    """Extended at +9 min, checked out after the old expiry: the extension is
+    in the log before the checkout (the API's writes of an experience share
+    a partition, in the order received), so the checkout sells the hold."""
+    exp, cons, p = ids
+    await _admitted(engine, ids, "extend-sold", extension_seconds=120, max_extensions=1)
+    await engine(b.extend(exp, cons, "extend-sold", T0 + timedelta(minutes=9)))
+    after_old = DUE + timedelta(seconds=30)
+    done = await engine(b.complete(exp, cons, "extend-sold", "o-1", b.line(p, 1), at=after_old))
+    assert done["status"] == "converted"
+    assert await engine.admission("extend-sold") == ("converted", "checkout")
+    assert await engine.holds("extend-sold") == [(1, "converted"), (2, "released")]
+    assert await engine.stock(p) == (5, 0, 1)
+
+
+async def test_a_checkout_applied_before_an_earlier_extension_keeps_its_answer(
+    engine: Engine, ids: tuple[str, str, str]
+) -> None:
+    """The order the log never has (the test above): the checkout is decided
+    against the holds as they stand, past the old expiry, and answered; the
+    extension applied after it extends the holds but takes no sale back."""
+    exp, cons, p = ids
+    await _admitted(engine, ids, "extend-unsold", extension_seconds=120, max_extensions=1)
+    after_old = DUE + timedelta(seconds=30)
+    done = await engine(b.complete(exp, cons, "extend-unsold", "o-1", b.line(p, 1), at=after_old))
+    assert done["error"] == "RESERVATION_EXPIRED"
+    late = await engine(b.extend(exp, cons, "extend-unsold", T0 + timedelta(minutes=9)))
+    assert late["status"] == "extended"
+    assert await engine.admission("extend-unsold") == ("active", None)
+    assert await engine.holds("extend-unsold") == [(2, "active")]
+    assert await engine.stock(p) == (5, 2, 0)

@@ -42,7 +42,11 @@ own time plus a delay.
   asked for once the storefront shows the holds, so it arrives after its
   admission; and up to a few seconds after its own time (Kafka's
   acknowledgement), so an expiry of ours for the old time may be applied
-  before it.
+  before it. Never after an extension, a retry or a checkout of the
+  consumer from after it, though late its admission arrived: the API logs
+  an experience's writes on one partition in the order it receives them
+  (and the checkout is decided against the holds as they stand when it is
+  applied, so it finds the extension or the retry applied).
 Ties are broken at random. With scarce stock, who gets the last unit rightly
 depends on arrival (first come, first held): only the invariants are checked.
 """
@@ -594,26 +598,46 @@ def deliveries(head: list[Fact], told: list[tuple[Fact, Step]]) -> list[Delivery
     for n, (f, s) in enumerate(told, len(head)):
         if f.origin == "scheduler" or f.kind in ("extend", "retry"):
             continue
-        # Before the consumer's next checkout, if any (the module docstring).
-        bound = min((t - 1 for c, t in checkouts if c == f.consumer and t > f.at), default=None)
+        # Before the consumer's next checkout, if any (the module docstring),
+        # leaving a second for an extension or a retry between them.
+        bound = next_checkout(checkouts, f)
         delays = (s.delay, *s.resent) if f.origin == "fanfare" else (0,)
         for envelope, delay in enumerate(delays):
             when = arrival(f, delay)
-            d = Delivery(n, envelope, when if bound is None else min(when, bound))
+            d = Delivery(n, envelope, when if bound is None else min(when, bound - 2))
             sent.append((d.arrival, s.tie, d))
             if f.kind == "admit" and f.grant is not None:
                 admitted[f.grant] = min(admitted.get(f.grant, d.arrival), d.arrival)
             if envelope == 0 and s.again is not None:
                 # Kafka delivering the same command again (a crash before the offsets).
                 sent.append((d.arrival + s.again, s.tie, Delivery(n, 0, d.arrival + s.again)))
+    previous: dict[int, int] = {}  # consumer -> its latest extension's or retry's arrival
     for n, (f, s) in enumerate(told, len(head)):
         if f.origin == "scheduler" and f.grant is not None and s.expiry is not None:
             d = Delivery(n, 0, arrival(f, s.expiry, admitted[f.grant]))
             sent.append((d.arrival, s.tie, d))
         elif f.kind in ("extend", "retry") and f.grant is not None:
-            d = Delivery(n, 0, max(f.at + min(s.delay, 5), admitted[f.grant] + 1))
-            sent.append((d.arrival, s.tie, d))
+            earliest = max(admitted[f.grant] + 1, previous.get(f.consumer, 0))
+            when = api_arrival(f, s.delay, earliest, next_checkout(checkouts, f))
+            previous[f.consumer] = when
+            # One tie for them all: at one arrival they stay in time order.
+            sent.append((when, 0, Delivery(n, 0, when)))
     return [d for _, _, d in sorted(sent, key=lambda x: (x[0], x[1]))]
+
+
+def next_checkout(checkouts: list[tuple[int, int]], fact: Fact) -> int | None:
+    """When the consumer's next checkout after `fact` happens (and arrives:
+    an API write), if any."""
+    return min((t for c, t in checkouts if c == fact.consumer and t > fact.at), default=None)
+
+
+def api_arrival(fact: Fact, delay: int, earliest: int, checkout: int | None) -> int:
+    """An extension's or a retry's arrival: a few seconds late at most, but
+    not before `earliest` (after its admission arrived, not before the
+    consumer's earlier ones: the API logs an experience's writes in the
+    order it receives them), and before the consumer's next checkout."""
+    when = max(fact.at + min(delay, 5), earliest)
+    return when if checkout is None else min(when, checkout - 1)
 
 
 def story_of_one(products: int) -> st.SearchStrategy[list[Step]]:
@@ -700,6 +724,21 @@ DENIED_AFTER_DUE = story(
     arrival=[0, 4, 1, 6, 2, 3, 5],
 )
 
+# Admitted at +64 s (expires at +244 s), extended at +127 s (to +304 s), the
+# checkout API's complete at +274 s sells a unit. The admission arrives just
+# before the checkout; the extension, logged before the checkout, between
+# them (test_an_extension_is_applied_before_a_later_checkout says why).
+EXTENDED_THEN_CHECKED_OUT = story(
+    Setup(Strategy.HARD, window=120, buffer=60, extension=60, max_extensions=1),
+    [
+        Fact("cart", 22, items=((0, 2),)),
+        Fact("admit", 64, grant=0),
+        Fact("extend", 127, grant=0),
+        Fact("checkout", 274, grant=0, items=((0, 1),), order=0),
+    ],
+    arrival=[0, 1, 2, 3],
+)
+
 
 def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
     @settings(
@@ -711,6 +750,7 @@ def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
     @given(scenario=scenarios())
     @example(scenario=RETRIED_TWICE)
     @example(scenario=DENIED_AFTER_DUE)
+    @example(scenario=EXTENDED_THEN_CHECKED_OUT)
     def property_(scenario: Scenario) -> None:
         event("ample stock" if scenario.setup.ample else "scarce stock")
         note(str(scenario))
@@ -743,6 +783,39 @@ def test_final_state_does_not_depend_on_arrival_order(harness: Harness) -> None:
     # Everything every example wrote, folded from the start: `replay --verify`.
     reports = harness(compare(harness.live_dsn, harness.scratch_dsn))
     assert [d.render() for r in reports for d in r.diffs] == []
+
+
+def test_an_extension_is_applied_before_a_later_checkout() -> None:
+    """An extension at +127 s of an admission whose webhook arrives just
+    before the checkout at +274 s: the extension arrives after the
+    admission but before the checkout. After it, the checkout (refused
+    RESERVATION_EXPIRED by the old +244 s, an answer nothing takes back)
+    would leave the holds active where time order sells them; the API's
+    log never puts a write after a later one."""
+    step = Step(1, "cart", ((0, 2),), 0, False, "queue", None, 0, (), None, 0)
+    setup = EXTENDED_THEN_CHECKED_OUT.setup
+    admit = dataclasses.replace(step, gap=2, kind="admit", delay=HOURS_44)
+    extend = dataclasses.replace(step, gap=2, kind="extend")
+    checkout = dataclasses.replace(step, gap=7, kind="checkout", items=((0, 1),))
+    facts, order = tell(setup, [[step, admit, extend, checkout]])
+    assert [f.at for f in facts[-4:]] == [22, 64, 127, 274]
+    arrived = [facts[d.fact].kind for d in order if facts[d.fact].at >= 64]
+    assert arrived == ["admit", "extend", "checkout"]
+
+
+def test_a_consumer_s_extension_and_retry_arrive_in_their_order() -> None:
+    """Both wait for an admission arriving 44 h late, whatever their ties: a
+    retry at +253 s applied before the extension at +127 s would hold again
+    an admission that the extension kept holding, in time order, to +304 s."""
+    step = Step(1, "cart", ((0, 2),), 0, False, "queue", None, 0, (), None, 0)
+    setup = dataclasses.replace(EXTENDED_THEN_CHECKED_OUT.setup, retry_window=120)
+    admit = dataclasses.replace(step, gap=2, kind="admit", delay=HOURS_44)
+    extend = dataclasses.replace(step, gap=2, kind="extend", tie=7)
+    retry = dataclasses.replace(step, gap=0, kind="retry")
+    facts, order = tell(setup, [[step, admit, extend, retry]])
+    assert [f.at for f in facts[-4:]] == [22, 64, 127, 253]
+    arrived = [facts[d.fact].kind for d in order if facts[d.fact].at >= 64]
+    assert arrived == ["admit", "extend", "retry"]
 
 
 # --- the acceptance stories ---------------------------------------------------------------
