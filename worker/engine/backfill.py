@@ -4,7 +4,9 @@ experience it ended, or units a stock set freed before it) are offered to
 the experience's refused lines of admissions still active
 (worker.domain.backfill decides who), and each offer is held and published
 as `reservation.created` with reason `backfill`, among the command's own
-events. The unit of work read every candidate with the batch
+events. Before an admission is decided, the units already free on its
+cart's rows go to the line the same way (`backfill_first`), so a newcomer
+never takes them ahead of those waiting. The unit of work read every candidate with the batch
 (worker.adapters.uow_backfill), and locked their stock rows."""
 
 from __future__ import annotations
