@@ -48,6 +48,8 @@ def backfill(uow: UnitOfWork, cmd: CommandBase, applied: Applied) -> Applied:
     """`applied` with the holds its freed units went to, if any."""
     _note_refusals(uow, applied.events)
     freed, at = _freed(uow, cmd, applied.events)
+    if not freed:
+        return applied
     events = Events(cmd)
     events.items = list(applied.events)  # numbered after the command's own
     if not _offer(uow, events, freed, at, f"{BACKFILL_REASON}:{cmd.command_id}"):
@@ -65,6 +67,8 @@ def backfill_first(uow: UnitOfWork, cmd: CommandBase) -> list[EventBase]:
         return []
     cart = uow.load_cart(cmd.experience_id, cmd.consumer_id)
     freed = _free_on(uow, cmd.experience_id, {(i.product_id, i.variant_column) for i in cart})
+    if not freed:
+        return []
     events = Events(cmd, part=FIRST)
     _offer(uow, events, freed, cmd.occurred_at, f"{BACKFILL_REASON}:{FIRST}{cmd.command_id}")
     return events.items
@@ -78,8 +82,6 @@ def _offer(
 ) -> bool:
     """Hold the units free on `freed` for the line, in its order; whether
     any were."""
-    if not freed:
-        return False
     shelf = Shelf(
         free={key: row.free for key, row in uow.stock.items()},
         pool_used={key: row.used for key, row in uow.pools.items()},
